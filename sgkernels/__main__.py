@@ -1,0 +1,5 @@
+import sys
+
+from sgkernels.cli import main
+
+sys.exit(main())
