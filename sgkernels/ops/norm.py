@@ -1,0 +1,144 @@
+"""RMSNorm and RMSNorm fused with adaLN modulation.
+
+    rms_norm(x, w)                       y = x · r · w,         r = rsqrt(mean(x²) + eps)  (fp32)
+    rms_norm_modulate(x, w, sh, sc, seg) y = x · r · w · (1 + sc[seg]) + sh[seg]
+Backward (x̂ = x·r, g = dy·w, resp. g = dy·(1 + sc[seg])·w):
+    dx = r · (g − x̂ · mean(g·x̂)),  dw = Σ_rows (dy or dy·(1+sc[seg])) · x̂,
+    dshift = Σ_seg dy,  dscale = Σ_seg dy · x̂ · w
+
+Roofline per call, M rows of D channels, e bytes per element, S segments (weight optional):
+    rms_norm            fwd bytes e·(2MD + D) + 4M (rstd)     FLOPs ≈ 4MD
+                        bwd bytes e·(3MD + 2D) + 4M           FLOPs ≈ 8MD
+    rms_norm_modulate   fwd bytes e·(2MD + D + 2SD) + 8M      FLOPs ≈ 6MD   (seg int32)
+                        bwd bytes e·(3MD + 2D + 3SD) + 8M     FLOPs ≈ 14MD
+"""
+from typing import Optional
+
+import torch
+
+from . import dispatch, validate
+
+
+@torch.library.custom_op("sgkernels::rms_norm", mutates_args=())
+def _rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return dispatch.get("rms_norm_fwd", x.device)(x, weight, eps)
+
+
+@_rms_norm.register_fake
+def _(x, weight, eps):
+    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("sgkernels::rms_norm_backward", mutates_args=())
+def _rms_norm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    dx, dweight = dispatch.get("rms_norm_bwd", x.device)(dy.contiguous(), x, weight, rstd)
+    return dx, (dweight if dweight is not None else x.new_empty(0))
+
+
+@_rms_norm_backward.register_fake
+def _(dy, x, weight, rstd):
+    return torch.empty_like(x), (torch.empty_like(weight) if weight is not None else x.new_empty(0))
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_norm_grad(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dweight = _rms_norm_backward(dy, x, weight, rstd)
+    return dx, (dweight if weight is not None else None), None
+
+
+_rms_norm.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    """RMSNorm over the last dim of `x` (any leading shape); `weight` [D] or None."""
+    op = "rms_norm"
+    validate.floating(op, "x", x)
+    if x.dim() == 0:
+        raise ValueError(f"{op}: x must have at least 1 dim, got a scalar")
+    if weight is not None:
+        validate.like(op, "weight", weight, "x", x)
+        validate.shape(op, "weight", weight, (x.shape[-1],), "[D]")
+        weight = weight.contiguous()
+    x2d = x.contiguous().reshape(-1, x.shape[-1])
+    return _rms_norm(x2d, weight, float(eps))[0].reshape(x.shape)
+
+
+@torch.library.custom_op("sgkernels::rms_norm_modulate", mutates_args=())
+def _rms_norm_modulate(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    seg: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    validate.seg_values("rms_norm_modulate", seg, shift.shape[0])
+    return dispatch.get("rms_norm_modulate_fwd", x.device)(x, weight, shift, scale, seg, eps)
+
+
+@_rms_norm_modulate.register_fake
+def _(x, weight, shift, scale, seg, eps):
+    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("sgkernels::rms_norm_modulate_backward", mutates_args=())
+def _rms_norm_modulate_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    seg: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    fn = dispatch.get("rms_norm_modulate_bwd", x.device)
+    dx, dweight, dshift, dscale = fn(dy.contiguous(), x, weight, scale, seg, rstd)
+    return dx, (dweight if dweight is not None else x.new_empty(0)), dshift, dscale
+
+
+@_rms_norm_modulate_backward.register_fake
+def _(dy, x, weight, scale, seg, rstd):
+    dweight = torch.empty_like(weight) if weight is not None else x.new_empty(0)
+    return torch.empty_like(x), dweight, torch.empty_like(scale), torch.empty_like(scale)
+
+
+def _rms_norm_modulate_setup(ctx, inputs, output):
+    x, weight, _, scale, seg, _ = inputs
+    ctx.save_for_backward(x, weight, scale, seg, output[1])
+
+
+def _rms_norm_modulate_grad(ctx, dy, _drstd):
+    x, weight, scale, seg, rstd = ctx.saved_tensors
+    dx, dweight, dshift, dscale = _rms_norm_modulate_backward(dy, x, weight, scale, seg, rstd)
+    return dx, (dweight if weight is not None else None), dshift, dscale, None, None
+
+
+_rms_norm_modulate.register_autograd(_rms_norm_modulate_grad, setup_context=_rms_norm_modulate_setup)
+
+
+def rms_norm_modulate(x, weight, shift, scale, seg, eps=1e-6):
+    """adaLN RMSNorm: x [T, D]; weight [D] or None; shift, scale [S, D]; seg [T] int32 sorted."""
+    op = "rms_norm_modulate"
+    validate.floating(op, "x", x)
+    validate.ndim(op, "x", x, 2)
+    tokens, dim = x.shape
+    if weight is not None:
+        validate.like(op, "weight", weight, "x", x)
+        validate.shape(op, "weight", weight, (dim,), "[D]")
+        weight = weight.contiguous()
+    validate.like(op, "shift", shift, "x", x)
+    validate.ndim(op, "shift", shift, 2)
+    validate.shape(op, "shift", shift, (shift.shape[0], dim), "[S, D]")
+    validate.like(op, "scale", scale, "x", x)
+    validate.shape(op, "scale", scale, shift.shape, "[S, D] (the shape of shift)")
+    validate.index(op, "seg", seg, "x", x, dtypes=(torch.int32,))
+    validate.shape(op, "seg", seg, (tokens,), "[T]")
+    return _rms_norm_modulate(
+        x.contiguous(), weight, shift.contiguous(), scale.contiguous(), seg.contiguous(), float(eps)
+    )[0]

@@ -1,0 +1,216 @@
+"""The torch backend of sgkernels.ops: plain PyTorch, no autograd, and the oracle of every kernel.
+
+Every function here has the name and signature of docs/contracts.md ("Backends"); the Triton and
+CUDA backends export the same functions. Inputs arrive validated, contiguous (swiglu: last dim
+contiguous) and on one device. Statistics and accumulation run in fp32; outputs are cast to the
+input dtype. Segment reductions (dshift, dscale, dgate) are deterministic: `seg` is
+non-decreasing, so they are sorted-segment sums (`torch.segment_reduce`), never float atomics.
+
+Math (xf = x in fp32, r = rsqrt(mean(xf²) + eps), x̂ = xf·r, w = weight or 1):
+    rms_norm            y = x̂·w
+                        dx = r·(g − x̂·mean(g·x̂)),  g = dy·w;   dw = Σ_rows dy·x̂
+    rms_norm_modulate   n = x̂·w,  y = n·(1 + scale[seg]) + shift[seg]
+                        g = dy·(1 + scale[seg])·w, dx as above; dshift = Σ_seg dy; dscale = Σ_seg dy·n
+    gated_residual      out = x + gate[seg]·y;  dx = dout, dy = dout·gate[seg], dgate = Σ_seg dout·y
+    swiglu              out = silu(a)·b,  σ = sigmoid(a)
+                        db = dout·silu(a);  da = dout·b·σ·(1 + a·(1 − σ))
+    route_gather        out = x[idx]
+    route_scatter       out = base; out[idx] = y;  dbase = dout with rows idx zeroed, dy = dout[idx]
+    varlen_attention    per segment: S = scale·QKᵀ, lse = logsumexp_row(S), P = exp(S − lse), O = PV
+                        dV = PᵀdO, dP = dO Vᵀ, D = rowsum(dO∘O), dS = P∘(dP − D),
+                        dQ = scale·dS K, dK = scale·dSᵀQ
+    rope_axial          see `_rope`; backward rotates by the negative angle
+"""
+import torch
+
+# Scores of one attention chunk are held in fp32; chunks of equal-length segments are sized so that
+# [G, H, L, L] stays below this many elements (64 Mi elements = 256 MiB).
+_ATTN_CHUNK_ELEMS = 1 << 26
+
+
+def _segment_sum(values, seg, num_segments):
+    """Σ over rows of `values` [T, D] (fp32) grouped by the non-decreasing `seg` -> [S, D] fp32."""
+    lengths = torch.bincount(seg.long(), minlength=num_segments)
+    if values.shape[0] == 0:
+        return values.new_zeros(num_segments, values.shape[1])
+    return torch.segment_reduce(values, "sum", lengths=lengths, axis=0, unsafe=True)
+
+
+def _rms_stats(x, eps):
+    xf = x.float()
+    rstd = torch.rsqrt(xf.square().mean(-1) + eps)
+    return xf, rstd
+
+
+def _rms_dx(g, xhat, rstd):
+    """dx of x̂ = x·rstd given g = dL/dx̂ (all fp32)."""
+    return rstd[:, None] * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+
+
+def rms_norm_fwd(x2d, weight, eps):
+    xf, rstd = _rms_stats(x2d, eps)
+    y = xf * rstd[:, None]
+    if weight is not None:
+        y = y * weight.float()
+    return y.to(x2d.dtype), rstd
+
+
+def rms_norm_bwd(dy, x2d, weight, rstd):
+    xhat = x2d.float() * rstd[:, None]
+    dyf = dy.float()
+    g = dyf * weight.float() if weight is not None else dyf
+    dx = _rms_dx(g, xhat, rstd).to(x2d.dtype)
+    dweight = (dyf * xhat).sum(0).to(x2d.dtype) if weight is not None else None
+    return dx, dweight
+
+
+def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
+    xf, rstd = _rms_stats(x, eps)
+    n = xf * rstd[:, None]
+    if weight is not None:
+        n = n * weight.float()
+    segl = seg.long()
+    y = n * (1.0 + scale.float()[segl]) + shift.float()[segl]
+    return y.to(x.dtype), rstd
+
+
+def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
+    segl = seg.long()
+    num_segments = scale.shape[0]
+    dyf = dy.float()
+    xhat = x.float() * rstd[:, None]
+    n = xhat * weight.float() if weight is not None else xhat
+    dn = dyf * (1.0 + scale.float()[segl])
+    g = dn * weight.float() if weight is not None else dn
+    dx = _rms_dx(g, xhat, rstd).to(x.dtype)
+    dweight = (dn * xhat).sum(0).to(x.dtype) if weight is not None else None
+    dshift = _segment_sum(dyf, seg, num_segments).to(x.dtype)
+    dscale = _segment_sum(dyf * n, seg, num_segments).to(x.dtype)
+    return dx, dweight, dshift, dscale
+
+
+def gated_residual_fwd(x, y, gate, seg):
+    out = x.float() + gate.float()[seg.long()] * y.float()
+    return out.to(x.dtype)
+
+
+def gated_residual_bwd(dout, y, gate, seg):
+    """dx is `dout` itself (the identity); callers must not write into it."""
+    doutf = dout.float()
+    dy = (doutf * gate.float()[seg.long()]).to(y.dtype)
+    dgate = _segment_sum(doutf * y.float(), seg, gate.shape[0]).to(gate.dtype)
+    return dout, dy, dgate
+
+
+def swiglu_fwd(a, b):
+    af = a.float()
+    return (torch.nn.functional.silu(af) * b.float()).to(a.dtype)
+
+
+def swiglu_bwd(dout, a, b, da, db):
+    af, bf, doutf = a.float(), b.float(), dout.float()
+    sig = torch.sigmoid(af)
+    db.copy_(doutf * af * sig)
+    da.copy_(doutf * bf * sig * (1.0 + af * (1.0 - sig)))
+
+
+def route_gather_fwd(x, idx):
+    return x.index_select(0, idx)
+
+
+def route_scatter_fwd(base, y, idx):
+    return base.index_copy(0, idx.long(), y)
+
+
+def route_scatter_bwd(dout, idx):
+    return dout.index_fill(0, idx.long(), 0), dout.index_select(0, idx)
+
+
+def _length_groups(cu_seqlens):
+    """Yield (L, token index [G, L] int64) for each distinct non-zero segment length L.
+
+    One host sync (the distinct lengths); the grouping itself is done with tensor ops.
+    """
+    starts = cu_seqlens[:-1].long()
+    lengths = cu_seqlens[1:].long() - starts
+    for length in torch.unique(lengths).tolist():
+        if length == 0:
+            continue
+        group_starts = starts[lengths == length]
+        tokens = group_starts[:, None] + torch.arange(length, device=starts.device)
+        yield length, tokens
+
+
+def _chunks(tokens, heads, length):
+    per_segment = heads * length * length
+    step = max(1, _ATTN_CHUNK_ELEMS // per_segment)
+    return tokens.split(step, dim=0)
+
+
+def _heads_first(t, tok):
+    """t [T, H, Dh], tok [G, L] -> fp32 [G, H, L, Dh]."""
+    return t[tok].float().permute(0, 2, 1, 3)
+
+
+def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
+    total, heads, _ = q.shape
+    o = torch.zeros_like(q)
+    lse = torch.full((heads, total), float("-inf"), dtype=torch.float32, device=q.device)
+    for length, tokens in _length_groups(cu_seqlens):
+        for tok in _chunks(tokens, heads, length):
+            qg, kg, vg = _heads_first(q, tok), _heads_first(k, tok), _heads_first(v, tok)
+            s = torch.matmul(qg, kg.transpose(-1, -2)) * scale            # [G, H, L, L]
+            lse_g = torch.logsumexp(s, dim=-1)                            # [G, H, L]
+            og = torch.matmul(torch.exp(s - lse_g[..., None]), vg)        # [G, H, L, Dh]
+            flat = tok.reshape(-1)
+            o[flat] = og.permute(0, 2, 1, 3).reshape(-1, heads, q.shape[2]).to(q.dtype)
+            lse[:, flat] = lse_g.permute(1, 0, 2).reshape(heads, -1)
+    return o, lse
+
+
+def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
+    total, heads, dim = q.shape
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for length, tokens in _length_groups(cu_seqlens):
+        for tok in _chunks(tokens, heads, length):
+            qg, kg, vg = _heads_first(q, tok), _heads_first(k, tok), _heads_first(v, tok)
+            dog, og = _heads_first(do, tok), _heads_first(o, tok)
+            lse_g = lse[:, tok].permute(1, 0, 2)                          # [G, H, L]
+            s = torch.matmul(qg, kg.transpose(-1, -2)) * scale
+            p = torch.exp(s - lse_g[..., None])
+            dvg = torch.matmul(p.transpose(-1, -2), dog)
+            dp = torch.matmul(dog, vg.transpose(-1, -2))
+            delta = (dog * og).sum(-1, keepdim=True)
+            ds = p * (dp - delta)
+            dqg = torch.matmul(ds, kg) * scale
+            dkg = torch.matmul(ds.transpose(-1, -2), qg) * scale
+            flat = tok.reshape(-1)
+            for grad, part in ((dq, dqg), (dk, dkg), (dv, dvg)):
+                grad[flat] = part.permute(0, 2, 1, 3).reshape(-1, heads, dim).to(grad.dtype)
+    return dq, dk, dv
+
+
+def _rope(x, pos, theta, sign):
+    """Rotate x [T, H, Dh] by sign·angle; channels [0, h) by pos[:, 0], [h, Dh) by pos[:, 1].
+
+    Inside each half of size h, channel j pairs with j + h/2 at frequency theta^(-2j/h).
+    """
+    dim = x.shape[-1]
+    half, quarter = dim // 2, dim // 4
+    j = torch.arange(quarter, device=x.device, dtype=torch.float64)
+    freqs = (float(theta) ** (-2.0 * j / half)).to(torch.float32)         # [h/2]
+    angles = pos.float()[:, :, None] * freqs                              # [T, 2, h/2]
+    cos = torch.cos(angles)[:, None]                                      # [T, 1, 2, h/2]
+    sin = torch.sin(angles)[:, None] * sign
+    xf = x.float().reshape(x.shape[0], x.shape[1], 2, 2, quarter)         # [T, H, axis, pair, h/2]
+    x1, x2 = xf[:, :, :, 0], xf[:, :, :, 1]
+    y = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=3)
+    return y.reshape(x.shape).to(x.dtype)
+
+
+def rope_axial_fwd(x, pos, theta):
+    return _rope(x, pos, theta, 1.0)
+
+
+def rope_axial_bwd(dy, pos, theta):
+    return _rope(dy, pos, theta, -1.0)

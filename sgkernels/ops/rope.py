@@ -1,0 +1,64 @@
+"""Axial rotary position embedding for 2-D token grids.
+
+x [T, H, Dh] with Dh % 4 == 0, h = Dh/2, pos [T, 2] (row, col). Channels [0, h) rotate by the row
+position pos[:, 0], channels [h, Dh) by the column position pos[:, 1]. Inside one half, channel j
+pairs with j + h/2 (rotate-half), frequency f_j = theta^(-2j/h), j < h/2, angle a = pos·f_j:
+    (x1, x2) -> (x1·cos a − x2·sin a,  x2·cos a + x1·sin a)
+The map is a rotation, so the backward rotates dy by −a. pos may be int32, int64 or fp32.
+
+Roofline per call, e bytes per element: bytes 2·e·T·H·Dh + 8T (int32 pos); FLOPs ≈ 3·T·H·Dh
+(sin/cos of T·Dh/2 angles not counted).
+"""
+import torch
+
+from . import dispatch, validate
+
+POS_DTYPES = (torch.int32, torch.int64, torch.float32)
+
+
+@torch.library.custom_op("sgkernels::rope_axial", mutates_args=())
+def _rope_axial(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    return dispatch.get("rope_axial_fwd", x.device)(x, pos, theta)
+
+
+@_rope_axial.register_fake
+def _(x, pos, theta):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("sgkernels::rope_axial_backward", mutates_args=())
+def _rope_axial_backward(dy: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    return dispatch.get("rope_axial_bwd", dy.device)(dy, pos, theta)
+
+
+@_rope_axial_backward.register_fake
+def _(dy, pos, theta):
+    return torch.empty_like(dy)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    ctx.theta = inputs[2]
+
+
+def _grad(ctx, dy):
+    (pos,) = ctx.saved_tensors
+    return _rope_axial_backward(dy.contiguous(), pos, ctx.theta), None, None
+
+
+_rope_axial.register_autograd(_grad, setup_context=_setup)
+
+
+def rope_axial(x, pos, theta=10000.0):
+    """Rotate x [T, H, Dh] by axial (row, col) angles from pos [T, 2]."""
+    op = "rope_axial"
+    validate.floating(op, "x", x)
+    validate.ndim(op, "x", x, 3)
+    if x.shape[-1] % 4:
+        raise ValueError(f"{op}: x head dim Dh must be divisible by 4, got {x.shape[-1]}")
+    validate.tensor(op, "pos", pos)
+    if pos.dtype not in POS_DTYPES:
+        raise TypeError(f"{op}: pos must have dtype int32, int64 or float32, got {pos.dtype}")
+    validate.same_device(op, "pos", pos, "x", x)
+    validate.shape(op, "pos", pos, (x.shape[0], 2), "[T, 2]")
+    return _rope_axial(x.contiguous(), pos.contiguous(), float(theta))

@@ -1,0 +1,110 @@
+"""Token routing (TREAD): gather the kept rows, later write the processed rows back.
+
+    route_gather(x, idx)         out = x[idx]                     x [T, D], idx [K] unique
+        backward                 dx = zeros [T, D] with dx[idx] = dout   (route_scatter onto zeros)
+    route_scatter(base, y, idx)  out = base; out[idx] = y          base [T, D], y [K, D]
+        backward                 dbase = dout with rows idx zeroed, dy = dout[idx]
+
+idx is int64 or int32 and must not repeat a row (checked on CPU, and on CUDA with SGKERNELS_DEBUG=1).
+
+Roofline per call, e bytes per element, idx of i bytes per entry:
+    route_gather   fwd bytes 2·e·KD + i·K          bwd bytes e·(TD + KD) + i·K (zero fill + rows)
+    route_scatter  fwd bytes e·(2TD + KD) + i·K    bwd bytes e·(2TD + KD) + i·K     FLOPs 0
+"""
+import torch
+
+from . import dispatch, validate
+
+
+@torch.library.custom_op("sgkernels::route_gather", mutates_args=())
+def _route_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    validate.idx_values("route_gather", idx, x.shape[0])
+    return dispatch.get("route_gather_fwd", x.device)(x, idx)
+
+
+@_route_gather.register_fake
+def _(x, idx):
+    return x.new_empty(idx.shape[0], x.shape[1])
+
+
+@torch.library.custom_op("sgkernels::route_gather_backward", mutates_args=())
+def _route_gather_backward(dout: torch.Tensor, idx: torch.Tensor, num_rows: int) -> torch.Tensor:
+    base = dout.new_zeros(num_rows, dout.shape[1])
+    return dispatch.get("route_scatter_fwd", dout.device)(base, dout, idx)
+
+
+@_route_gather_backward.register_fake
+def _(dout, idx, num_rows):
+    return dout.new_empty(num_rows, dout.shape[1])
+
+
+def _gather_setup(ctx, inputs, output):
+    x, idx = inputs
+    ctx.save_for_backward(idx)
+    ctx.num_rows = x.shape[0]
+
+
+def _gather_grad(ctx, dout):
+    (idx,) = ctx.saved_tensors
+    return _route_gather_backward(dout.contiguous(), idx, ctx.num_rows), None
+
+
+_route_gather.register_autograd(_gather_grad, setup_context=_gather_setup)
+
+
+@torch.library.custom_op("sgkernels::route_scatter", mutates_args=())
+def _route_scatter(base: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    validate.idx_values("route_scatter", idx, base.shape[0])
+    return dispatch.get("route_scatter_fwd", base.device)(base, y, idx)
+
+
+@_route_scatter.register_fake
+def _(base, y, idx):
+    return torch.empty_like(base)
+
+
+@torch.library.custom_op("sgkernels::route_scatter_backward", mutates_args=())
+def _route_scatter_backward(dout: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return dispatch.get("route_scatter_bwd", dout.device)(dout, idx)
+
+
+@_route_scatter_backward.register_fake
+def _(dout, idx):
+    return torch.empty_like(dout), dout.new_empty(idx.shape[0], dout.shape[1])
+
+
+def _scatter_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[2])
+
+
+def _scatter_grad(ctx, dout):
+    (idx,) = ctx.saved_tensors
+    dbase, dy = _route_scatter_backward(dout.contiguous(), idx)
+    return dbase, dy, None
+
+
+_route_scatter.register_autograd(_scatter_grad, setup_context=_scatter_setup)
+
+
+def _check_idx(op, idx, x_name, x):
+    validate.index(op, "idx", idx, x_name, x)
+    return idx.contiguous()
+
+
+def route_gather(x, idx):
+    """x[idx] for x [T, D] and unique row indices idx [K] (int64 or int32)."""
+    op = "route_gather"
+    validate.floating(op, "x", x)
+    validate.ndim(op, "x", x, 2)
+    return _route_gather(x.contiguous(), _check_idx(op, idx, "x", x))
+
+
+def route_scatter(base, y, idx):
+    """A copy of base [T, D] with rows idx [K] replaced by y [K, D]."""
+    op = "route_scatter"
+    validate.floating(op, "base", base)
+    validate.ndim(op, "base", base, 2)
+    validate.like(op, "y", y, "base", base)
+    idx = _check_idx(op, idx, "base", base)
+    validate.shape(op, "y", y, (idx.shape[0], base.shape[1]), "[K, D]")
+    return _route_scatter(base.contiguous(), y.contiguous(), idx)
