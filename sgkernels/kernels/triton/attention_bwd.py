@@ -1,0 +1,182 @@
+"""Backward kernels of varlen attention (FlashAttention-2 tiling); the math is in attention.py.
+
+Three launches, no atomics, so every gradient is deterministic:
+    _attn_bwd_preprocess_kernel   D = rowsum(dO∘O) in fp32, [H, T]
+    _attn_bwd_dkdv_kernel         one program per (key block, segment, head): holds K, V, dK, dV
+                                  and streams the segment's query blocks (Q, dO, lse, D)
+    _attn_bwd_dq_kernel           one program per (query block, segment, head): holds Q, dO, dQ
+                                  and streams the segment's key blocks (K, V)
+P is rebuilt from the saved lse as 2^(s·log2 e − lse·log2 e); P and dS are cast to the input
+dtype before their products so that fp16/bf16 inputs run on tensor cores (wgmma on sm_90a).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .attention_fwd import LOG2E, autotune_configs, block_d, dot_precision
+
+# (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
+DKDV_CONFIGS = [
+    ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 2),
+    ({"BLOCK_M": 32, "BLOCK_N": 128}, 4, 3),
+    ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2),
+]
+DKDV_INTERPRET_CONFIG = ({"BLOCK_M": 16, "BLOCK_N": 32}, 4, 1)
+DQ_CONFIGS = [
+    ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 2),
+    ({"BLOCK_M": 128, "BLOCK_N": 32}, 4, 3),
+    ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2),
+]
+DQ_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
+PREPROCESS_ROWS = 64
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    O, DO, DELTA, n_rows, n_heads, n_tokens,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    # Rows r = t·H + h of the [T·H, Dh] view; D is stored head-major like lse: DELTA[h, t].
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    r_mask = rows < n_rows
+    mask = r_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    offs = rows.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
+    o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + offs, mask=mask, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, axis=1)
+    tl.store(DELTA + (rows % n_heads) * n_tokens + rows // n_heads, delta, mask=r_mask)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_SEQLENS,
+    stride_t, n_tokens, sm_scale, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    seg = tl.program_id(1)
+    head = tl.program_id(2)
+    start = tl.load(CU_SEQLENS + seg)
+    seqlen = tl.load(CU_SEQLENS + seg + 1) - start
+    if pid_n * BLOCK_N >= seqlen:
+        return
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    base = start.to(tl.int64) * stride_t + head * HEAD_DIM
+    kv_offs = base + offs_n[:, None] * stride_t + offs_d[None, :]
+    kv_mask = (offs_n < seqlen)[:, None] & d_mask[None, :]
+    k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
+    v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
+    stats = LSE + head * n_tokens + start
+    deltas = DELTA + head * n_tokens + start
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for m0 in range(0, seqlen, BLOCK_M):
+        m_mask = (m0 + offs_m) < seqlen
+        q_offs = base + (m0 + offs_m)[:, None] * stride_t + offs_d[None, :]
+        q_mask = m_mask[:, None] & d_mask[None, :]
+        q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
+        lse_log2 = tl.load(stats + m0 + offs_m, mask=m_mask, other=0.0) * 1.4426950408889634
+        # Transposed scores sᵀ [BLOCK_N, BLOCK_M]: rows are this program's keys.
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        p_t = tl.exp2(s_t * qk_scale_log2 - lse_log2[None, :])
+        p_t = tl.where(m_mask[None, :], p_t, 0.0)
+        do = tl.load(DO + q_offs, mask=q_mask, other=0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        delta = tl.load(deltas + m0 + offs_m, mask=m_mask, other=0.0)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    tl.store(DK + kv_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + kv_offs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU_SEQLENS,
+    stride_t, n_tokens, sm_scale, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    seg = tl.program_id(1)
+    head = tl.program_id(2)
+    start = tl.load(CU_SEQLENS + seg)
+    seqlen = tl.load(CU_SEQLENS + seg + 1) - start
+    if pid_m * BLOCK_M >= seqlen:
+        return
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    m_mask = offs_m < seqlen
+    base = start.to(tl.int64) * stride_t + head * HEAD_DIM
+    q_offs = base + offs_m[:, None] * stride_t + offs_d[None, :]
+    q_mask = m_mask[:, None] & d_mask[None, :]
+    q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
+    do = tl.load(DO + q_offs, mask=q_mask, other=0.0)
+    row = head * n_tokens + start + offs_m
+    lse_log2 = tl.load(LSE + row, mask=m_mask, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + row, mask=m_mask, other=0.0)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, seqlen, BLOCK_N):
+        n_mask = (n0 + offs_n) < seqlen
+        kv_offs = base + (n0 + offs_n)[:, None] * stride_t + offs_d[None, :]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        # Padded keys are zero, so their s = 0 and 2^(−lse) could overflow: mask p explicitly.
+        p = tl.exp2(s * qk_scale_log2 - lse_log2[:, None])
+        p = tl.where(n_mask[None, :], p, 0.0)
+        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+
+    tl.store(DQ + q_offs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+
+
+_attn_bwd_dkdv = triton.autotune(
+    configs=autotune_configs(DKDV_CONFIGS, DKDV_INTERPRET_CONFIG), key=["HEAD_DIM", "BLOCK_D"]
+)(_attn_bwd_dkdv_kernel)
+_attn_bwd_dq = triton.autotune(
+    configs=autotune_configs(DQ_CONFIGS, DQ_INTERPRET_CONFIG), key=["HEAD_DIM", "BLOCK_D"]
+)(_attn_bwd_dq_kernel)
+
+
+def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
+    """(dq, dk, dv) of varlen_attention_fwd given dO, its output o and lse [H, T] fp32."""
+    total, heads, head_dim = q.shape
+    width = block_d(head_dim)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    segments = cu_seqlens.shape[0] - 1
+    if total == 0 or segments == 0 or max_seqlen == 0:
+        return dq, dk, dv
+
+    delta = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    rows = total * heads
+    _attn_bwd_preprocess_kernel[(triton.cdiv(rows, PREPROCESS_ROWS),)](
+        o, do, delta, rows, heads, total,
+        HEAD_DIM=head_dim, BLOCK_D=width, BLOCK_R=PREPROCESS_ROWS,
+    )
+
+    def grid_keys(meta):
+        return (triton.cdiv(max_seqlen, meta["BLOCK_N"]), segments, heads)
+
+    def grid_queries(meta):
+        return (triton.cdiv(max_seqlen, meta["BLOCK_M"]), segments, heads)
+
+    common = dict(HEAD_DIM=head_dim, BLOCK_D=width, DOT_PRECISION=dot_precision(q.dtype))
+    scales = (heads * head_dim, total, float(scale), float(scale) * LOG2E)
+    _attn_bwd_dkdv[grid_keys](q, k, v, do, lse, delta, dk, dv, cu_seqlens, *scales, **common)
+    _attn_bwd_dq[grid_queries](q, k, v, do, lse, delta, dq, cu_seqlens, *scales, **common)
+    return dq, dk, dv

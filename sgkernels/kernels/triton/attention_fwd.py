@@ -1,0 +1,129 @@
+"""Forward kernel of varlen attention (FlashAttention-2 tiling); the math is in attention.py.
+
+One program owns BLOCK_M query rows of one segment and one head. It streams the segment's keys
+and values in BLOCK_N tiles and keeps the online-softmax state in fp32 registers, in base 2:
+
+    s   = (q·kᵀ)·scale·log2(e)            m' = max(m, rowmax s)      p = 2^(s − m')
+    l   = l·2^(m − m') + rowsum p         acc = acc·2^(m − m') + p·v
+    o   = acc / l                         lse = (m + log2 l)·ln 2    (natural log, saved)
+
+Head dims that are not a power of two (72 in SiT-XL) are padded to BLOCK_D inside the kernel with
+masked loads (zeros contribute nothing to q·kᵀ or p·v); memory keeps the packed [T, H, Dh] layout.
+"""
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = math.log2(math.e)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_HEAD_DIM = 128
+
+
+def autotune_configs(gpu_configs, interpret_config):
+    """`gpu_configs` on a GPU; the single `interpret_config` under TRITON_INTERPRET=1.
+
+    Each config is (meta-parameter dict, num_warps, num_stages).
+    """
+    chosen = [interpret_config] if INTERPRET else gpu_configs
+    return [triton.Config(dict(meta), num_warps=w, num_stages=s) for meta, w, s in chosen]
+
+
+def block_d(head_dim):
+    """Power-of-two register width of one head row (>= 16, the smallest tl.dot K)."""
+    if not 0 < head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"varlen_attention: head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def dot_precision(dtype):
+    """fp32 inputs use exact fp32 products ("ieee", not tf32); fp16/bf16 use tensor cores."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
+FWD_CONFIGS = [
+    ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
+    ({"BLOCK_M": 128, "BLOCK_N": 64}, 4, 3),
+    ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 3),
+    ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3),
+]
+FWD_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, CU_SEQLENS,
+    stride_t, n_tokens, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    seg = tl.program_id(1)
+    head = tl.program_id(2)
+    start = tl.load(CU_SEQLENS + seg)
+    seqlen = tl.load(CU_SEQLENS + seg + 1) - start
+    if pid_m * BLOCK_M >= seqlen:
+        return
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    m_mask = offs_m < seqlen
+    base = start.to(tl.int64) * stride_t + head * HEAD_DIM
+    row_mask = m_mask[:, None] & d_mask[None, :]
+    q = tl.load(Q + base + offs_m[:, None] * stride_t + offs_d[None, :], mask=row_mask, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, seqlen, BLOCK_N):
+        n_mask = (n0 + offs_n) < seqlen
+        kv_offs = base + (n0 + offs_n)[:, None] * stride_t + offs_d[None, :]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        # Column 0 of every segment is valid, so m_new is finite from the first tile on.
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    o = acc / l_i[:, None]
+    tl.store(O + base + offs_m[:, None] * stride_t + offs_d[None, :], o.to(O.dtype.element_ty),
+             mask=row_mask)
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # ln 2: back to natural log
+    tl.store(LSE + head * n_tokens + start + offs_m, lse, mask=m_mask)
+
+
+_attn_fwd = triton.autotune(
+    configs=autotune_configs(FWD_CONFIGS, FWD_INTERPRET_CONFIG), key=["HEAD_DIM", "BLOCK_D"]
+)(_attn_fwd_kernel)
+
+
+def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
+    """o [T, H, Dh] (q's dtype) and lse [H, T] fp32 of softmax(scale·QKᵀ)V within each segment."""
+    total, heads, head_dim = q.shape
+    width = block_d(head_dim)
+    o = torch.empty_like(q)
+    lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    segments = cu_seqlens.shape[0] - 1
+    if total == 0 or segments == 0 or max_seqlen == 0:
+        return o, lse
+
+    def grid(meta):
+        return (triton.cdiv(max_seqlen, meta["BLOCK_M"]), segments, heads)
+
+    _attn_fwd[grid](
+        q, k, v, o, lse, cu_seqlens,
+        heads * head_dim, total, float(scale) * LOG2E,
+        HEAD_DIM=head_dim, BLOCK_D=width, DOT_PRECISION=dot_precision(q.dtype),
+    )
+    return o, lse
