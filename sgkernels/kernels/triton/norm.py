@@ -1,0 +1,241 @@
+"""Triton RMSNorm and adaLN-modulated RMSNorm, forward and backward.
+
+Math (per row, fp32 inside the kernels; r = rsqrt(mean(x²) + eps), x̂ = x·r, w = weight or 1):
+    rms_norm            y = x̂·w
+                        g = dy·w,  dx = r·(g − x̂·mean(g·x̂)),  dweight = Σ_rows dy·x̂
+    rms_norm_modulate   n = x̂·w,  y = n·(1 + scale[seg]) + shift[seg]
+                        dn = dy·(1 + scale[seg]), g = dn·w, dx as above,
+                        dweight = Σ_rows dn·x̂,  dshift[s] = Σ_seg dy,  dscale[s] = Σ_seg dy·n
+
+A program owns whole rows (BLOCK_D = next_pow2(D) ≥ D columns, BLOCK_M rows), so the row statistic
+is one in-register reduction; rstd [M] fp32 is saved for the backward. The backward runs one
+program per reduction item (≤ R rows, inside one segment for the modulated norm, see residual.py):
+it writes dx and fp32 partial rows of dweight/dshift/dscale, which a second kernel sums in a fixed
+order (deterministic, no atomics).
+
+Roofline (bytes per call, b = bytes per element, M·D elements):
+    forward   read x, write y: 2·M·D·b (+ weight D·b, shift/scale 2·S·D·b, rstd 4·M)
+    backward  read dy, x, write dx: 3·M·D·b (+ rstd, fp32 partials (M/R + S)·D·4 per reduction)
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .residual import INTERPRET, ast_spec, column_sum, rows_per_item, segment_plan, segment_sum, tuned
+
+
+@triton.jit
+def _normalize(X, W, rows, cols, M, D, stride_x, eps, HAS_WEIGHT: tl.constexpr):
+    """Rows `rows` of X -> (x̂ [BLOCK_M, BLOCK_D] fp32, n = x̂·w, rstd [BLOCK_M], mask)."""
+    mask = (rows < M)[:, None] & (cols < D)[None, :]
+    x = tl.load(X + rows[:, None].to(tl.int64) * stride_x + cols[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+    xhat = x * rstd[:, None]
+    n = xhat
+    if HAS_WEIGHT:
+        n = xhat * tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    return xhat, n, rstd, mask
+
+
+@triton.jit
+def _rms_norm_fwd_kernel(X, W, Y, RSTD, M, D, stride_x, stride_y, eps,
+                         HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    _, n, rstd, mask = _normalize(X, W, rows, cols, M, D, stride_x, eps, HAS_WEIGHT)
+    tl.store(RSTD + rows, rstd, mask=rows < M)
+    tl.store(Y + rows[:, None].to(tl.int64) * stride_y + cols[None, :], n.to(Y.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _rms_norm_modulate_fwd_kernel(X, W, SHIFT, SCALE, SEG, Y, RSTD, M, D, stride_x, stride_y,
+                                  stride_s, eps, HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                  BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    _, n, rstd, mask = _normalize(X, W, rows, cols, M, D, stride_x, eps, HAS_WEIGHT)
+    s = tl.load(SEG + rows, mask=rows < M, other=0)
+    mod = s[:, None] * stride_s + cols[None, :]
+    shift = tl.load(SHIFT + mod, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(SCALE + mod, mask=mask, other=0.0).to(tl.float32)
+    tl.store(RSTD + rows, rstd, mask=rows < M)
+    tl.store(Y + rows[:, None].to(tl.int64) * stride_y + cols[None, :],
+             (n * (1.0 + scale) + shift).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_bwd_rows(DY, X, W, RSTD, DX, rows, cols, end, D, stride_dy, stride_x, stride_dx,
+                       one_plus_scale, HAS_WEIGHT: tl.constexpr, MODULATE: tl.constexpr):
+    """dx of `rows` (< end); returns (dy, x̂, n, dn) fp32 for the caller's column sums."""
+    row_ok = rows < end
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    r64 = rows[:, None].to(tl.int64)
+    dy = tl.load(DY + r64 * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + r64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+    xhat = x * rstd[:, None]
+    dn = dy
+    if MODULATE:
+        dn = dy * one_plus_scale[None, :]
+    g = dn
+    n = xhat
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+        g = dn * w
+        n = xhat * w
+    c = tl.sum(g * xhat, axis=1) / D
+    dx = (g - xhat * c[:, None]) * rstd[:, None]
+    tl.store(DX + r64 * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    return dy, xhat, n, dn
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, PW, M, R, D, stride_dy, stride_x, stride_dx, stride_p,
+                         HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program i: rows [i·R, min((i+1)·R, M)); fp32 partial of dweight in PW[i]."""
+    item = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    start = item * R
+    end = tl.minimum(start + R, M)
+    acc_w = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_M):
+        rows = start + r0 + tl.arange(0, BLOCK_M)
+        _, xhat, _, dn = _rms_norm_bwd_rows(DY, X, W, RSTD, DX, rows, cols, end, D, stride_dy,
+                                            stride_x, stride_dx, 1.0, HAS_WEIGHT, False)
+        acc_w += tl.sum(dn * xhat, 0)
+    if HAS_WEIGHT:
+        tl.store(PW + item.to(tl.int64) * stride_p + cols, acc_w, mask=cols < D)
+
+
+@triton.jit
+def _rms_norm_modulate_bwd_kernel(DY, X, W, SCALE, RSTD, DX, PW, PMOD, ITEM_START, ITEM_END,
+                                  ITEM_SEG, R, D, stride_dy, stride_x, stride_dx, stride_s,
+                                  stride_pw, stride_pb, stride_p, HAS_WEIGHT: tl.constexpr,
+                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program i: rows of item i (one segment); fp32 partials of dweight in PW[i], of dshift and
+    dscale in PMOD[0, i] and PMOD[1, i]."""
+    item = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    start = tl.load(ITEM_START + item)
+    end = tl.load(ITEM_END + item)
+    s = tl.load(ITEM_SEG + item)
+    one_plus_scale = 1.0 + tl.load(SCALE + s * stride_s + cols, mask=col_ok, other=0.0).to(tl.float32)
+    acc_w = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_shift = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_scale = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_M):
+        rows = start + r0 + tl.arange(0, BLOCK_M)
+        dy, xhat, n, dn = _rms_norm_bwd_rows(DY, X, W, RSTD, DX, rows, cols, end, D, stride_dy,
+                                             stride_x, stride_dx, one_plus_scale, HAS_WEIGHT, True)
+        acc_w += tl.sum(dn * xhat, 0)
+        acc_shift += tl.sum(dy, 0)
+        acc_scale += tl.sum(dy * n, 0)
+    i64 = item.to(tl.int64)
+    if HAS_WEIGHT:
+        tl.store(PW + i64 * stride_pw + cols, acc_w, mask=col_ok)
+    tl.store(PMOD + i64 * stride_p + cols, acc_shift, mask=col_ok)
+    tl.store(PMOD + stride_pb + i64 * stride_p + cols, acc_scale, mask=col_ok)
+
+
+def _configs(block_ms, warps):
+    return [triton.Config({"BLOCK_M": m}, num_warps=w) for m in block_ms for w in warps]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep tiles of at most 16 Ki fp32 elements (registers) for this BLOCK_D."""
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * kwargs["BLOCK_D"] <= 16384]
+    return kept or configs[:1]
+
+
+_fwd = tuned(_rms_norm_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), ["D"], _prune)
+_mod_fwd = tuned(_rms_norm_modulate_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), ["D"], _prune)
+_bwd = tuned(_rms_norm_bwd_kernel, _configs((1, 2, 4, 8), (4, 8)), ["D"], _prune)
+_mod_bwd = tuned(_rms_norm_modulate_bwd_kernel, _configs((1, 2, 4, 8), (4, 8)), ["D"], _prune)
+_FIXED = {"BLOCK_M": 2, "num_warps": 4}
+
+
+def _launch(kernel, grid, *args, **constexprs):
+    kernel[grid](*args, **constexprs, **(_FIXED if INTERPRET else {}))
+
+
+def _row_grid(rows):
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)
+
+
+def rms_norm_fwd(x2d, weight, eps):
+    rows, dim = x2d.shape
+    y = torch.empty_like(x2d)
+    rstd = torch.empty(rows, device=x2d.device, dtype=torch.float32)
+    _launch(_fwd, _row_grid(rows), x2d, weight, y, rstd, rows, dim, x2d.stride(0), y.stride(0),
+            float(eps), HAS_WEIGHT=weight is not None, BLOCK_D=triton.next_power_of_2(dim))
+    return y, rstd
+
+
+def rms_norm_bwd(dy, x2d, weight, rstd):
+    rows, dim = x2d.shape
+    per_item = rows_per_item(rows, x2d.device)
+    items = triton.cdiv(rows, per_item)
+    dx = torch.empty_like(x2d)
+    partials = torch.empty(items if weight is not None else 1, dim, device=x2d.device,
+                           dtype=torch.float32)
+    _launch(_bwd, (items,), dy, x2d, weight, rstd, dx, partials, rows, per_item, dim, dy.stride(0),
+            x2d.stride(0), dx.stride(0), partials.stride(0), HAS_WEIGHT=weight is not None,
+            BLOCK_D=triton.next_power_of_2(dim))
+    return dx, (column_sum(partials, x2d.dtype) if weight is not None else None)
+
+
+def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
+    rows, dim = x.shape
+    y = torch.empty_like(x)
+    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+    _launch(_mod_fwd, _row_grid(rows), x, weight, shift, scale, seg, y, rstd, rows, dim, x.stride(0),
+            y.stride(0), shift.stride(0), float(eps), HAS_WEIGHT=weight is not None,
+            BLOCK_D=triton.next_power_of_2(dim))
+    return y, rstd
+
+
+def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
+    rows, dim = x.shape
+    per_item = rows_per_item(rows, x.device)
+    plan = segment_plan(seg, scale.shape[0], per_item)
+    items = plan["start"].shape[0]
+    dx = torch.empty_like(x)
+    pw = torch.empty(items if weight is not None else 1, dim, device=x.device, dtype=torch.float32)
+    pmod = torch.empty(2, items, dim, device=x.device, dtype=torch.float32)
+    _launch(_mod_bwd, (items,), dy, x, weight, scale, rstd, dx, pw, pmod, plan["start"], plan["end"],
+            plan["seg"], per_item, dim, dy.stride(0), x.stride(0), dx.stride(0), scale.stride(0),
+            pw.stride(0), pmod.stride(0), pmod.stride(1), HAS_WEIGHT=weight is not None,
+            BLOCK_D=triton.next_power_of_2(dim))
+    dshift, dscale = segment_sum(pmod, plan["first"], plan["last"], x.dtype).unbind(0)
+    dweight = column_sum(pw, x.dtype) if weight is not None else None
+    return dx, dweight, dshift, dscale
+
+
+def static_specs():
+    """bf16, D = 1152 (SiT-XL, BLOCK_D 2048) with weight, as a real launch specializes them."""
+    ptr, i32 = "*bf16", "i32"
+    d = {"HAS_WEIGHT": True, "BLOCK_D": 2048}
+    fwd = {"X": ptr, "W": ptr, "Y": ptr, "RSTD": "*fp32", "M": i32, "D": i32, "stride_x": i32,
+           "stride_y": i32, "eps": "fp32"}
+    mod_fwd = {"X": ptr, "W": ptr, "SHIFT": ptr, "SCALE": ptr, "SEG": "*i32", "Y": ptr,
+               "RSTD": "*fp32", "M": i32, "D": i32, "stride_x": i32, "stride_y": i32,
+               "stride_s": i32, "eps": "fp32"}
+    bwd = {"DY": ptr, "X": ptr, "W": ptr, "RSTD": "*fp32", "DX": ptr, "PW": "*fp32", "M": i32,
+           "R": i32, "D": i32, "stride_dy": i32, "stride_x": i32, "stride_dx": i32, "stride_p": i32}
+    mod_bwd = {"DY": ptr, "X": ptr, "W": ptr, "SCALE": ptr, "RSTD": "*fp32", "DX": ptr,
+               "PW": "*fp32", "PMOD": "*fp32", "ITEM_START": "*i32", "ITEM_END": "*i32",
+               "ITEM_SEG": "*i32", "R": i32, "D": i32, "stride_dy": i32, "stride_x": i32,
+               "stride_dx": i32, "stride_s": i32, "stride_pw": i32, "stride_pb": i32,
+               "stride_p": i32}
+    unaligned = {"M", "eps"}
+    return [
+        ast_spec(kernel, sig, {**d, "BLOCK_M": block_m}, [n for n in sig if n not in unaligned],
+                 num_warps=warps)
+        for kernel, sig, block_m, warps in ((_rms_norm_fwd_kernel, fwd, 4, 8),
+                                            (_rms_norm_modulate_fwd_kernel, mod_fwd, 4, 8),
+                                            (_rms_norm_bwd_kernel, bwd, 2, 8),
+                                            (_rms_norm_modulate_bwd_kernel, mod_bwd, 2, 8))
+    ]

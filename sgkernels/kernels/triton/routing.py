@@ -1,0 +1,128 @@
+"""Triton token routing: gather the kept rows before a route, scatter them back after it.
+
+Math (idx [K] int64, unique, rows of x / base [T, D]):
+    route_gather    out[k] = x[idx[k]]
+    route_scatter   out[t] = y[k] if t = idx[k] else base[t]
+                    backward: dbase[t] = 0 if t ∈ idx else dout[t];  dy[k] = dout[idx[k]]
+(gather's backward is route_scatter of dout onto zeros, composed by the ops layer.)
+
+The scatter kernels run over the T output rows with an inverse map inv[t] = k (or −1), built on
+device with one index_copy (idx is unique, so it is deterministic): every output row is written
+exactly once and the base rows that get replaced are never read. Programs tile
+[BLOCK_M rows, BLOCK_D columns].
+
+Roofline (bytes per call, b = bytes per element): gather reads K rows, writes K rows: 2·K·D·b;
+scatter forward reads (T − K) base rows and K rows of y, writes T rows: 2·T·D·b; scatter backward
+reads T rows of dout, writes T rows of dbase and K rows of dy: (2·T + K)·D·b (+ 8·K + 4·T index).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .residual import INTERPRET, ast_spec, tuned
+
+
+@triton.jit
+def _route_gather_fwd_kernel(X, IDX, OUT, K, D, stride_x, stride_o,
+                             BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = rows < K
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    src = tl.load(IDX + rows, mask=row_ok, other=0)
+    x = tl.load(X + src[:, None] * stride_x + cols[None, :], mask=mask)
+    tl.store(OUT + rows[:, None].to(tl.int64) * stride_o + cols[None, :], x, mask=mask)
+
+
+@triton.jit
+def _route_scatter_fwd_kernel(BASE, Y, INV, OUT, T, D, stride_b, stride_y, stride_o,
+                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = rows < T
+    col_ok = (cols < D)[None, :]
+    k = tl.load(INV + rows, mask=row_ok, other=-1)
+    routed = (k >= 0)[:, None]
+    r64 = rows[:, None].to(tl.int64)
+    base = tl.load(BASE + r64 * stride_b + cols[None, :], mask=row_ok[:, None] & col_ok & ~routed)
+    y = tl.load(Y + k[:, None].to(tl.int64) * stride_y + cols[None, :], mask=col_ok & routed)
+    tl.store(OUT + r64 * stride_o + cols[None, :], tl.where(routed, y, base),
+             mask=row_ok[:, None] & col_ok)
+
+
+@triton.jit
+def _route_scatter_bwd_kernel(DOUT, INV, DBASE, DY, T, D, stride_do, stride_db, stride_dy,
+                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = rows < T
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    k = tl.load(INV + rows, mask=row_ok, other=-1)
+    routed = (k >= 0)[:, None]
+    r64 = rows[:, None].to(tl.int64)
+    dout = tl.load(DOUT + r64 * stride_do + cols[None, :], mask=mask)
+    tl.store(DBASE + r64 * stride_db + cols[None, :], tl.where(routed, tl.zeros_like(dout), dout),
+             mask=mask)
+    tl.store(DY + k[:, None].to(tl.int64) * stride_dy + cols[None, :], dout, mask=mask & routed)
+
+
+_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_D": d}, num_warps=w)
+            for m, d, w in ((1, 1024, 4), (4, 512, 4), (8, 256, 4), (8, 512, 8), (16, 256, 8))]
+_FIXED = {"BLOCK_M": 4, "BLOCK_D": 32, "num_warps": 4}
+_gather = tuned(_route_gather_fwd_kernel, _CONFIGS, key=["D"])
+_scatter = tuned(_route_scatter_fwd_kernel, _CONFIGS, key=["D"])
+_scatter_bwd = tuned(_route_scatter_bwd_kernel, _CONFIGS, key=["D"])
+
+
+def _grid(rows, dim):
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(dim, meta["BLOCK_D"]))
+
+
+def _launch(kernel, grid, *args):
+    kernel[grid](*args, **(_FIXED if INTERPRET else {}))
+
+
+def _inverse(idx, total):
+    """inv [T] int32: inv[idx[k]] = k, −1 for rows that are not routed."""
+    inv = torch.full((total,), -1, device=idx.device, dtype=torch.int32)
+    return inv.index_copy_(0, idx, torch.arange(idx.shape[0], device=idx.device, dtype=torch.int32))
+
+
+def route_gather_fwd(x, idx):
+    kept, dim = idx.shape[0], x.shape[1]
+    out = torch.empty(kept, dim, device=x.device, dtype=x.dtype)
+    _launch(_gather, _grid(kept, dim), x, idx, out, kept, dim, x.stride(0), out.stride(0))
+    return out
+
+
+def route_scatter_fwd(base, y, idx):
+    total, dim = base.shape
+    out = torch.empty_like(base)
+    _launch(_scatter, _grid(total, dim), base, y, _inverse(idx, total), out, total, dim,
+            base.stride(0), y.stride(0), out.stride(0))
+    return out
+
+
+def route_scatter_bwd(dout, idx):
+    total, dim = dout.shape
+    dbase = torch.empty_like(dout)
+    dy = torch.empty(idx.shape[0], dim, device=dout.device, dtype=dout.dtype)
+    _launch(_scatter_bwd, _grid(total, dim), dout, _inverse(idx, total), dbase, dy, total, dim,
+            dout.stride(0), dbase.stride(0), dy.stride(0))
+    return dbase, dy
+
+
+def static_specs():
+    """bf16 rows of D = 1152 (SiT-XL), aligned as at a real launch."""
+    ptr, i32 = "*bf16", "i32"
+    gather = {"X": ptr, "IDX": "*i64", "OUT": ptr, "K": i32, "D": i32, "stride_x": i32,
+              "stride_o": i32}
+    scatter = {"BASE": ptr, "Y": ptr, "INV": "*i32", "OUT": ptr, "T": i32, "D": i32,
+               "stride_b": i32, "stride_y": i32, "stride_o": i32}
+    scatter_bwd = {"DOUT": ptr, "INV": "*i32", "DBASE": ptr, "DY": ptr, "T": i32, "D": i32,
+                   "stride_do": i32, "stride_db": i32, "stride_dy": i32}
+    tile = {"BLOCK_M": 4, "BLOCK_D": 512}
+    return [ast_spec(kernel, sig, tile, [n for n in sig if n not in ("K", "T")], num_warps=4)
+            for kernel, sig in ((_route_gather_fwd_kernel, gather),
+                                (_route_scatter_fwd_kernel, scatter),
+                                (_route_scatter_bwd_kernel, scatter_bwd))]

@@ -1,0 +1,87 @@
+"""Triton SwiGLU, forward and backward.
+
+Math (fp32 inside the kernels, σ = sigmoid(a) = 1/(1 + exp(−a)), written with tl.exp):
+    forward   out = silu(a)·b = a·σ·b
+    backward  db = dout·a·σ,  da = dout·b·σ·(1 + a·(1 − σ))
+
+a and b are [M, H] with a contiguous last dim; their row stride may be 2H (the two halves of one
+[M, 2H] projection), so no split copy is made; da and db are written in place and may be the
+halves of one [M, 2H] gradient. Elementwise: programs tile [BLOCK_M, BLOCK_H].
+
+Roofline (bytes per call, b = bytes per element): forward reads a, b and writes out: 3·M·H·b;
+backward reads dout, a, b and writes da, db: 5·M·H·b.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .residual import INTERPRET, ast_spec, tuned
+
+
+@triton.jit
+def _tile(M, H, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (rows < M)[:, None] & (cols < H)[None, :]
+    return rows[:, None].to(tl.int64), cols[None, :], mask
+
+
+@triton.jit
+def _swiglu_fwd_kernel(A, B, OUT, M, H, stride_a, stride_b, stride_o,
+                       BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+    r, c, mask = _tile(M, H, BLOCK_M, BLOCK_H)
+    a = tl.load(A + r * stride_a + c, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + r * stride_b + c, mask=mask, other=0.0).to(tl.float32)
+    sig = 1.0 / (1.0 + tl.exp(-a))
+    tl.store(OUT + r * stride_o + c, (a * sig * b).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _swiglu_bwd_kernel(DOUT, A, B, DA, DB, M, H, stride_do, stride_a, stride_b, stride_da,
+                       stride_db, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+    r, c, mask = _tile(M, H, BLOCK_M, BLOCK_H)
+    dout = tl.load(DOUT + r * stride_do + c, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(A + r * stride_a + c, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + r * stride_b + c, mask=mask, other=0.0).to(tl.float32)
+    sig = 1.0 / (1.0 + tl.exp(-a))
+    silu = a * sig
+    tl.store(DB + r * stride_db + c, (dout * silu).to(DB.dtype.element_ty), mask=mask)
+    tl.store(DA + r * stride_da + c, (dout * b * sig * (1.0 + a * (1.0 - sig))).to(DA.dtype.element_ty),
+             mask=mask)
+
+
+_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_H": h}, num_warps=w)
+            for m, h, w in ((1, 1024, 4), (4, 512, 4), (8, 512, 8), (16, 256, 8), (4, 1024, 8))]
+_FIXED = {"BLOCK_M": 4, "BLOCK_H": 32, "num_warps": 4}
+_fwd = tuned(_swiglu_fwd_kernel, _CONFIGS, key=["H"])
+_bwd = tuned(_swiglu_bwd_kernel, _CONFIGS, key=["H"])
+
+
+def _grid(rows, hidden):
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(hidden, meta["BLOCK_H"]))
+
+
+def swiglu_fwd(a, b):
+    rows, hidden = a.shape
+    out = torch.empty(rows, hidden, device=a.device, dtype=a.dtype)
+    _fwd[_grid(rows, hidden)](a, b, out, rows, hidden, a.stride(0), b.stride(0), out.stride(0),
+                              **(_FIXED if INTERPRET else {}))
+    return out
+
+
+def swiglu_bwd(dout, a, b, da, db):
+    rows, hidden = a.shape
+    _bwd[_grid(rows, hidden)](dout, a, b, da, db, rows, hidden, dout.stride(0), a.stride(0),
+                              b.stride(0), da.stride(0), db.stride(0), **(_FIXED if INTERPRET else {}))
+
+
+def static_specs():
+    """bf16 halves of a [M, 2H] tensor, H = 5632 (≈ 8/3·2048 for TR-DiT), aligned as at launch."""
+    ptr, i32 = "*bf16", "i32"
+    fwd = {"A": ptr, "B": ptr, "OUT": ptr, "M": i32, "H": i32, "stride_a": i32, "stride_b": i32,
+           "stride_o": i32}
+    bwd = {"DOUT": ptr, "A": ptr, "B": ptr, "DA": ptr, "DB": ptr, "M": i32, "H": i32,
+           "stride_do": i32, "stride_a": i32, "stride_b": i32, "stride_da": i32, "stride_db": i32}
+    tile = {"BLOCK_M": 4, "BLOCK_H": 512}
+    return [ast_spec(_swiglu_fwd_kernel, fwd, tile, [n for n in fwd if n != "M"], num_warps=4),
+            ast_spec(_swiglu_bwd_kernel, bwd, tile, [n for n in bwd if n != "M"], num_warps=4)]
