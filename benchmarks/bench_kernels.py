@@ -1,0 +1,410 @@
+"""Kernel benchmarks: every sgkernels op, forward / backward / both, at DiT shapes.
+
+Shapes: width D (1152 = SiT-XL/2, 2048 = TR-DiT-2.5B), H heads (head dim D/H), N tokens per image,
+B images, in three layouts of segment lengths:
+    dense    B segments of N tokens
+    routed   B segments of keep(N, 0.5) tokens                    (TREAD route at 0.5)
+    packed   B of keep(N, 0.5) and B of keep(N, 0.9) tokens       (one SG_FLOPS step, 0.5 / 0.9)
+route_gather / route_scatter move keep(N, 0.5) of the N tokens of every segment of the layout.
+
+Metrics per (op, mode, shape, implementation), medians over repeats (common.time_fn):
+    bytes   each input read once + each output written once (the rooflines in the op docstrings)
+    GB/s    bytes / t, and its fraction of the device copy bandwidth measured in this run
+    FLOPs   attention only: 4·Σ L²·H·Dh forward (= 4·T·S̄·H·Dh), 2.5× that backward
+    TFLOP/s flops / t, and its fraction of the dense matmul rate measured in this run
+Implementations: sgkernels with each backend that runs on the device ("sg:torch|triton|cuda"),
+the reference in eager mode ("eager") and under torch.compile ("compile"), torch natives
+(F.rms_norm; varlen_attn when torch has it, else SDPA per segment-length group), Liger-Kernel's
+RMSNorm / SwiGLU when installed. `x_eager` = eager time / time; `x_best` = best time among
+compile, natives and Liger / time (for sg rows).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import common
+import torch
+import torch.nn.functional as F
+
+from sgkernels import ops
+from sgkernels.ops import reference as ref
+
+MODES = ("fwd", "bwd", "fwdbwd")
+LAYOUTS = ("dense", "routed", "packed")
+OPS = ("rms_norm", "rms_norm_modulate", "gated_residual", "swiglu", "route_gather",
+       "route_scatter", "rope_axial", "varlen_attention")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def keep(n: int, gamma: float) -> int:
+    return max(1, n - math.floor(n * gamma + 1e-9))
+
+
+def segment_lengths(layout: str, batch: int, tokens: int) -> list[int]:
+    if layout == "dense":
+        return [tokens] * batch
+    if layout == "routed":
+        return [keep(tokens, 0.5)] * batch
+    if layout == "packed":
+        return [keep(tokens, 0.5)] * batch + [keep(tokens, 0.9)] * batch
+    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+@dataclass(frozen=True)
+class Shape:
+    layout: str
+    batch: int
+    tokens: int
+    dim: int
+    heads: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def lengths(self) -> list[int]:
+        return segment_lengths(self.layout, self.batch, self.tokens)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def hidden(self) -> int:
+        """SwiGLU hidden width of a Llama block: 8/3·D rounded up to a multiple of 64."""
+        return 64 * math.ceil(int(self.dim * 8 / 3) / 64)
+
+
+def make_inputs(op: str, s: Shape, gen: torch.Generator) -> dict:
+    """Inputs of `op` on shape `s` (float tensors random normal, indices valid)."""
+    lengths = s.lengths
+    total, nseg = sum(lengths), len(lengths)
+    lens = torch.tensor(lengths)
+    seg = torch.repeat_interleave(torch.arange(nseg), lens).to(torch.int32)
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), lens.cumsum(0)]).to(torch.int32)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(s.dtype)
+
+    if op == "rms_norm":
+        d = {"x": rand(total, s.dim), "weight": rand(s.dim)}
+    elif op == "rms_norm_modulate":
+        d = {"x": rand(total, s.dim), "weight": rand(s.dim), "shift": rand(nseg, s.dim),
+             "scale": rand(nseg, s.dim), "seg": seg}
+    elif op == "gated_residual":
+        d = {"x": rand(total, s.dim), "y": rand(total, s.dim), "gate": rand(nseg, s.dim),
+             "seg": seg}
+    elif op == "swiglu":
+        d = {"a": rand(total, 2 * s.hidden)}
+    elif op in ("route_gather", "route_scatter"):
+        # keep(L, 0.5) random rows of every segment, in order (what a TREAD route gathers)
+        rows = [start + torch.randperm(n, generator=gen)[:keep(n, 0.5)].sort().values
+                for start, n in zip(cu[:-1].tolist(), lengths)]
+        idx = torch.cat(rows)
+        d = {"x": rand(total, s.dim), "idx": idx} if op == "route_gather" else \
+            {"base": rand(total, s.dim), "y": rand(idx.numel(), s.dim), "idx": idx}
+    elif op == "rope_axial":
+        side = math.isqrt(s.tokens)
+        grid = torch.arange(s.tokens)
+        pos = torch.stack([grid // side, grid % side], 1).to(torch.int32)
+        d = {"x": rand(total, s.heads, s.head_dim),
+             "pos": torch.cat([pos[torch.randperm(s.tokens, generator=gen)[:n]] for n in lengths])}
+    elif op == "varlen_attention":
+        d = {n: rand(total, s.heads, s.head_dim) for n in "qkv"}
+        d.update(cu_seqlens=cu, max_seqlen=max(lengths))
+    else:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    return {k: v.to(s.device) if torch.is_tensor(v) else v for k, v in d.items()}
+
+
+def grad_names(inputs: dict) -> list[str]:
+    return [k for k, v in inputs.items() if torch.is_tensor(v) and v.is_floating_point()]
+
+
+def sg_call(op: str, i: dict):
+    """The public sgkernels op."""
+    fn = getattr(ops, op)
+    if op == "varlen_attention":
+        return fn(i["q"], i["k"], i["v"], i["cu_seqlens"], i["max_seqlen"])
+    return fn(*[v for v in i.values()])
+
+
+def ref_call(op: str, i: dict):
+    """The torch reference of the op (sgkernels.ops.reference), differentiable by autograd."""
+    if op == "rms_norm":
+        return ref.rms_norm_fwd(i["x"], i["weight"], 1e-6)[0]
+    if op == "rms_norm_modulate":
+        return ref.rms_norm_modulate_fwd(*i.values(), 1e-6)[0]
+    if op == "swiglu":
+        half = i["a"].shape[-1] // 2
+        return ref.swiglu_fwd(i["a"][:, :half], i["a"][:, half:])
+    if op == "rope_axial":
+        return ref.rope_axial_fwd(i["x"], i["pos"], 10000.0)
+    if op == "varlen_attention":
+        scale = i["q"].shape[-1] ** -0.5
+        return ref.varlen_attention_fwd(i["q"], i["k"], i["v"], i["cu_seqlens"],
+                                        i["max_seqlen"], scale)[0]
+    return getattr(ref, op + "_fwd")(*i.values())
+
+
+def sdpa_grouped(i: dict):
+    """SDPA per run of equal-length consecutive segments ([n, H, L, Dh] batches, no padding)."""
+    q, k, v, cu = i["q"], i["k"], i["v"], i["cu_seqlens"].tolist()
+    lengths = [b - a for a, b in zip(cu, cu[1:])]
+    out, start, j = [], 0, 0
+    while j < len(lengths):
+        n = 1
+        while j + n < len(lengths) and lengths[j + n] == lengths[j]:
+            n += 1
+        end = start + n * lengths[j]
+        views = [t[start:end].unflatten(0, (n, lengths[j])).transpose(1, 2) for t in (q, k, v)]
+        out.append(F.scaled_dot_product_attention(*views).transpose(1, 2).flatten(0, 1))
+        start, j = end, j + n
+    return torch.cat(out)
+
+
+def natives(op: str, device: torch.device) -> dict:
+    """Baselines outside sgkernels that exist for this op and device: name -> fn(inputs)."""
+    found = {}
+    if op == "rms_norm":
+        found["torch:rms_norm"] = lambda i: F.rms_norm(i["x"], i["x"].shape[-1:], i["weight"], 1e-6)
+    if op == "varlen_attention":
+        found["torch:sdpa_grouped"] = sdpa_grouped
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            varlen_attn = None
+        if varlen_attn is not None and device.type == "cuda":
+            found["torch:varlen_attn"] = lambda i: varlen_attn(
+                i["q"], i["k"], i["v"], i["cu_seqlens"], i["cu_seqlens"], i["max_seqlen"],
+                i["max_seqlen"])
+    if device.type == "cuda" and op in ("rms_norm", "swiglu"):
+        try:
+            from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+            from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+        except ImportError:
+            return found
+        if op == "rms_norm":
+            found["liger"] = lambda i: LigerRMSNormFunction.apply(i["x"], i["weight"], 1e-6)
+        else:
+            found["liger"] = lambda i: LigerSiLUMulFunction.apply(*i["a"].chunk(2, -1))
+    return found
+
+
+def nbytes(t) -> int:
+    return t.numel() * t.element_size() if torch.is_tensor(t) else 0
+
+
+def traffic(op: str, mode: str, i: dict) -> int:
+    """Bytes moved by one call (see the roofline in each op's docstring)."""
+    size = {k: nbytes(v) for k, v in i.items()}
+    if op in ("rms_norm", "rms_norm_modulate"):
+        x, rows = size["x"], i["x"].shape[0]
+        w, sc = size["weight"], size.get("scale", 0)
+        stats = 4 * rows + size.get("seg", 0)          # rstd fp32 (+ seg int32)
+        fwd = 2 * x + w + size.get("shift", 0) + sc + stats
+        bwd = 3 * x + 2 * w + 3 * sc + stats           # dy, x, dx; w, dw; scale, dshift, dscale
+    elif op == "gated_residual":
+        fwd = 3 * size["x"] + size["gate"] + size["seg"]
+        bwd = 3 * size["x"] + 2 * size["gate"] + size["seg"]
+    elif op == "swiglu":
+        fwd, bwd = 3 * size["a"] // 2, 5 * size["a"] // 2
+    elif op == "route_gather":
+        rows = i["idx"].numel() * i["x"].shape[1] * i["x"].element_size()
+        fwd, bwd = 2 * rows + size["idx"], size["x"] + rows + size["idx"]
+    elif op == "route_scatter":
+        fwd = bwd = 2 * size["base"] + size["y"] + size["idx"]
+    elif op == "rope_axial":
+        fwd = bwd = 2 * size["x"] + size["pos"]
+    else:  # varlen_attention: q, k, v, o (+ lse); backward also dO, dQ, dK, dV
+        lse = 4 * i["q"].shape[0] * i["q"].shape[1]
+        fwd, bwd = 4 * size["q"] + lse, 8 * size["q"] + lse
+    return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[mode]
+
+
+def attention_flops(mode: str, i: dict) -> float:
+    cu = i["cu_seqlens"].tolist()
+    _, heads, dh = i["q"].shape
+    fwd = 4.0 * sum((b - a) ** 2 for a, b in zip(cu, cu[1:])) * heads * dh
+    return {"fwd": fwd, "bwd": 2.5 * fwd, "fwdbwd": 3.5 * fwd}[mode]
+
+
+def runner(fn, inputs: dict, mode: str):
+    """A zero-argument callable doing one `mode` step of fn on inputs."""
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                fn(inputs)
+        return run
+    leaves = {k: (v.detach().requires_grad_(True) if k in grad_names(inputs) else v)
+              for k, v in inputs.items()}
+    wrt = [leaves[k] for k in grad_names(inputs)]
+    out = fn(leaves)
+    dout = torch.randn_like(out)
+    if mode == "bwd":
+        return lambda: torch.autograd.grad(out, wrt, dout, retain_graph=True)
+    del out  # fwdbwd builds a fresh graph per call
+
+    def run():
+        torch.autograd.grad(fn(leaves), wrt, dout)
+    return run
+
+
+def sg_backends(device: torch.device) -> list[str]:
+    """sgkernels backends worth timing on `device`: torch on CPU; triton and cuda on CUDA."""
+    if device.type != "cuda":
+        return ["torch"]
+    found = []
+    try:
+        import sgkernels.kernels.triton  # noqa: F401
+        found.append("triton")
+    except Exception as exc:  # report, keep benchmarking the rest
+        print(f"sgkernels Triton backend unavailable: {exc!r}")
+    try:
+        from sgkernels.kernels import cuda as cuda_backend
+        if cuda_backend.available():
+            found.append("cuda")
+    except Exception as exc:
+        print(f"sgkernels CUDA backend unavailable: {exc!r}")
+    return found or ["torch"]
+
+
+def implementations(op: str, device: torch.device, compile_ref: bool) -> dict:
+    impls = {}
+    for backend in sg_backends(device):
+        def call(i, backend=backend):
+            with ops.use_backend(backend):
+                return sg_call(op, i)
+        impls[f"sg:{backend}"] = call
+    impls["eager"] = lambda i: ref_call(op, i)
+    if compile_ref:
+        compiled = torch.compile(lambda i: ref_call(op, i), dynamic=None)
+        impls["compile"] = compiled
+    impls.update(natives(op, device))
+    return impls
+
+
+def bench_case(op, mode, shape, impls, ceil, warmup, repeats, gen) -> list[dict]:
+    inputs = make_inputs(op, shape, gen)
+    total = sum(shape.lengths)
+    base = {"op": op, "mode": mode, "layout": shape.layout, "batch": shape.batch,
+            "dim": shape.dim, "heads": shape.heads, "head_dim": shape.head_dim,
+            "tokens": total, "segments": len(shape.lengths),
+            "dtype": str(shape.dtype).removeprefix("torch.")}
+    nb = traffic(op, mode, inputs)
+    fl = attention_flops(mode, inputs) if op == "varlen_attention" else None
+    rows = []
+    for name, fn in impls.items():
+        row = dict(base, impl=name)
+        try:
+            t = common.time_fn(runner(fn, inputs, mode), shape.device, warmup, repeats)
+        except (ImportError, NotImplementedError, ValueError, RuntimeError, TypeError) as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            rows.append(row)
+            continue
+        row.update(ms=t.median * 1e3, spread=t.spread, bytes=nb, gbps=nb / t.median / 1e9)
+        row["frac_copy_bw"] = row["gbps"] / ceil["copy_gbps"]
+        if fl is not None:
+            row.update(tflops=fl / t.median / 1e12)
+            row["frac_matmul"] = row["tflops"] / ceil["matmul_tflops"]
+        rows.append(row)
+    timed = {r["impl"]: r["ms"] for r in rows if "ms" in r}
+    others = [ms for name, ms in timed.items() if not name.startswith(("sg:", "eager"))]
+    for r in rows:
+        if "ms" in r and "eager" in timed:
+            r["x_eager"] = timed["eager"] / r["ms"]
+        if "ms" in r and r["impl"].startswith("sg:") and others:
+            r["x_best"] = min(others) / r["ms"]
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    p.add_argument("--dims", nargs="+", type=int, default=None, help="default 1152 2048")
+    p.add_argument("--heads", type=int, default=None, help="default 16")
+    p.add_argument("--tokens", type=int, default=None, help="tokens per image, default 256")
+    p.add_argument("--batches", nargs="+", type=int, default=None,
+                   help="default 16 256 on CUDA, 2 on CPU")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="default bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="time torch.compile of the reference (default: on CUDA only)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting new cases after this many seconds")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny shapes (D 128, 4 heads, 64 tokens, batch 4): < 1 minute on CPU")
+    p.add_argument("--out", type=Path, default=Path("outputs/bench_kernels"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    device = common.resolve_device(args.device)
+    cuda = device.type == "cuda"
+    quick = args.quick
+    dims = args.dims or ([128] if quick else [1152, 2048])
+    heads = args.heads or (4 if quick else 16)
+    tokens = args.tokens or (64 if quick else 256)
+    batches = args.batches or ([4] if quick else [2] if not cuda else [16, 256])
+    dtype = DTYPES[args.dtype or ("bf16" if cuda and not quick else "fp32")]
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    repeats = args.repeats if args.repeats is not None else (10 if cuda else 3)
+    compile_ref = cuda if args.compile is None else args.compile
+    for d in dims:
+        if d % heads or (d // heads) % 4:
+            raise ValueError(f"--dims {d} / --heads {heads} must give a head dim divisible by 4")
+    if math.isqrt(tokens) ** 2 != tokens:
+        raise ValueError(f"--tokens must be a square (a token grid), got {tokens}")
+
+    ceil = {"copy_gbps": common.copy_bandwidth_gbps(device),
+            "matmul_tflops": common.matmul_tflops(device)}
+    print(f"device {device}: copy {ceil['copy_gbps']:.1f} GB/s, matmul "
+          f"{ceil['matmul_tflops']:.2f} TFLOP/s")
+    gen = torch.Generator().manual_seed(0)
+    start, rows = time.perf_counter(), []
+    for op in args.ops:
+        impls = implementations(op, device, compile_ref)
+        for dim in dims:
+            for batch in batches:
+                for layout in args.layouts:
+                    shape = Shape(layout, batch, tokens, dim, heads, dtype, device)
+                    for mode in args.modes:
+                        if args.budget_s and time.perf_counter() - start > args.budget_s:
+                            rows.append({"op": op, "mode": mode, "layout": layout,
+                                         "batch": batch, "dim": dim, "error": "skipped: budget"})
+                            continue
+                        new = bench_case(op, mode, shape, impls, ceil, warmup, repeats, gen)
+                        rows.extend(new)
+                        print_rows(new)
+    record = {"machine": common.machine_info(device), "ceilings": ceil,
+              "args": {k: str(v) for k, v in vars(args).items()}, "dtype": str(dtype),
+              "warmup": warmup, "repeats": repeats, "seconds": time.perf_counter() - start}
+    common.write_csv(args.out / "kernels.csv", rows)
+    common.write_json(args.out / "kernels.json", record)
+    print(f"wrote {args.out}/kernels.csv and kernels.json ({record['seconds']:.0f} s)")
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        head = f"{r['op']:<18} {r['mode']:<6} {r['layout']:<6} B{r['batch']:<4} D{r['dim']:<5}" \
+               f" {r['impl']:<20}"
+        if "error" in r:
+            print(f"{head} -- {r['error']}")
+            continue
+        extra = f" {r['tflops']:8.3g} TFLOP/s" if "tflops" in r else ""
+        speed = f" x_eager {r['x_eager']:.2f}" if "x_eager" in r else ""
+        print(f"{head} {r['ms']:9.3f} ms {r['gbps']:8.1f} GB/s ({r['frac_copy_bw']:.0%}){extra}"
+              f"{speed}")
+
+
+if __name__ == "__main__":
+    main()

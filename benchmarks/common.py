@@ -1,0 +1,242 @@
+"""Shared helpers of the benchmark scripts: timing, measured ceilings, machine record, output files.
+
+Timing (`time_fn`): `warmup` untimed calls, then `repeats` timed calls; the result is the median.
+On CUDA every call is bracketed by a pair of `torch.cuda.Event`s (GPU time of the queued work);
+on CPU it is wall clock (`time.perf_counter`) around the call.
+
+Ceilings, measured in the same run as the numbers they bound (a roofline with two roofs):
+    copy bandwidth   B = 2·n / t        a device-to-device copy of an n-byte tensor reads and
+                                        writes every byte once
+    matmul rate      F = 2·N³ / t       one N×N by N×N matmul (bf16 on CUDA, fp32 on CPU)
+An op that moves `b` bytes in time `t` achieves b/t, i.e. the fraction (b/t)/B of the ceiling;
+a compute-bound op doing `f` FLOPs achieves (f/t)/F.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run from a source tree without `pip install`
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """"auto"/None -> cuda when available, else cpu; otherwise a validated torch.device."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r} was requested but torch.cuda.is_available() is False")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be 'cpu' or 'cuda[:N]', got {name!r}")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of each timed call; `median` is what the benchmarks report."""
+
+    times: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the timed calls: the run-to-run noise."""
+        return (max(self.times) - min(self.times)) / self.median if self.median > 0 else 0.0
+
+
+def time_fn(fn, device: torch.device, warmup: int = 2, repeats: int = 5) -> Timing:
+    """Time `fn()` as described in the module docstring."""
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        return Timing(tuple(start.elapsed_time(end) / 1e3 for start, end in events))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return Timing(tuple(times))
+
+
+def copy_bandwidth_gbps(device: torch.device, nbytes: int | None = None, repeats: int = 5) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (1e9 bytes/s), 2·nbytes per copy."""
+    if nbytes is None:
+        nbytes = (1 << 30) if device.type == "cuda" else (64 << 20)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device, warmup=2, repeats=repeats).median
+    return 2 * src.numel() * 4 / t / 1e9
+
+
+def matmul_tflops(device: torch.device, n: int | None = None, dtype: torch.dtype | None = None,
+                  repeats: int = 5) -> float:
+    """Measured dense matmul rate in TFLOP/s (2·n³ FLOPs per n×n product)."""
+    if n is None:
+        n = 8192 if device.type == "cuda" else 512
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = time_fn(lambda: torch.mm(a, b), device, warmup=2, repeats=repeats).median
+    return 2 * n ** 3 / t / 1e12
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_info(device: torch.device) -> dict:
+    """What ran the benchmark: date, host, CPU/GPU, library versions, load, git commit."""
+    info = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "git_commit": _git_commit(),
+    }
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2 ** 30, 1)
+        info["gpu_sm_count"] = props.multi_processor_count
+    return info
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Write dict rows; columns are the union of keys in first-seen order (missing -> empty)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    return path
+
+
+def _csv_value(value):
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def write_json(path: Path, record: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def gamma_values(step: float) -> list[float]:
+    """Drop rates 0, step, 2·step, ... below 1 (step 0.05 gives the paper's 20 values)."""
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step < 1:
+        raise ValueError(f"--step must be a float in (0, 1), got {step!r}")
+    count = math.ceil(1.0 / step - 1e-9)
+    return [round(i * step, 10) for i in range(count)]
+
+
+def heatmap(ax, values, gammas, title: str, fmt: str = "{:.2g}", cmap: str = "viridis",
+            colorbar_label: str | None = None):
+    """Draw `values` [len(gammas) γ_strong rows, len(gammas) γ_weak cols] on `ax`.
+
+    NaN cells (γ_strong > γ_weak, or not measured) are masked and drawn grey; the others carry
+    their value as text when the grid is at most 20×20.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = np.ma.masked_invalid(np.asarray(values, dtype=float))
+    colormap = plt.get_cmap(cmap).copy()
+    colormap.set_bad("#d9d9d9")
+    image = ax.imshow(data, origin="lower", cmap=colormap, aspect="equal")
+    ticks = range(len(gammas))
+    every = max(1, len(gammas) // 10)
+    ax.set_xticks(list(ticks)[::every], [f"{g:g}" for g in gammas][::every], fontsize=7)
+    ax.set_yticks(list(ticks)[::every], [f"{g:g}" for g in gammas][::every], fontsize=7)
+    ax.set_xlabel("γ_weak")
+    ax.set_ylabel("γ_strong")
+    ax.set_title(title, fontsize=9)
+    if len(gammas) <= 20:
+        size = 7 if len(gammas) <= 10 else 4.5
+        finite = data.compressed()
+        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                if data.mask is not np.ma.nomask and data.mask[i, j]:
+                    continue
+                v = float(data[i, j])
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=size,
+                        color="black" if v > mid else "white")
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if colorbar_label:
+        bar.set_label(colorbar_label, fontsize=8)
+    return image
