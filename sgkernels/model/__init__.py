@@ -1,0 +1,8 @@
+"""The routed DiT: config, packed token batches, routing, blocks, MaskDiT decoder, checkpoints."""
+from .checkpoint import from_checkpoint
+from .config import ModelConfig, Route, keep_count
+from .dit import RoutedDiT
+from .tokens import TokenBatch, patchify, unpatchify
+
+__all__ = ["ModelConfig", "Route", "RoutedDiT", "TokenBatch", "from_checkpoint", "keep_count",
+           "patchify", "unpatchify"]

@@ -1,0 +1,112 @@
+"""Transformer blocks with adaLN-Zero over packed token batches (DESIGN.md §4).
+
+Per block, with c = SiLU(cond) [S, Dc] and six [S, D] rows per segment from one linear map,
+(shift1, scale1, gate1, shift2, scale2, gate2) = Linear(c), each token using its segment's row:
+
+    h = norm(x)·(1 + scale1[seg]) + shift1[seg];   x = x + gate1[seg]·Attn(h)
+    h = norm(x)·(1 + scale2[seg]) + shift2[seg];   x = x + gate2[seg]·MLP(h)
+
+The adaLN linear starts at zero (adaLN-Zero), so every block starts as the identity.
+
+    sit    norm = LayerNorm without affine; MLP = fc2(gelu_tanh(fc1 h)), hidden 4·D; biases
+    llama  norm = RMSNorm (ops.rms_norm_modulate); MLP = w2(silu(a)·b), [a, b] = w1 h
+           (ops.swiglu), hidden ~ 8/3·D; q, k rotated by axial RoPE of pos; no biases
+
+Attention is softmax(q kᵀ/sqrt(Dh)) v within each segment (ops.varlen_attention on cu_seqlens).
+The final layer is norm + modulate (shift, scale from its own zero-initialised adaLN) + linear.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgkernels import ops
+
+from .config import ModelConfig
+from .tokens import TokenBatch
+
+
+def norm_modulate(flavour: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                  seg: torch.Tensor, eps: float) -> torch.Tensor:
+    """norm(x)·(1 + scale[seg]) + shift[seg] for the block flavour's norm."""
+    if flavour == "llama":
+        return ops.rms_norm_modulate(x, None, shift, scale, seg, eps)
+    h = F.layer_norm(x, (x.shape[-1],), eps=eps)
+    return torch.addcmul(shift.index_select(0, seg), h, 1 + scale.index_select(0, seg))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, bias: bool, rope_theta: float | None):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.rope_theta = rope_theta
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, h: torch.Tensor, b: TokenBatch) -> torch.Tensor:
+        t = h.shape[0]
+        q, k, v = self.qkv(h).view(t, 3, self.heads, self.head_dim).unbind(1)
+        if self.rope_theta is not None:
+            q = ops.rope_axial(q, b.pos, self.rope_theta)
+            k = ops.rope_axial(k, b.pos, self.rope_theta)
+        o = ops.varlen_attention(q, k, v, b.cu_seqlens, b.max_seqlen)
+        return self.proj(o.reshape(t, -1))
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
+
+
+class SwiGLUMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.w2(ops.swiglu(self.w1(h)))
+
+
+class DiTBlock(nn.Module):
+    """One adaLN-Zero transformer block of width dim, conditioned on cond of width cond_dim."""
+
+    def __init__(self, config: ModelConfig, dim: int, heads: int, cond_dim: int):
+        super().__init__()
+        self.flavour = config.flavour
+        self.eps = config.norm_eps
+        llama = config.flavour == "llama"
+        self.adaLN = nn.Linear(cond_dim, 6 * dim, bias=config.bias)
+        self.attn = Attention(dim, heads, config.bias, config.rope_theta if llama else None)
+        hidden = config.mlp_hidden(dim)
+        self.mlp = SwiGLUMLP(dim, hidden) if llama else GeluMLP(dim, hidden)
+
+    def forward(self, b: TokenBatch) -> torch.Tensor:
+        mod = self.adaLN(F.silu(b.cond))
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=1)
+        h = norm_modulate(self.flavour, b.x, shift1, scale1, b.seg, self.eps)
+        x = ops.gated_residual(b.x, self.attn(h, b), gate1, b.seg)
+        h = norm_modulate(self.flavour, x, shift2, scale2, b.seg, self.eps)
+        return ops.gated_residual(x, self.mlp(h), gate2, b.seg)
+
+
+class FinalLayer(nn.Module):
+    """norm + modulate + linear to the patch outputs (p·p·C_out per token)."""
+
+    def __init__(self, config: ModelConfig, dim: int, cond_dim: int, out_dim: int):
+        super().__init__()
+        self.flavour = config.flavour
+        self.eps = config.norm_eps
+        self.adaLN = nn.Linear(cond_dim, 2 * dim, bias=config.bias)
+        self.linear = nn.Linear(dim, out_dim, bias=config.bias)
+
+    def forward(self, b: TokenBatch) -> torch.Tensor:
+        shift, scale = self.adaLN(F.silu(b.cond)).chunk(2, dim=1)
+        return self.linear(norm_modulate(self.flavour, b.x, shift, scale, b.seg, self.eps))

@@ -1,0 +1,221 @@
+"""RoutedDiT: a DiT/SiT or Llama-style diffusion transformer with TREAD routes or MaskDiT masking.
+
+    model(x [B,C,H,W], t [B], y [B], gamma=None, generator=None, route_scores=None,
+          return_keep=False) -> velocity [B, C, H, W]   (+ keep [R, B, N] bool if return_keep)
+
+Pipeline: patch embed (+ fixed sin-cos positions for sit) -> packed TokenBatch of B segments with
+cond = t_emb(t) + y_emb(y) -> blocks, where the blocks of route r run on the tokens kept at that
+route's rate (routing.py) -> (MaskDiT: decoder over every position) -> final layer -> unpatchify.
+With learn_sigma the final layer predicts 2C channels and the velocity is the first C.
+
+Rates: gamma=None uses the config's route rates (mask_ratio in MaskDiT mode) in train mode and is
+dense in eval mode; a float or a [B] tensor forces that per-sample rate on every route. Route r
+keeps, in sample b, the keep(N, gamma_b) tokens of lowest route_scores[r, b] (default uniform
+random scores from `generator`), so equal scores give equal selections whether branches are
+evaluated packed or separately. `forward_tokens` is the packed entry point over any TokenBatch.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import routing
+from .blocks import DiTBlock, FinalLayer
+from .config import ModelConfig, check_gamma
+from .embedders import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d
+from .maskdit import MaskDecoder
+from .tokens import TokenBatch, dense_batch, grid_pos, unpatchify
+
+Gamma = None | float | Sequence[float] | torch.Tensor
+
+
+class RoutedDiT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.patch_embed = PatchEmbed(c.in_channels, c.dim, c.patch_size, bias=c.bias)
+        self.t_embedder = TimestepEmbedder(c.dim, c.time_freq_dim, c.time_scale, bias=c.bias)
+        self.y_embedder = LabelEmbedder(c.num_classes, c.dim) if c.num_classes > 0 else None
+        self.blocks = nn.ModuleList(DiTBlock(c, c.dim, c.heads, c.dim) for _ in range(c.depth))
+        self.decoder = MaskDecoder(c) if c.maskdit else None
+        out_width = c.decoder_dim if c.maskdit else c.dim
+        self.final = FinalLayer(c, out_width, c.dim, c.patch_size ** 2 * c.out_channels)
+        self.route_counts: list[int] = []
+        self.initialize_weights()
+
+    @property
+    def num_routes(self) -> int:
+        """R: routes of the config, or the one mask of MaskDiT mode."""
+        return 1 if self.config.maskdit else len(self.config.routes)
+
+    def initialize_weights(self) -> None:
+        """DiT init: xavier linears, zero biases; adaLN and final linear zero (adaLN-Zero)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if self.patch_embed.proj.bias is not None:
+            nn.init.zeros_(self.patch_embed.proj.bias)
+        for m in self.t_embedder.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        if self.decoder is not None:
+            nn.init.normal_(self.decoder.mask_token, std=0.02)
+        blocks = [*self.blocks, *(self.decoder.blocks if self.decoder is not None else ())]
+        for m in [*(b.adaLN for b in blocks), self.final.adaLN, self.final.linear]:
+            nn.init.zeros_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ----------------------------------------------------------------------------- inputs
+    def _check_inputs(self, x, t, y) -> None:
+        c = self.config
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        expected = (c.in_channels, c.input_size, c.input_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"x must be [B, {', '.join(map(str, expected))}], "
+                             f"got {list(x.shape)}")
+        b = x.shape[0]
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError("t must be a floating-point tensor [B]")
+        if tuple(t.shape) != (b,):
+            raise ValueError(f"t must be [B] = [{b}], got {list(t.shape)}")
+        if self.y_embedder is None:
+            if y is not None:
+                raise ValueError("y must be None for a model without classes (num_classes=0)")
+            return
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"y must be an int64 tensor [B] of labels, got "
+                            f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
+        if tuple(y.shape) != (b,):
+            raise ValueError(f"y must be [B] = [{b}], got {list(y.shape)}")
+        if y.device.type == "cpu" or os.environ.get("SGKERNELS_DEBUG") == "1":
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) > c.num_classes):
+                raise ValueError(f"labels y must be in [0, {c.num_classes}] "
+                                 f"({c.num_classes} = null class), got "
+                                 f"[{int(y.min())}, {int(y.max())}]")
+
+    def _segment_gammas(self, gamma: Gamma, num_segments: int) -> list[tuple[float, ...] | None]:
+        """Per route, the host rate of every segment, or None when the route runs dense."""
+        if gamma is None:
+            if not self.training:
+                return [None] * self.num_routes
+            rates = [self.config.mask_ratio] if self.config.maskdit else \
+                [r.gamma for r in self.config.routes]
+            return [(g,) * num_segments if g > 0 else None for g in rates]
+        if isinstance(gamma, torch.Tensor):
+            if gamma.ndim == 0:
+                gamma = gamma.item()
+            elif gamma.ndim == 1 and gamma.is_floating_point():
+                gamma = gamma.tolist()                 # host copy: keep counts size the buffers
+            else:
+                raise ValueError(f"gamma tensor must be a float tensor [{num_segments}], "
+                                 f"got {gamma.dtype} {list(gamma.shape)}")
+        if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
+            per = (check_gamma(gamma),) * num_segments
+        elif isinstance(gamma, Sequence):
+            if len(gamma) != num_segments:
+                raise ValueError(f"gamma must have one rate per sample ({num_segments}), "
+                                 f"got {len(gamma)}")
+            per = tuple(check_gamma(float(g), f"gamma[{i}]") for i, g in enumerate(gamma))
+        else:
+            raise TypeError(f"gamma must be None, a float or a [B] tensor, got "
+                            f"{type(gamma).__name__}")
+        active = per if any(g > 0 for g in per) else None
+        return [active] * self.num_routes
+
+    # ----------------------------------------------------------------------------- forward
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> TokenBatch:
+        """Patch tokens (+ sin-cos positions for sit) and cond of each image, as a TokenBatch."""
+        tokens = self.patch_embed(x)
+        g = self.config.grid_size
+        pos = grid_pos(g, g, x.device)
+        if self.config.flavour == "sit":
+            tokens = tokens + sincos_2d(pos, self.config.dim).to(tokens.dtype)
+        cond = self.t_embedder(t)
+        if self.y_embedder is not None:
+            cond = cond + self.y_embedder(y)
+        return dense_batch(tokens, pos, cond.to(tokens.dtype))
+
+    def forward_tokens(self, batch: TokenBatch, gamma: Gamma = None,
+                       route_scores: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, return_keep: bool = False):
+        """Packed forward: TokenBatch -> output tokens [T, p*p*C_out] (+ keep [R, T] bool).
+
+        gamma: None, a float, or one rate per segment; route_scores: [R, T] float or None.
+        """
+        s, t = batch.num_segments, batch.x.shape[0]
+        gammas = self._segment_gammas(gamma, s)
+        r = self.num_routes
+        if route_scores is not None and tuple(route_scores.shape) != (r, t):
+            raise ValueError(f"route_scores must be [R, T] = [{r}, {t}], "
+                             f"got {list(route_scores.shape)}")
+        if route_scores is None and any(g is not None for g in gammas):
+            route_scores = torch.rand((r, t), generator=generator, device=batch.x.device)
+        plans = [routing.plan_route(batch, g, route_scores[i]) if g is not None else None
+                 for i, g in enumerate(gammas)]
+        out = self._run(batch, plans)
+        if not return_keep:
+            return out
+        keep = torch.ones((r, t), dtype=torch.bool, device=batch.x.device)
+        for i, plan in enumerate(plans):
+            if plan is not None:
+                keep[i] = plan.keep
+        return out, keep
+
+    def _run(self, batch: TokenBatch, plans: list[routing.RoutePlan | None]) -> torch.Tensor:
+        counts: list[int] = []
+        if self.config.maskdit:
+            b = routing.gather(batch, plans[0]) if plans[0] is not None else batch
+            for block in self.blocks:
+                b = b.replace(x=block(b))
+                counts.append(b.x.shape[0])
+            b = self.decoder(self.decoder.fill(batch, b.x, plans[0]), counts)
+        else:
+            b = batch
+            starts = {route.start: i for i, route in enumerate(self.config.routes)}
+            saved, active = None, None
+            for k, block in enumerate(self.blocks):
+                i = starts.get(k)
+                if i is not None and plans[i] is not None:
+                    saved, active = b, i
+                    b = routing.gather(b, plans[i])
+                b = b.replace(x=block(b))
+                counts.append(b.x.shape[0])
+                if active is not None and k == self.config.routes[active].end:
+                    b = saved.replace(x=routing.scatter(saved.x, b.x, plans[active]))
+                    saved, active = None, None
+        self.route_counts = counts
+        return self.final(b)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                gamma: Gamma = None, generator: torch.Generator | None = None,
+                route_scores: torch.Tensor | None = None, return_keep: bool = False):
+        self._check_inputs(x, t, y)
+        c = self.config
+        bsz, n = x.shape[0], c.num_tokens
+        if route_scores is not None:
+            if tuple(route_scores.shape) != (self.num_routes, bsz, n):
+                raise ValueError(f"route_scores must be [R, B, N] = [{self.num_routes}, {bsz}, "
+                                 f"{n}], got {list(route_scores.shape)}")
+            route_scores = route_scores.reshape(self.num_routes, bsz * n)
+        batch = self.embed(x, t, y)
+        out = self.forward_tokens(batch, gamma, route_scores, generator, return_keep)
+        if return_keep:
+            out, keep = out
+        v = unpatchify(out.view(bsz, n, -1), c.patch_size, c.input_size, c.input_size)
+        v = v[:, : c.in_channels]
+        return (v, keep.view(self.num_routes, bsz, n)) if return_keep else v

@@ -1,0 +1,120 @@
+"""Packed token batches (DESIGN.md §1).
+
+A `TokenBatch` holds the tokens of S segments concatenated along one axis:
+
+    x          [T, D]    tokens, segment after segment
+    pos        [T, 2]    int32 axial (row, col) grid position of each token
+    seg        [T]       int32 segment id of each token (non-decreasing)
+    cu_seqlens [S+1]     int32 offsets, cu_seqlens[s] = sum of the lengths of segments < s
+    max_seqlen int       longest segment
+    cond       [S, Dc]   per-segment conditioning vector (feeds adaLN)
+    lengths    tuple     host copy of the segment lengths (avoids a device sync when routing)
+
+Patches: an image [C, H, W] with patch size p becomes N = (H/p)(W/p) tokens in row-major order;
+patchify lays a patch out as (p_row, p_col, C), the layout of the final linear layer's output.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TokenBatch:
+    x: torch.Tensor
+    pos: torch.Tensor
+    seg: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    cond: torch.Tensor
+    lengths: tuple[int, ...] | None = None
+
+    @property
+    def num_segments(self) -> int:
+        return self.cu_seqlens.shape[0] - 1
+
+    def segment_lengths(self) -> tuple[int, ...]:
+        """Host segment lengths: `lengths` when known, else read from cu_seqlens (a sync)."""
+        if self.lengths is not None:
+            return self.lengths
+        return tuple(torch.diff(self.cu_seqlens).tolist())
+
+    def replace(self, **changes) -> TokenBatch:
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def cat(batches: list[TokenBatch]) -> TokenBatch:
+        """Pack several batches into one (segments in order; segment ids renumbered)."""
+        if not batches:
+            raise ValueError("TokenBatch.cat needs at least one batch")
+        lengths = []
+        for b in batches:
+            lengths.extend(b.segment_lengths())
+        segs, offset = [], 0
+        for b in batches:
+            segs.append(b.seg + offset)
+            offset += b.num_segments
+        device = batches[0].x.device
+        return TokenBatch(
+            x=torch.cat([b.x for b in batches]),
+            pos=torch.cat([b.pos for b in batches]),
+            seg=torch.cat(segs),
+            cu_seqlens=cu_seqlens_from_lengths(lengths, device),
+            max_seqlen=max(lengths),
+            cond=torch.cat([b.cond for b in batches]),
+            lengths=tuple(lengths),
+        )
+
+
+def cu_seqlens_from_lengths(lengths, device) -> torch.Tensor:
+    """int32 [S+1] offsets from host lengths."""
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + int(n))
+    return torch.tensor(offsets, dtype=torch.int32, device=device)
+
+
+def seg_from_lengths(lengths, device) -> torch.Tensor:
+    """int32 [T] segment id of each token from host lengths."""
+    counts = torch.tensor(list(lengths), dtype=torch.int64, device=device)
+    ids = torch.arange(len(lengths), dtype=torch.int32, device=device)
+    return torch.repeat_interleave(ids, counts, output_size=int(sum(lengths)))
+
+
+def grid_pos(h: int, w: int, device) -> torch.Tensor:
+    """int32 [h*w, 2] (row, col) of each token of an h x w grid, row-major."""
+    rows = torch.arange(h, dtype=torch.int32, device=device).repeat_interleave(w)
+    cols = torch.arange(w, dtype=torch.int32, device=device).repeat(h)
+    return torch.stack((rows, cols), dim=1)
+
+
+def dense_batch(x: torch.Tensor, pos: torch.Tensor, cond: torch.Tensor) -> TokenBatch:
+    """TokenBatch of B equal-length segments from x [B, N, D], pos [N, 2], cond [B, Dc]."""
+    b, n, d = x.shape
+    lengths = (n,) * b
+    return TokenBatch(
+        x=x.reshape(b * n, d),
+        pos=pos.repeat(b, 1),
+        seg=seg_from_lengths(lengths, x.device),
+        cu_seqlens=cu_seqlens_from_lengths(lengths, x.device),
+        max_seqlen=n,
+        cond=cond,
+        lengths=lengths,
+    )
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/p)(W/p), p*p*C], patch layout (p_row, p_col, C)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
+    """[B, (h/p)(w/p), p*p*C] -> [B, C, h, w]; inverse of `patchify`."""
+    b, n, k = tokens.shape
+    c = k // (p * p)
+    x = tokens.reshape(b, h // p, w // p, p, p, c)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, h, w)
