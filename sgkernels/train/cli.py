@@ -1,0 +1,71 @@
+"""`python -m sgkernels train ...`: flow-matching training of a routed DiT.
+
+Examples:
+    python -m sgkernels train --model FMNIST-S/2 --data fashion-mnist --steps 3000 --out runs/fm
+    python -m sgkernels train --out runs/fm --steps 6000 --resume        # continue exactly
+    torchrun --nproc_per_node 2 -m sgkernels train --model Tiny/2 --data digits --batch 64
+    python -m sgkernels train --finetune runs/fm/checkpoints/latest.pt --routing off --out runs/ft
+"""
+import argparse
+import os
+
+from .args import TrainArgs
+from .data import DATASETS
+
+_DEFAULTS = TrainArgs.__dataclass_fields__
+
+
+def _default(name):
+    return _DEFAULTS[name].default
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sgkernels train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model", default=_default("model"), help="preset name (sgkernels.presets.names())")
+    a("--data", default=_default("data"), choices=DATASETS)
+    a("--data-path", default=None, help="folder for --data folder|latents (or Fashion-MNIST idx dir)")
+    a("--image-size", type=int, default=None, help="data size (default: the model's input size)")
+    a("--steps", type=int, default=_default("steps"))
+    a("--batch", type=int, default=_default("batch"), help="global batch over all ranks")
+    a("--lr", type=float, default=None, help="AdamW lr (default 1e-4; 1e-5 with --finetune)")
+    a("--betas", type=float, nargs=2, default=_default("betas"))
+    a("--weight-decay", type=float, default=_default("weight_decay"))
+    a("--grad-clip", type=float, default=_default("grad_clip"), help="max grad norm; 0: off")
+    a("--warmup", type=int, default=_default("warmup"), help="linear lr warm-up steps")
+    a("--ema-decay", type=float, default=_default("ema_decay"))
+    a("--label-dropout", type=float, default=_default("label_dropout"))
+    a("--t-sampling", default=_default("t_sampling"), choices=("uniform", "logit-normal"))
+    a("--t-loc", type=float, default=_default("t_loc"), help="logit-normal mean")
+    a("--t-scale", type=float, default=_default("t_scale"), help="logit-normal std")
+    a("--maskdit-lambda", type=float, default=_default("maskdit_lambda"))
+    a("--routing", default=_default("routing"), choices=("on", "off"))
+    a("--finetune", default=None, metavar="CKPT", help="start from this checkpoint's weights")
+    a("--finetune-weights", default=_default("finetune_weights"), choices=("ema", "model"))
+    a("--resume", action="store_true", help="continue OUT/checkpoints/latest.pt exactly")
+    a("--out", default=_default("out"))
+    a("--ckpt-every", type=int, default=_default("ckpt_every"))
+    a("--sample-every", type=int, default=_default("sample_every"))
+    a("--log-every", type=int, default=_default("log_every"))
+    a("--sample-steps", type=int, default=_default("sample_steps"))
+    a("--sample-count", type=int, default=_default("sample_count"))
+    a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    a("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    a("--seed", type=int, default=_default("seed"))
+    a("--vae", default=None, help="local diffusers AutoencoderKL folder (latent training)")
+    a("--latent-scale", type=float, default=_default("latent_scale"))
+    a("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def main(argv=None) -> int:
+    ns = parser().parse_args(argv)
+    args = TrainArgs(**vars(ns))
+    from .trainer import train
+
+    summary = train(args)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: step {summary['step']}, loss {summary['loss']:.4f}, "
+              f"{summary['wall_s']:.1f} s -> {args.out}", flush=True)
+    return 0

@@ -1,0 +1,231 @@
+"""Flow-matching training loop: AdamW, optional grad clipping, bf16 autocast on CUDA, EMA,
+atomic checkpoints with exact resume, data-parallel ranks, logs and sample grids.
+
+One step at global step s (0-based), on each of k ranks:
+    positions = s * B + rank * B/k + [0, B/k)            (draws.rank_positions)
+    x, y = data[order(positions)]; draws = f(seed, positions)
+    loss = objective.batch_loss(...); backward (DDP averages gradients over ranks)
+    clip ||g|| to grad_clip (if > 0); lr_s = lr * min(1, (s + 1) / warmup); AdamW step; EMA update
+Everything random is a function of (seed, positions), so the update sequence depends only on the
+arguments in args.RESUME_KEYS, the initial weights and the step: a resumed run continues exactly.
+
+Output folder: args.json, log.jsonl, log.csv, loss.png, samples/<step>.png,
+checkpoints/<step>.pt and checkpoints/latest.pt.
+"""
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import distributed as D
+from .args import RESUME_KEYS, TrainArgs
+from .checkpoint import link_atomic, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .data import load_dataset
+from .draws import GlobalOrder, draw_samples, rank_positions
+from .ema import EMA
+from .grid import generate, save_grid
+from .logger import TrainLog, plot_loss
+from .objective import batch_loss, num_route_draws
+
+
+def _model_from_config(config_dict: dict) -> nn.Module:
+    from sgkernels.model import ModelConfig, RoutedDiT
+
+    return RoutedDiT(ModelConfig.from_dict(config_dict))
+
+
+def build_model(args: TrainArgs) -> nn.Module:
+    """RoutedDiT from the preset, or from the finetune checkpoint (its config and weights)."""
+    if args.finetune:
+        ckpt = load_checkpoint(args.finetune)
+        model = _model_from_config(ckpt["args"]["model_config"])
+        model.load_state_dict(ckpt[args.finetune_weights])
+        return model
+    from sgkernels import presets
+    from sgkernels.model import RoutedDiT
+
+    return RoutedDiT(presets.get(args.model))
+
+
+def lr_at(args: TrainArgs, step: int) -> float:
+    scale = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
+    return args.effective_lr * scale
+
+
+def _check_resume(saved: dict, args: TrainArgs, config_dict: dict) -> None:
+    now = args.to_dict() | {"lr": args.effective_lr}
+    then = dict(saved["train"]) | {"lr": saved["train"]["effective_lr"]}
+    diff = [k for k in RESUME_KEYS if then.get(k) != now.get(k)]
+    if saved["model_config"] != config_dict:
+        diff.append("model_config")
+    if diff:
+        raise ValueError(f"resume: arguments differ from the checkpoint's: {diff}; an exact resume "
+                         "needs them unchanged (use --finetune to start a new run from weights)")
+
+
+class Trainer:
+    """Owns model, EMA, optimiser, data and output folder of one run; `run()` trains."""
+
+    def __init__(self, args: TrainArgs, model: nn.Module | None = None):
+        self.args = args
+        self.info = D.setup(args.device)
+        self.out = Path(args.out)
+        torch.manual_seed(args.seed)
+        model = build_model(args) if model is None else model
+        self.config = model.config
+        self.config_dict = self.config.to_dict()
+        self.model = model.to(self.info.device).train()
+        self.ema = EMA(self.model, args.ema_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.effective_lr,
+                                     betas=args.betas, weight_decay=args.weight_decay)
+        self.step = 0
+        self.vae = None
+        if args.vae:
+            from .vae import load_vae
+
+            self.vae = load_vae(args.vae, self.info.device)
+        self._load_data()
+        if args.resume:
+            self._resume()
+        self.ddp = self.model
+        if self.info.enabled:
+            ids = [self.info.device.index] if self.info.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        args, cfg = self.args, self.config
+        size = args.image_size or (cfg.input_size * 8 if self.vae is not None else cfg.input_size)
+        channels = 3 if self.vae is not None else cfg.in_channels
+        self.data = load_dataset(args.data, size, args.data_path, channels, args.latent_scale)
+        if self.data.num_classes > cfg.num_classes:
+            raise ValueError(f"data: {args.data!r} has {self.data.num_classes} classes, the model "
+                             f"{cfg.num_classes}")
+        if self.vae is None and tuple(self.data.shape) != (cfg.in_channels, cfg.input_size,
+                                                           cfg.input_size):
+            raise ValueError(f"data: samples of shape {tuple(self.data.shape)} do not fit the model "
+                             f"input [{cfg.in_channels}, {cfg.input_size}, {cfg.input_size}]")
+        self.order = GlobalOrder(len(self.data), args.seed)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _resume(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_dir / "latest.pt", map_location=self.info.device)
+        _check_resume(ckpt["args"], self.args, self.config_dict)
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.opt.load_state_dict(ckpt["opt"])
+        self.step = int(ckpt["step"])
+        set_rng_state(ckpt["args"]["rng"])
+
+    # -- one step ---------------------------------------------------------------------------
+    def batch(self, step: int):
+        """This rank's (x, y, draws) at `step`, on the device."""
+        args, cfg, dev = self.args, self.config, self.info.device
+        positions = rank_positions(step, args.batch, self.info.rank, self.info.world_size)
+        x, y = self.data.get(self.order(positions))
+        x, y = x.to(dev), y.to(dev)
+        if self.vae is not None:
+            from .vae import encode
+
+            x = encode(self.vae, x, args.latent_scale, args.seed, positions)
+        draws = draw_samples(args.seed, positions, x.shape[1:], num_route_draws(cfg),
+                             cfg.num_tokens, args.t_sampling, args.label_dropout, args.t_loc,
+                             args.t_scale)
+        return x, y, draws.to(dev)
+
+    def train_step(self) -> float:
+        args, dev = self.args, self.info.device
+        x, y, draws = self.batch(self.step)
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16)
+               if dev.type == "cuda" and args.amp else nullcontext())
+        with amp:
+            loss = batch_loss(self.ddp, self.config, x, y, draws, args.routing, args.maskdit_lambda)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(args, self.step)
+        self.opt.step()
+        self.ema.update(self.model)
+        self.step += 1
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {self.step}")
+        return value
+
+    # -- outputs ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        if not self.info.is_main:
+            return None
+        train = self.args.to_dict() | {"effective_lr": self.args.effective_lr}
+        ckpt = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(), "step": self.step,
+                "args": {"model_config": self.config_dict, "train": train, "rng": rng_state(),
+                         "world_size": self.info.world_size}}
+        path = save_atomic(ckpt, self.ckpt_dir / f"{self.step:07d}.pt")
+        link_atomic(path, self.ckpt_dir / "latest.pt")
+        return path
+
+    def save_samples(self) -> Path | None:
+        if not self.info.is_main:
+            return None
+        args, cfg = self.args, self.config
+        shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        images = generate(self.ema.model, shape, cfg.num_classes, args.sample_count,
+                          args.sample_steps, args.seed + 12345, self.info.device)
+        if self.vae is not None:
+            from .vae import decode
+
+            images = decode(self.vae, images, args.latent_scale)
+        upscale = max(1, 64 // images.shape[-1])
+        return save_grid(images, self.out / "samples" / f"{self.step:07d}.png",
+                         ncol=min(cfg.num_classes or 8, 10), upscale=upscale)
+
+    def run(self) -> dict:
+        """Train to args.steps; returns {"step", "loss", "wall_s"} (loss of the last log row)."""
+        args, info = self.args, self.info
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "args.json").write_text(json.dumps(
+                {"train": args.to_dict(), "model_config": self.config_dict,
+                 "world_size": info.world_size}, indent=2))
+        log = TrainLog(self.out, args.steps, self.step, info.is_main, args.progress)
+        t0, window, last = time.perf_counter(), [], float("nan")
+        try:
+            while self.step < args.steps:
+                window.append(self.train_step())
+                log.step(window[-1])
+                end = self.step == args.steps
+                if end or (args.log_every and self.step % args.log_every == 0):
+                    last = D.mean_scalar(sum(window) / len(window), info)
+                    log.row(self.step, last, lr_at(args, self.step - 1), args.batch)
+                    window = []
+                if end or (args.ckpt_every and self.step % args.ckpt_every == 0):
+                    self.save_checkpoint()
+                if end or (args.sample_every and self.step % args.sample_every == 0):
+                    self.save_samples()
+                D.barrier(info)
+        finally:
+            log.close()
+        if info.is_main and log.jsonl.exists() and args.steps > 0:
+            plot_loss(log.jsonl, self.out / "loss.png")
+        return {"step": self.step, "loss": last, "wall_s": time.perf_counter() - t0}
+
+    def close(self) -> None:
+        D.cleanup(self.info)
+
+
+def train(args: TrainArgs, model: nn.Module | None = None) -> dict:
+    trainer = Trainer(args, model)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
