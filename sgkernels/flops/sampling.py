@@ -1,0 +1,59 @@
+"""FLOPs and model evaluations of a guided sampling run (DESIGN.md §6).
+
+A guided step evaluates the branches its guidance lists (`guidance.branches(step, steps)`, each
+with `.model` "main"|"weak" and `.gamma`); every branch costs one forward of its model at its own
+drop rate, so per image and step
+
+    GFLOPs = mean over steps of Σ_branches forward_gflops(config_of(branch.model), branch.gamma)
+    NFE    = mean over steps of (number of branches)
+
+times 2 for Heun (two evaluations per step, with the step's branches). The weak model's config is
+`guidance.weak_model.config` (or `guidance.weak_model` itself when it is a config). This module
+reads guidance objects by duck typing only; it does not import sgkernels.sampling or guidance.
+"""
+from __future__ import annotations
+
+from .forward import forward_gflops
+
+EVALS_PER_STEP = {"euler": 1, "heun": 2}
+
+
+def _branches(guidance, steps: int):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if guidance is None:
+        return [[("main", 0.0)] for _ in range(steps)]
+    if not callable(getattr(guidance, "branches", None)):
+        raise TypeError(f"guidance must be None or expose branches(step, steps), got "
+                        f"{type(guidance).__name__}")
+    return [[(b.model, b.gamma) for b in guidance.branches(i, steps)] for i in range(steps)]
+
+
+def _evals(solver: str) -> int:
+    if solver not in EVALS_PER_STEP:
+        raise ValueError(f"solver must be one of {tuple(EVALS_PER_STEP)}, got {solver!r}")
+    return EVALS_PER_STEP[solver]
+
+
+def sampling_nfe(guidance, steps: int, solver: str = "euler") -> float:
+    """Mean number of model evaluations per image per step."""
+    per_step = _branches(guidance, steps)
+    return _evals(solver) * sum(len(b) for b in per_step) / steps
+
+
+def sampling_gflops(config, guidance, steps: int, solver: str = "euler",
+                    convention: str = "paper") -> float:
+    """Mean GFLOPs per image per step of sampling `config` with `guidance` for `steps` steps."""
+    weak = getattr(guidance, "weak_model", None)
+    configs = {"main": config, "weak": getattr(weak, "config", weak)}
+    cache: dict[tuple[str, float], float] = {}
+    total = 0.0
+    for branches in _branches(guidance, steps):
+        for model, gamma in branches:
+            if configs.get(model) is None:
+                raise ValueError(f"guidance evaluates model {model!r} but has no weak_model "
+                                 f"to count it with")
+            if (model, gamma) not in cache:
+                cache[model, gamma] = forward_gflops(configs[model], gamma, convention=convention)
+            total += cache[model, gamma]
+    return _evals(solver) * total / steps

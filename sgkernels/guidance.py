@@ -1,0 +1,375 @@
+"""Guidance rules as linear combinations of model branches (DESIGN.md §5).
+
+A *branch* is one model evaluation on the current x_t: `Branch(model, gamma, cond)`, with model
+"main" or "weak" (a second, weaker checkpoint), gamma the token-drop rate (0 = dense) and cond
+"cond" (the sample's label c) or "null" (the null class ∅). Every rule is affine in the model
+outputs D, so it is applied to velocities as
+
+    v = Σ_k a_k · D_k,        Σ_k a_k = 1,
+
+and `terms(step, steps)` returns that list of (Branch, a_k): identical branches merged, branches
+whose coefficient is zero dropped (|a_k| < 1e-12 counts as zero, the float residue of e.g.
+1 − 0.7 − 0.3). The sampler (evaluation and packing), the FLOP counter (`branches`, duck-typed)
+and the tests all read this one description. With D_s(c) = D(x_t,t,c; γ_strong),
+D_w(c) = D(x_t,t,c; γ_weak):
+
+    unguided   D(c)
+    CFG        D(∅) + ω(D(c) − D(∅))                  = ω D(c) + (1−ω) D(∅)
+    AutoG.     D_bad(c) + ω(D(c) − D_bad(c))          = ω D(c) + (1−ω) D_bad(c)
+    SG         D_w(c) + ω(D_s(c) − D_w(c))            = ω D_s(c) + (1−ω) D_w(c)
+    CFG+SG
+      direct   D_w(∅) + w_cfg(D_s(c) − D_w(∅)) + w_sg(D_s(c) − D_w(c))
+                 = (w_cfg+w_sg) D_s(c) − w_sg D_w(c) + (1−w_cfg) D_w(∅)
+      inner    (1+w_cfg+w_sg) D_s(c) − w_cfg D_s(∅) − w_sg D_w(c)
+      compositional  D_w(∅) + w_cfg(D_s(c) − D_w(∅)) + w_sg(D_w(c) − D_w(∅))
+                 = w_cfg D_s(c) + w_sg D_w(c) + (1−w_cfg−w_sg) D_w(∅)
+      ip2p     D_w(∅) + w_sg(D_w(c) − D_w(∅)) + w_cfg(D_s(c) − D_w(c))
+                 = w_cfg D_s(c) + (w_sg−w_cfg) D_w(c) + (1−w_sg) D_w(∅)
+
+With γ_strong = γ_weak (one model) the CFG+SG rules reduce to CFG with scale w_cfg (direct),
+1 + w_cfg (inner), w_cfg + w_sg (compositional) and w_sg (ip2p).
+
+Gammas accept a float or a `Schedule` (constant / linear / cosine from a to b over the steps).
+`interval=(t_lo, t_hi)`: step i (t_i = i/steps, the step's start time; Heun's corrector reuses the
+step's terms) is guided iff t_lo ≤ t_i ≤ t_hi; outside, one branch is evaluated: the plain
+conditional branch of the main model at the strong setting (CFG: its gamma, dense by default;
+AutoGuidance: dense; SG and CFG+SG: γ_strong).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+MODELS = ("main", "weak")
+CONDS = ("cond", "null")
+RULES = ("direct", "inner", "compositional", "ip2p")
+SCHEDULE_KINDS = ("constant", "linear", "cosine")
+ZERO = 1e-12
+
+
+class Branch(NamedTuple):
+    """One model evaluation of a guided step: which model, at which drop rate, which label."""
+
+    model: str
+    gamma: float
+    cond: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A per-step value going from `start` (first step) to `end` (last step).
+
+    With u = step / (steps − 1) (u = 0 for a single step):
+        constant  start
+        linear    start + (end − start)·u
+        cosine    start + (end − start)·(1 − cos πu)/2
+    Both non-constant kinds are monotone, so their values lie between start and end, which they
+    hit exactly at the first and last step.
+    """
+
+    kind: str
+    start: float
+    end: float
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"Schedule.kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Schedule.{name} must be a float, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"Schedule.{name} must be finite, got {value}")
+            object.__setattr__(self, name, float(value))
+        if self.kind == "constant" and self.start != self.end:
+            raise ValueError(f"a constant Schedule needs start == end, got {self.start}, {self.end}")
+
+    @classmethod
+    def constant(cls, value: float) -> Schedule:
+        return cls("constant", value, value)
+
+    @classmethod
+    def linear(cls, start: float, end: float) -> Schedule:
+        return cls("linear", start, end)
+
+    @classmethod
+    def cosine(cls, start: float, end: float) -> Schedule:
+        return cls("cosine", start, end)
+
+    @classmethod
+    def parse(cls, text: str) -> Schedule:
+        """'0.5' (constant), 'linear:a:b' or 'cosine:a:b' (the command-line form)."""
+        parts = str(text).split(":")
+        try:
+            values = [float(p) for p in parts[-2:]] if len(parts) == 3 else [float(parts[0])]
+        except ValueError:
+            values = None
+        if len(parts) == 1 and values:
+            return cls.constant(values[0])
+        if len(parts) == 3 and values and parts[0] in ("linear", "cosine"):
+            return cls(parts[0], *values)
+        raise ValueError(f"cannot parse schedule {text!r}: expected a number, 'linear:a:b' or "
+                         f"'cosine:a:b'")
+
+    def __call__(self, step: int, steps: int) -> float:
+        u = step / (steps - 1) if steps > 1 else 0.0
+        if self.kind == "constant" or u == 0.0:
+            return self.start
+        if u >= 1.0:
+            return self.end
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * u
+        return self.start + (self.end - self.start) * 0.5 * (1.0 - math.cos(math.pi * u))
+
+
+def as_gamma(value, name: str) -> Schedule:
+    """A float or Schedule of drop rates in [0, 1), as a Schedule."""
+    if isinstance(value, Schedule):
+        schedule = value
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1) or a Schedule, got "
+                        f"{type(value).__name__}")
+    else:
+        schedule = Schedule.constant(value)
+    for end in (schedule.start, schedule.end):
+        if not 0.0 <= end < 1.0:
+            raise ValueError(f"{name} must be in [0, 1) at every step, got {schedule}")
+    return schedule
+
+
+def check_scale(value, name: str) -> float:
+    """A guidance weight: a finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite float >= 0, got {value}")
+    return float(value)
+
+
+def check_interval(interval) -> tuple[float, float] | None:
+    if interval is None:
+        return None
+    ok = isinstance(interval, (tuple, list)) and len(interval) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+    if not ok:
+        raise TypeError(f"interval must be None or a pair (t_lo, t_hi) of floats, got {interval!r}")
+    lo, hi = float(interval[0]), float(interval[1])
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"interval must satisfy 0 <= t_lo <= t_hi <= 1, got ({lo}, {hi})")
+    return lo, hi
+
+
+def _check_step(step, steps) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < steps:
+        raise ValueError(f"step must be an int in [0, {steps}), got {step!r}")
+
+
+def merge_terms(raw) -> list[tuple[Branch, float]]:
+    """Sum the coefficients of identical branches, keep first-seen order, drop zeros."""
+    total: dict[Branch, float] = {}
+    for branch, coef in raw:
+        total[branch] = total.get(branch, 0.0) + coef
+    return [(b, c) for b, c in total.items() if abs(c) >= ZERO]
+
+
+class Guidance:
+    """Base of the rules: subclasses define `_rule(step, steps)` and `_fallback(step, steps)`,
+    and may have `interval` and `weak_model` attributes (absent means None)."""
+
+    def _rule(self, step: int, steps: int) -> list[tuple[Branch, float]]:
+        raise NotImplementedError
+
+    def _fallback(self, step: int, steps: int) -> Branch:
+        raise NotImplementedError
+
+    def guided(self, step: int, steps: int) -> bool:
+        """Whether step is inside the guidance interval."""
+        _check_step(step, steps)
+        interval = getattr(self, "interval", None)
+        if interval is None:
+            return True
+        return interval[0] <= step / steps <= interval[1]
+
+    def terms(self, step: int, steps: int) -> list[tuple[Branch, float]]:
+        """The guided velocity of this step as [(Branch, coefficient)], non-zero only."""
+        if not self.guided(step, steps):
+            return [(self._fallback(step, steps), 1.0)]
+        return merge_terms(self._rule(step, steps))
+
+    def branches(self, step: int, steps: int) -> list[Branch]:
+        """The branches evaluated at this step (docs/contracts.md, read by the FLOP counter)."""
+        return [branch for branch, _ in self.terms(step, steps)]
+
+
+@dataclass
+class Unguided(Guidance):
+    """D(c) at drop rate gamma (dense by default); what `guidance=None` means."""
+
+    gamma: float | Schedule = 0.0
+
+    def __post_init__(self):
+        self.gamma = as_gamma(self.gamma, "gamma")
+
+    def _fallback(self, step, steps):
+        return Branch("main", self.gamma(step, steps), "cond")
+
+    def _rule(self, step, steps):
+        return [(self._fallback(step, steps), 1.0)]
+
+
+@dataclass
+class CFG(Guidance):
+    """Classifier-free guidance D(∅) + ω(D(c) − D(∅)); both branches at `gamma` (dense)."""
+
+    scale: float
+    gamma: float | Schedule = 0.0
+    interval: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        self.scale = check_scale(self.scale, "scale")
+        self.gamma = as_gamma(self.gamma, "gamma")
+        self.interval = check_interval(self.interval)
+
+    def _fallback(self, step, steps):
+        return Branch("main", self.gamma(step, steps), "cond")
+
+    def _rule(self, step, steps):
+        g, w = self.gamma(step, steps), self.scale
+        return [(Branch("main", g, "cond"), w), (Branch("main", g, "null"), 1.0 - w)]
+
+
+class _SparseBase(Guidance):
+    """Shared validation of γ_strong / γ_weak and the optional weak checkpoint."""
+
+    def _init_sparse(self):
+        self.gamma_strong = as_gamma(self.gamma_strong, "gamma_strong")
+        self.gamma_weak = as_gamma(self.gamma_weak, "gamma_weak")
+        self.interval = check_interval(self.interval)
+        if not isinstance(self.allow_inverted, bool):
+            raise TypeError(f"allow_inverted must be a bool, got {type(self.allow_inverted).__name__}")
+        for a, b in ((self.gamma_strong.start, self.gamma_weak.start),
+                     (self.gamma_strong.end, self.gamma_weak.end)):
+            self._check_order(a, b)
+
+    def _check_order(self, strong: float, weak: float) -> None:
+        if strong > weak and not self.allow_inverted:
+            raise ValueError(
+                f"gamma_strong ({strong}) must be <= gamma_weak ({weak}): the weak branch drops "
+                f"more tokens; pass allow_inverted=True to allow it (e.g. when the weak branch "
+                f"comes from an earlier checkpoint)")
+
+    def _gammas(self, step, steps) -> tuple[float, float]:
+        strong, weak = self.gamma_strong(step, steps), self.gamma_weak(step, steps)
+        self._check_order(strong, weak)
+        return strong, weak
+
+    @property
+    def _weak(self) -> str:
+        return "main" if self.weak_model is None else "weak"
+
+    def _fallback(self, step, steps):
+        return Branch("main", self.gamma_strong(step, steps), "cond")
+
+
+@dataclass
+class SparseGuidance(_SparseBase):
+    """Sparse Guidance D_w(c) + ω(D_s(c) − D_w(c)); the weak branch optionally from `weak_model`.
+
+    Paper settings: `SparseGuidance.sg_flops(scale)` (γ 0.5 / 0.9, one checkpoint) and
+    `SparseGuidance.sg_fid(scale, early_model)` (weak branch from an early checkpoint,
+    γ_weak cosine 0.6 → 0, γ_strong its inverse, cosine 0 → 0.6).
+    """
+
+    scale: float
+    gamma_strong: float | Schedule
+    gamma_weak: float | Schedule
+    interval: tuple[float, float] | None = None
+    weak_model: object = None
+    allow_inverted: bool = False
+
+    def __post_init__(self):
+        self.scale = check_scale(self.scale, "scale")
+        self._init_sparse()
+
+    @classmethod
+    def sg_flops(cls, scale: float, interval=None) -> SparseGuidance:
+        return cls(scale, 0.5, 0.9, interval=interval)
+
+    @classmethod
+    def sg_fid(cls, scale: float, weak_model, gamma_max: float = 0.6,
+               interval=None) -> SparseGuidance:
+        if weak_model is None:
+            raise ValueError("sg_fid needs weak_model (an early checkpoint of the model)")
+        return cls(scale, Schedule.cosine(0.0, gamma_max), Schedule.cosine(gamma_max, 0.0),
+                   interval=interval, weak_model=weak_model, allow_inverted=True)
+
+    def _rule(self, step, steps):
+        strong, weak = self._gammas(step, steps)
+        w = self.scale
+        return [(Branch("main", strong, "cond"), w), (Branch(self._weak, weak, "cond"), 1.0 - w)]
+
+
+@dataclass
+class AutoGuidance(Guidance):
+    """AutoGuidance D_bad(c) + ω(D(c) − D_bad(c)), both dense; D_bad = `weak_model`.
+
+    weak_model is a model called like the main one; a ModelConfig is enough for FLOP counting.
+    """
+
+    weak_model: object
+    scale: float
+    interval: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.weak_model is None:
+            raise ValueError("AutoGuidance needs weak_model (a weaker or earlier model), got None")
+        self.scale = check_scale(self.scale, "scale")
+        self.interval = check_interval(self.interval)
+
+    def _fallback(self, step, steps):
+        return Branch("main", 0.0, "cond")
+
+    def _rule(self, step, steps):
+        w = self.scale
+        return [(Branch("main", 0.0, "cond"), w), (Branch("weak", 0.0, "cond"), 1.0 - w)]
+
+
+@dataclass
+class CFGSparseGuidance(_SparseBase):
+    """CFG combined with SG by one of the rules "direct", "inner", "compositional", "ip2p"."""
+
+    cfg_scale: float
+    sg_scale: float
+    gamma_strong: float | Schedule
+    gamma_weak: float | Schedule
+    rule: str = "direct"
+    interval: tuple[float, float] | None = None
+    weak_model: object = None
+    allow_inverted: bool = False
+
+    def __post_init__(self):
+        self.cfg_scale = check_scale(self.cfg_scale, "cfg_scale")
+        self.sg_scale = check_scale(self.sg_scale, "sg_scale")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        self._init_sparse()
+
+    def _rule(self, step, steps):
+        strong, weak = self._gammas(step, steps)
+        wc, ws = self.cfg_scale, self.sg_scale
+        s_c = Branch("main", strong, "cond")
+        w_c, w_n = Branch(self._weak, weak, "cond"), Branch(self._weak, weak, "null")
+        if self.rule == "direct":
+            return [(s_c, wc + ws), (w_c, -ws), (w_n, 1.0 - wc)]
+        if self.rule == "inner":
+            return [(s_c, 1.0 + wc + ws), (Branch("main", strong, "null"), -wc), (w_c, -ws)]
+        if self.rule == "compositional":
+            return [(s_c, wc), (w_c, ws), (w_n, math.fsum((1.0, -wc, -ws)))]
+        return [(s_c, wc), (w_c, ws - wc), (w_n, 1.0 - ws)]
+
+
+__all__ = ["Branch", "Schedule", "Guidance", "Unguided", "CFG", "AutoGuidance", "SparseGuidance",
+           "CFGSparseGuidance", "RULES"]

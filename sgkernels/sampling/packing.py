@@ -1,0 +1,79 @@
+"""Evaluate the branches of one guided step and combine them: v = Σ_k a_k · D_k(x_t, t).
+
+Branches on the same model run in ONE packed forward: the batch of B images is repeated once
+per branch (segments of different lengths and labels), with a per-sample gamma tensor
+
+    x_packed = [x; x; …]    t_packed = [t; t; …]    y_packed = [c or ∅ per branch]
+    gamma    = [γ_1]*B + [γ_2]*B + …                 (float64, so floor(N·γ) matches Python)
+
+and the token selections are fixed by route scores drawn once per evaluation and model,
+`rand([R, K·B, N], generator)`: branch k of the packed call uses columns k·B … (k+1)·B, and
+`packed=False` evaluates each branch alone with exactly that slice, so both modes select the
+same tokens and agree up to float reassociation.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def route_score_shape(config, batch: int) -> tuple[int, int, int]:
+    """[R, B, N] of the model's route scores: one row of N token scores per route and sample."""
+    routes = len(config.routes)
+    if getattr(config, "decoder_depth", 0):
+        routes = 1  # MaskDiT: one random mask at the encoder input
+    return routes, batch, config.num_tokens
+
+
+def draw_route_scores(config, batch: int, generator, device) -> torch.Tensor:
+    """Uniform route scores [R, batch, N] from `generator` (default RNG when None)."""
+    gen_device = generator.device if generator is not None else device
+    scores = torch.rand(route_score_shape(config, batch), generator=generator, device=gen_device)
+    return scores.to(device)
+
+
+def _group_by_model(terms, models):
+    """{id(module): (module, [term index, …])} in first-seen order."""
+    groups: dict[int, tuple] = {}
+    for k, (branch, _) in enumerate(terms):
+        module = models.get(branch.model)
+        if module is None:
+            raise ValueError(f"branch {branch} needs model {branch.model!r}, but none was given "
+                             f"(pass weak_model to the guidance)")
+        groups.setdefault(id(module), (module, []))[1].append(k)
+    return list(groups.values())
+
+
+def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tensor, terms,
+                    generator=None, packed: bool = True) -> torch.Tensor:
+    """Σ_k a_k · D_k(x, t) over terms [(Branch, a_k)]; `models` maps "main"/"weak" to modules.
+
+    Branches that resolve to the same module share one forward (packed=True) or run one by one
+    with the same route-score slices (packed=False). The sum is accumulated in float32 or
+    better and returned in x's dtype.
+    """
+    batch = x.shape[0]
+    outputs: list[torch.Tensor | None] = [None] * len(terms)
+    for module, index in _group_by_model(terms, models):
+        config = module.config
+        null = torch.full_like(labels, config.num_classes)
+        ys = [labels if terms[k][0].cond == "cond" else null for k in index]
+        gammas = [torch.full((batch,), terms[k][0].gamma, dtype=torch.float64, device=x.device)
+                  for k in index]
+        scores = draw_route_scores(config, len(index) * batch, generator, x.device)
+        tt = torch.full((batch,), t, dtype=x.dtype, device=x.device)
+        if packed:
+            n = len(index)
+            out = module(x.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), torch.cat(ys),
+                         gamma=torch.cat(gammas), route_scores=scores)
+            chunks = out.split(batch)
+        else:
+            chunks = [module(x, tt, ys[j], gamma=gammas[j],
+                             route_scores=scores[:, j * batch:(j + 1) * batch])
+                      for j in range(len(index))]
+        for k, chunk in zip(index, chunks):
+            outputs[k] = chunk
+    acc = torch.promote_types(x.dtype, torch.float32)
+    v = torch.zeros(x.shape, dtype=acc, device=x.device)
+    for (_, coef), out in zip(terms, outputs):
+        v.add_(out.to(acc), alpha=coef)
+    return v.to(x.dtype)

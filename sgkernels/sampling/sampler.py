@@ -1,0 +1,69 @@
+"""`sample`: guided flow-matching sampling of a (routed) DiT.
+
+Per step the guidance gives the list of (Branch, coefficient) with non-zero weight
+(`sgkernels.guidance`); those branches are evaluated, all branches of one model in one packed
+forward (`packing.guided_velocity`), and the solver advances x from noise (t = 0) to data
+(t = 1). `generator` fixes the token selections: route scores are drawn from it once per model
+evaluation (twice per step for Heun).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..guidance import Guidance, Unguided
+from .packing import guided_velocity
+from .solvers import check_solver, integrate
+
+
+def _check_inputs(model, noise, labels, guidance, generator):
+    if not callable(model) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a callable model with a .config (e.g. RoutedDiT), got "
+                        f"{type(model).__name__}")
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+        raise TypeError(f"noise must be a floating-point tensor [B, C, H, W], got "
+                        f"{getattr(noise, 'dtype', type(noise).__name__)}")
+    if noise.dim() != 4:
+        raise ValueError(f"noise must be [B, C, H, W], got shape {tuple(noise.shape)}")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+        raise TypeError(f"labels must be an int64 tensor [B], got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != noise.shape[:1]:
+        raise ValueError(f"labels must be [B] = [{noise.shape[0]}], got {tuple(labels.shape)}")
+    if labels.device != noise.device:
+        raise ValueError(f"labels ({labels.device}) and noise ({noise.device}) must share a device")
+    if not isinstance(guidance, Guidance):
+        raise TypeError(f"guidance must be None or a sgkernels.guidance object (CFG, "
+                        f"AutoGuidance, SparseGuidance, CFGSparseGuidance, Unguided), got "
+                        f"{type(guidance).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
+
+
+@torch.no_grad()
+def sample(model, noise: torch.Tensor, labels: torch.Tensor, steps: int = 40,
+           solver: str = "euler", guidance: Guidance | None = None,
+           generator: torch.Generator | None = None, *, packed: bool = True,
+           progress: bool = False) -> torch.Tensor:
+    """Integrate from `noise` (t = 0) to samples (t = 1) in the model's space.
+
+    model: called as model(x, t, y, gamma=[B] tensor, route_scores=[R, B, N]); its
+        config.num_classes is the null label. Put it in eval mode yourself.
+    noise [B, C, H, W], labels [B] int64; guidance None = unguided dense D(c).
+    packed=False runs every branch in its own forward (same token selections; for checks and
+    benchmarks). progress shows a per-step tqdm bar.
+    """
+    guidance = Unguided() if guidance is None else guidance
+    _check_inputs(model, noise, labels, guidance, generator)
+    check_solver(solver)
+    models = {"main": model, "weak": getattr(guidance, "weak_model", None)}
+    weak = models["weak"]
+    if weak is not None and not (callable(weak) and hasattr(weak, "config")):
+        raise TypeError(f"guidance.weak_model must be a callable model with a .config to sample "
+                        f"with it, got {type(weak).__name__}")
+
+    def velocity(x, t, step):
+        return guided_velocity(models, x, t, labels, guidance.terms(step, steps), generator,
+                               packed=packed)
+
+    return integrate(velocity, noise, steps, solver, progress=progress)
