@@ -8,7 +8,7 @@ non-decreasing, so they are sorted-segment sums (`torch.segment_reduce`), never 
 
 Math (xf = x in fp32, r = rsqrt(mean(xf²) + eps), x̂ = xf·r, w = weight or 1):
     rms_norm            y = x̂·w
-                        dx = r·(g − x̂·mean(g·x̂)),  g = dy·w;   dw = Σ_rows dy·x̂
+                        dx = r·g − x·r³·mean(g·x),  g = dy·w;   dw = Σ_rows dy·x̂
     rms_norm_modulate   n = x̂·w,  y = n·(1 + scale[seg]) + shift[seg]
                         g = dy·(1 + scale[seg])·w, dx as above; dshift = Σ_seg dy; dscale = Σ_seg dy·n
     gated_residual      out = x + gate[seg]·y;  dx = dout, dy = dout·gate[seg], dgate = Σ_seg dout·y
@@ -42,9 +42,13 @@ def _rms_stats(x, eps):
     return xf, rstd
 
 
-def _rms_dx(g, xhat, rstd):
-    """dx of x̂ = x·rstd given g = dL/dx̂ (all fp32)."""
-    return rstd[:, None] * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+def _rms_dx(g, xf, rstd):
+    """dx of x̂ = x·rstd given g = dL/dx̂ (fp32): r·g − x·r³·mean(g·x).
+
+    Written with x rather than x̂ = x·r: for D = 1 (x̂² ≈ 1) that avoids one rounding inside the
+    cancellation g − x̂·mean(g·x̂)."""
+    r = rstd[:, None]
+    return r * g - xf * (r * r * r) * (g * xf).mean(-1, keepdim=True)
 
 
 def rms_norm_fwd(x2d, weight, eps):
@@ -56,10 +60,11 @@ def rms_norm_fwd(x2d, weight, eps):
 
 
 def rms_norm_bwd(dy, x2d, weight, rstd):
-    xhat = x2d.float() * rstd[:, None]
+    xf = x2d.float()
+    xhat = xf * rstd[:, None]
     dyf = dy.float()
     g = dyf * weight.float() if weight is not None else dyf
-    dx = _rms_dx(g, xhat, rstd).to(x2d.dtype)
+    dx = _rms_dx(g, xf, rstd).to(x2d.dtype)
     dweight = (dyf * xhat).sum(0).to(x2d.dtype) if weight is not None else None
     return dx, dweight
 
@@ -78,11 +83,12 @@ def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
     segl = seg.long()
     num_segments = scale.shape[0]
     dyf = dy.float()
-    xhat = x.float() * rstd[:, None]
+    xf = x.float()
+    xhat = xf * rstd[:, None]
     n = xhat * weight.float() if weight is not None else xhat
     dn = dyf * (1.0 + scale.float()[segl])
     g = dn * weight.float() if weight is not None else dn
-    dx = _rms_dx(g, xhat, rstd).to(x.dtype)
+    dx = _rms_dx(g, xf, rstd).to(x.dtype)
     dweight = (dn * xhat).sum(0).to(x.dtype) if weight is not None else None
     dshift = _segment_sum(dyf, seg, num_segments).to(x.dtype)
     dscale = _segment_sum(dyf * n, seg, num_segments).to(x.dtype)
