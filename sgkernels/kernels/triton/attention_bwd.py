@@ -17,15 +17,17 @@ from .attention_fwd import LOG2E, autotune_configs, block_d, dot_precision
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
 DKDV_CONFIGS = [
-    ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 2),
-    ({"BLOCK_M": 32, "BLOCK_N": 128}, 4, 3),
-    ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2),
+    ({"BLOCK_M": 32, "BLOCK_N": 128}, 8, 3),
+    ({"BLOCK_M": 32, "BLOCK_N": 128}, 8, 2),
+    ({"BLOCK_M": 64, "BLOCK_N": 64}, 8, 2),
+    ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 1),
 ]
 DKDV_INTERPRET_CONFIG = ({"BLOCK_M": 16, "BLOCK_N": 32}, 4, 1)
 DQ_CONFIGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 2),
-    ({"BLOCK_M": 128, "BLOCK_N": 32}, 4, 3),
+    ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2),
+    ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3),
 ]
 DQ_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 PREPROCESS_ROWS = 64

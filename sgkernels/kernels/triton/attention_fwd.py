@@ -46,8 +46,8 @@ def dot_precision(dtype):
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
 FWD_CONFIGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
-    ({"BLOCK_M": 128, "BLOCK_N": 64}, 4, 3),
-    ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 3),
+    ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 4),
+    ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 2),
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3),
 ]
 FWD_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)

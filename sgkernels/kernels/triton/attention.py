@@ -1,0 +1,75 @@
+"""Varlen (packed) attention for the Triton backend: FlashAttention-2 forward and backward.
+
+Math, per segment s of length L (rows cu_seqlens[s] .. cu_seqlens[s+1]) and head h, non-causal:
+    S = scale·Q Kᵀ,  lse = logsumexp_row(S) (natural log, saved [H, T] fp32),  P = exp(S − lse),
+    O = P V
+    dV = Pᵀ dO,  dP = dO Vᵀ,  D = rowsum(dO∘O),  dS = P∘(dP − D),  dQ = scale·dS K,
+    dK = scale·dSᵀ Q
+Tokens never attend across segments; segments of length 0 own no rows and launch nothing.
+
+Algorithm (FlashAttention-2, Dao 2023): the grid is (blocks of max_seqlen, segments, heads) and
+each program reads its segment's bounds from cu_seqlens, so one launch covers a packed batch of
+unequal segments without padding or an N² score matrix in memory. The forward keeps an online
+softmax over key tiles (attention_fwd.py); the backward recomputes P from lse, with one kernel
+for dK/dV (a key tile iterates over the query tiles of its segment) and one for dQ (a query
+tile iterates over the key tiles), after a D = rowsum(dO∘O) preprocess: no atomics, so the
+gradients are deterministic (attention_bwd.py). Products run on tensor cores (wgmma on sm_90a)
+for fp16/bf16 with fp32 accumulation; fp32 inputs use exact fp32 products. Head dims up to 128
+are padded to a power of two inside the kernel (72 -> BLOCK_D 128), never in memory.
+
+Roofline: FLOPs per call 4·Σ_s L_s²·H·Dh forward (two matmuls of 2·L²·Dh each), 2.5× that
+backward (five matmuls); bytes ≈ (4·T·H·Dh)·itemsize forward, so for L ≳ 256 the kernels are
+compute-bound and their target is tensor-core peak, measured as TFLOP/s against FA2.
+"""
+from .attention_bwd import (
+    _attn_bwd_dkdv_kernel,
+    _attn_bwd_dq_kernel,
+    _attn_bwd_preprocess_kernel,
+    DKDV_CONFIGS,
+    DQ_CONFIGS,
+    PREPROCESS_ROWS,
+    varlen_attention_bwd,
+)
+from .attention_fwd import FWD_CONFIGS, _attn_fwd_kernel, block_d, varlen_attention_fwd
+from .residual import ast_spec
+
+__all__ = ["varlen_attention_fwd", "varlen_attention_bwd", "static_specs"]
+
+SPEC_HEAD_DIMS = (64, 72, 128)
+
+
+def _spec(kernel, signature, constexprs, config, tag):
+    """bf16 spec of `kernel` under autotune `config`, specialized like a real launch: every
+    pointer 16-byte aligned; row stride H·Dh and token count divisible by 16 (SiT: H 16, T 256·B);
+    the float scales carry no hint."""
+    meta, num_warps, num_stages = config
+    aligned = [name for name, ty in signature.items() if ty != "fp32"]
+    _, src, options = ast_spec(kernel, signature, {**constexprs, **meta}, aligned, num_warps)
+    return f"{kernel.__name__}_{tag}", src, {**options, "num_stages": num_stages}
+
+
+def static_specs():
+    """Forward, preprocess, dK/dV and dQ kernels at Dh 64/72/128, bf16, default configs."""
+    ptr = "*bf16"
+    fwd = {"Q": ptr, "K": ptr, "V": ptr, "O": ptr, "LSE": "*fp32", "CU_SEQLENS": "*i32",
+           "stride_t": "i32", "n_tokens": "i32", "qk_scale_log2": "fp32"}
+    bwd = {"Q": ptr, "K": ptr, "V": ptr, "DO": ptr, "LSE": "*fp32", "DELTA": "*fp32"}
+    dkdv = {**bwd, "DK": ptr, "DV": ptr}
+    dq = {**bwd, "DQ": ptr}
+    tail = {"CU_SEQLENS": "*i32", "stride_t": "i32", "n_tokens": "i32", "sm_scale": "fp32",
+            "qk_scale_log2": "fp32"}
+    pre = {"O": ptr, "DO": ptr, "DELTA": "*fp32", "n_rows": "i32", "n_heads": "i32",
+           "n_tokens": "i32"}
+    specs = []
+    for head_dim in SPEC_HEAD_DIMS:
+        shape = {"HEAD_DIM": head_dim, "BLOCK_D": block_d(head_dim)}
+        mma = {**shape, "DOT_PRECISION": "tf32"}
+        tag = f"d{head_dim}"
+        specs += [
+            _spec(_attn_fwd_kernel, fwd, mma, FWD_CONFIGS[0], tag),
+            _spec(_attn_bwd_preprocess_kernel, pre, shape,
+                  ({"BLOCK_R": PREPROCESS_ROWS}, 4, 1), tag),
+            _spec(_attn_bwd_dkdv_kernel, {**dkdv, **tail}, mma, DKDV_CONFIGS[0], tag),
+            _spec(_attn_bwd_dq_kernel, {**dq, **tail}, mma, DQ_CONFIGS[0], tag),
+        ]
+    return specs
