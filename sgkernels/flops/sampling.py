@@ -13,6 +13,9 @@ reads guidance objects by duck typing only; it does not import sgkernels.samplin
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 from .forward import forward_gflops
 
 EVALS_PER_STEP = {"euler": 1, "heun": 2}
@@ -43,17 +46,20 @@ def sampling_nfe(guidance, steps: int, solver: str = "euler") -> float:
 
 def sampling_gflops(config, guidance, steps: int, solver: str = "euler",
                     convention: str = "paper") -> float:
-    """Mean GFLOPs per image per step of sampling `config` with `guidance` for `steps` steps."""
+    """Mean GFLOPs per image per step of sampling `config` with `guidance` for `steps` steps.
+
+    Summed per distinct (model, gamma) as forward_gflops · (evaluations / steps), so CFG on a
+    dense model is exactly twice the dense forward.
+    """
+    evals = _evals(solver)
     weak = getattr(guidance, "weak_model", None)
     configs = {"main": config, "weak": getattr(weak, "config", weak)}
-    cache: dict[tuple[str, float], float] = {}
-    total = 0.0
-    for branches in _branches(guidance, steps):
-        for model, gamma in branches:
-            if configs.get(model) is None:
-                raise ValueError(f"guidance evaluates model {model!r} but has no weak_model "
-                                 f"to count it with")
-            if (model, gamma) not in cache:
-                cache[model, gamma] = forward_gflops(configs[model], gamma, convention=convention)
-            total += cache[model, gamma]
-    return _evals(solver) * total / steps
+    counts = Counter(key for branches in _branches(guidance, steps) for key in branches)
+    total = []
+    for (model, gamma), count in counts.items():
+        if configs.get(model) is None:
+            raise ValueError(f"guidance evaluates model {model!r} but has no weak_model "
+                             f"to count it with")
+        gflops = forward_gflops(configs[model], gamma, convention=convention)
+        total.append(gflops * (evals * count / steps))
+    return math.fsum(total)
