@@ -89,7 +89,7 @@ def _segment_sum_kernel(P, OUT, FIRST, LAST, D, stride_pb, stride_p, stride_ob, 
     last = tl.load(LAST + s)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     i = first
-    while i < last:  # dynamic bounds as a while loop: the interpreter cannot range() over them
+    while i < last:  # bounds loaded from memory; a while loop compiles and interprets alike
         items = i + tl.arange(0, BLOCK_I)
         ptrs = P + b * stride_pb + items[:, None].to(tl.int64) * stride_p + cols[None, :]
         acc += tl.sum(tl.load(ptrs, mask=(items < last)[:, None] & col_ok[None, :], other=0.0), 0)

@@ -1,0 +1,134 @@
+"""Triton rms_norm / rms_norm_modulate (forward and every gradient) vs the torch reference,
+run by the Triton interpreter on CPU tensors."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sgkernels.ops as ops
+from sgkernels.kernels.triton import norm
+from sgkernels.ops import reference
+
+pytestmark = [pytest.mark.interpret,
+              pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _seg(lengths):
+    counts = torch.tensor(lengths, dtype=torch.int64)
+    return torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), counts)
+
+
+def _inputs(rows, dim, dtype, segments=1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, dim, generator=gen) * 3 + 0.5).to(dtype)
+    weight = torch.randn(dim, generator=gen).to(dtype)
+    dy = torch.randn(rows, dim, generator=gen).to(dtype)
+    shift = torch.randn(segments, dim, generator=gen).to(dtype)
+    scale = torch.randn(segments, dim, generator=gen).to(dtype)
+    return x, weight, dy, shift, scale
+
+
+def _check_rms_norm(rows, dim, dtype, has_weight, eps, assert_matches):
+    x, weight, dy, _, _ = _inputs(rows, dim, dtype)
+    weight = weight if has_weight else None
+    y, rstd = norm.rms_norm_fwd(x, weight, eps)
+    y_ref, rstd_ref = reference.rms_norm_fwd(x, weight, eps)
+    assert_matches(y, y_ref, "y")
+    assert_matches(rstd, rstd_ref, "rstd")
+    dx, dweight = norm.rms_norm_bwd(dy, x, weight, rstd_ref)
+    dx_ref, dweight_ref = reference.rms_norm_bwd(dy, x, weight, rstd_ref)
+    assert_matches(dx, dx_ref, "dx")
+    if has_weight:
+        assert_matches(dweight, dweight_ref, "dweight")
+    else:
+        assert dweight is None
+
+
+def _check_modulate(lengths, dim, dtype, has_weight, eps, assert_matches):
+    seg = _seg(lengths)
+    x, weight, dy, shift, scale = _inputs(seg.shape[0], dim, dtype, segments=len(lengths))
+    weight = weight if has_weight else None
+    y, rstd = norm.rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps)
+    y_ref, rstd_ref = reference.rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps)
+    assert_matches(y, y_ref, "y")
+    assert_matches(rstd, rstd_ref, "rstd")
+    grads = norm.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref)
+    grads_ref = reference.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref)
+    for name, got, want in zip(("dx", "dweight", "dshift", "dscale"), grads, grads_ref):
+        if want is None:
+            assert got is None, name
+        else:
+            assert_matches(got, want, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_weight", [True, False])
+@pytest.mark.parametrize("rows, dim, eps", [(1, 1, 1e-6), (7, 72, 1e-6), (5, 100, 0.5),
+                                            (13, 64, 1e-5)])
+def test_rms_norm_matches_reference(rows, dim, eps, dtype, has_weight, poisoned_empty,
+                                    assert_matches):
+    _check_rms_norm(rows, dim, dtype, has_weight, eps, assert_matches)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_weight", [True, False])
+@pytest.mark.parametrize("lengths, dim", [([1], 1), ([7], 72), ([3, 1, 4], 100),
+                                          ([2, 0, 5], 72), ([1] * 7, 40), ([0, 13], 16)])
+def test_rms_norm_modulate_matches_reference(lengths, dim, dtype, has_weight, poisoned_empty,
+                                             assert_matches):
+    _check_modulate(lengths, dim, dtype, has_weight, 1e-6, assert_matches)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5).filter(lambda ls: sum(ls) > 0),
+       dim=st.integers(1, 80), has_weight=st.booleans())
+def test_modulate_hypothesis_segments(lengths, dim, has_weight, poisoned_empty, assert_matches):
+    _check_modulate(lengths, dim, torch.float32, has_weight, 1e-6, assert_matches)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 12), dim=st.integers(1, 80), has_weight=st.booleans())
+def test_rms_norm_hypothesis_shapes(rows, dim, has_weight, poisoned_empty, assert_matches):
+    _check_rms_norm(rows, dim, torch.float32, has_weight, 1e-6, assert_matches)
+
+
+def test_weight_gradients_are_deterministic():
+    """Bitwise-equal dweight / dshift / dscale on repeated calls (two-stage sums, no atomics)."""
+    lengths = [5, 1, 11, 0, 6]
+    seg = _seg(lengths)
+    x, weight, dy, _, scale = _inputs(seg.shape[0], 40, torch.float32, segments=len(lengths))
+    _, rstd = reference.rms_norm_fwd(x, weight, 1e-6)
+    first = norm.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd)
+    second = norm.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd)
+    for got, again in zip(first[1:], second[1:]):
+        assert torch.equal(got, again)
+    assert torch.equal(norm.rms_norm_bwd(dy, x, weight, rstd)[1],
+                       norm.rms_norm_bwd(dy, x, weight, rstd)[1])
+
+
+def _autograd(fn, backend, inputs, dy):
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    with ops.use_backend(backend):
+        out = fn(*leaves)
+        out.backward(dy)
+    return out.detach(), [t.grad for t in leaves if t.requires_grad]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_public_ops_with_triton_backend(dtype, assert_matches):
+    """sgkernels.ops.rms_norm (3-D input) and rms_norm_modulate forced to Triton match the torch
+    backend in output and every gradient."""
+    x, weight, dy, shift, scale = _inputs(10, 24, dtype, segments=3)
+    seg = _seg([4, 1, 5])
+    cases = [(lambda x, w: ops.rms_norm(x, w, eps=1e-5), [x.reshape(2, 5, 24), weight],
+              dy.reshape(2, 5, 24)),
+             (lambda x, w, sh, sc: ops.rms_norm_modulate(x, w, sh, sc, seg),
+              [x, weight, shift, scale], dy)]
+    for fn, inputs, grad in cases:
+        out, grads = _autograd(fn, "triton", inputs, grad)
+        out_ref, grads_ref = _autograd(fn, "torch", inputs, grad)
+        assert_matches(out, out_ref, "out")
+        for i, (got, want) in enumerate(zip(grads, grads_ref)):
+            assert_matches(got, want, f"grad {i}")

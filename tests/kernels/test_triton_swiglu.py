@@ -1,0 +1,64 @@
+"""Triton swiglu (forward, da and db written in place) vs the torch reference, run by the Triton
+interpreter on CPU tensors; a and b are the two halves of one [M, 2H] tensor or separate."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sgkernels.ops as ops
+from sgkernels.kernels.triton import swiglu
+from sgkernels.ops import reference
+
+pytestmark = [pytest.mark.interpret,
+              pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _check(rows, hidden, dtype, halves, poison, assert_matches, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ab = (torch.randn(rows, 2 * hidden, generator=gen) * 4).to(dtype)
+    a, b = (ab[:, :hidden], ab[:, hidden:]) if halves else (ab[:, :hidden].clone(),
+                                                           ab[:, hidden:].clone())
+    dout = torch.randn(rows, hidden, generator=gen).to(dtype)
+    assert_matches(swiglu.swiglu_fwd(a, b), reference.swiglu_fwd(a, b), "out")
+    # Gradients land in the halves of one poisoned buffer that is one column wider than needed:
+    # every element of da, db must be written and the spare column never touched.
+    grad = poison(torch.empty(rows, 2 * hidden + 1, dtype=dtype))
+    want = torch.empty(rows, 2 * hidden, dtype=dtype)
+    swiglu.swiglu_bwd(dout, a, b, grad[:, :hidden], grad[:, hidden:2 * hidden])
+    reference.swiglu_bwd(dout, a, b, want[:, :hidden], want[:, hidden:])
+    assert_matches(grad[:, :hidden], want[:, :hidden], "da")
+    assert_matches(grad[:, hidden:2 * hidden], want[:, hidden:], "db")
+    assert bool(grad[:, -1].isnan().all()), "swiglu_bwd wrote outside da, db"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("halves", [True, False])
+@pytest.mark.parametrize("rows, hidden", [(1, 1), (7, 72), (5, 100), (3, 40)])
+def test_swiglu_matches_reference(rows, hidden, dtype, halves, poison, poisoned_empty,
+                                  assert_matches):
+    _check(rows, hidden, dtype, halves, poison, assert_matches)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 9), hidden=st.integers(1, 90), halves=st.booleans())
+def test_swiglu_hypothesis_shapes(rows, hidden, halves, poison, poisoned_empty, assert_matches):
+    _check(rows, hidden, torch.float32, halves, poison, assert_matches)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_public_op_with_triton_backend(dtype, assert_matches):
+    """ops.swiglu(a) on a fused [..., 2H] input, forced to Triton, matches the torch backend."""
+    gen = torch.Generator().manual_seed(1)
+    ab = torch.randn(2, 3, 2 * 20, generator=gen).to(dtype)
+    dout = torch.randn(2, 3, 20, generator=gen).to(dtype)
+    results = {}
+    for backend in ("triton", "torch"):
+        leaf = ab.clone().requires_grad_()
+        with ops.use_backend(backend):
+            out = ops.swiglu(leaf)
+            out.backward(dout)
+        results[backend] = (out.detach(), leaf.grad)
+    assert_matches(results["triton"][0], results["torch"][0], "out")
+    assert_matches(results["triton"][1], results["torch"][1], "grad")
