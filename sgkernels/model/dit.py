@@ -126,11 +126,11 @@ class RoutedDiT(nn.Module):
                                  f"got {gamma.dtype} {list(gamma.shape)}")
         if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
             per = (check_gamma(gamma),) * num_segments
-        elif isinstance(gamma, Sequence):
+        elif isinstance(gamma, Sequence) and not isinstance(gamma, str):
             if len(gamma) != num_segments:
                 raise ValueError(f"gamma must have one rate per sample ({num_segments}), "
                                  f"got {len(gamma)}")
-            per = tuple(check_gamma(float(g), f"gamma[{i}]") for i, g in enumerate(gamma))
+            per = tuple(check_gamma(g, f"gamma[{i}]") for i, g in enumerate(gamma))
         else:
             raise TypeError(f"gamma must be None, a float or a [B] tensor, got "
                             f"{type(gamma).__name__}")
