@@ -102,7 +102,7 @@ def swiglu(a, b=None):
         ab = a.contiguous().reshape(-1, a.shape[-1])
         return _swiglu_packed(ab).reshape(*a.shape[:-1], a.shape[-1] // 2)
     validate.like(op, "b", b, "a", a)
-    validate.shape(op, "b", b, a.shape, "the shape of a")
+    validate.shape(op, "b", b, a.shape, "of a")
     a2d = a.contiguous().reshape(-1, a.shape[-1])
     b2d = b.contiguous().reshape(-1, a.shape[-1])
     return _swiglu(a2d, b2d).reshape(a.shape)

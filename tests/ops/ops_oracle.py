@@ -7,37 +7,39 @@ import torch
 REL_ATOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 
-def _leaves(inputs, dtype, diff):
+def _is_data(name, value, keep):
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and name not in keep
+
+
+def _leaves(inputs, dtype, diff, keep=()):
     out = {}
     for name, value in inputs.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
+        if _is_data(name, value, keep):
             value = value.detach().to(dtype).clone().requires_grad_(name in diff)
         out[name] = value
     return out
 
 
-def _run(fn, inputs, dtype, diff, grad_out):
-    leaves = _leaves(inputs, dtype, diff)
+def _run(fn, inputs, dtype, diff, grad_out, keep):
+    leaves = _leaves(inputs, dtype, diff, keep)
     out = fn(**leaves)
     out.backward(grad_out.to(dtype))
     grads = {name: leaves[name].grad for name in diff}
     return out.detach(), grads
 
 
-def compare(op_fn, torch_fn, inputs, dtype, diff, seed=0):
+def compare(op_fn, torch_fn, inputs, dtype, diff, keep=(), seed=0):
     """Check op_fn against torch_fn on `inputs` (float tensors are given in any precision and
-    rounded to `dtype` once, so all three runs see identical values). `diff` names the inputs
-    whose gradients are checked. Returns the op's (output, grads) for further assertions."""
-    rounded = {
-        k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-        for k, v in inputs.items()
-    }
+    rounded to `dtype` once, so all three runs see identical values; inputs named in `keep` are
+    passed unchanged). `diff` names the inputs whose gradients are checked. Returns the op's
+    (output, grads) for further assertions."""
+    rounded = {k: (v.to(dtype) if _is_data(k, v, keep) else v) for k, v in inputs.items()}
     gen = torch.Generator().manual_seed(seed)
-    probe = torch_fn(**_leaves(rounded, torch.float64, ()))
+    probe = torch_fn(**_leaves(rounded, torch.float64, (), keep))
     grad_out = torch.randn(probe.shape, generator=gen, dtype=torch.float64).to(dtype).double()
-    oracle = _run(torch_fn, rounded, torch.float64, diff, grad_out)
-    plain = _run(torch_fn, rounded, dtype, diff, grad_out)
-    mine = _run(op_fn, rounded, dtype, diff, grad_out)
+    oracle = _run(torch_fn, rounded, torch.float64, diff, grad_out, keep)
+    plain = _run(torch_fn, rounded, dtype, diff, grad_out, keep)
+    mine = _run(op_fn, rounded, dtype, diff, grad_out, keep)
     assert mine[0].dtype == dtype and mine[0].shape == oracle[0].shape
     _judge("output", mine[0], plain[0], oracle[0], dtype)
     for name in diff:
