@@ -1,10 +1,31 @@
 """Build script: the pure-Python + Triton package everywhere, plus the CUDA extension
-`sgkernels._C` when torch has CUDA and nvcc is found (see csrc/)."""
+`sgkernels._C` when torch has CUDA and nvcc is found (see csrc/).
+
+The CUDA build needs the installed torch at build time, so it is built without PEP 517 build
+isolation:  `pip install --no-build-isolation .`  (CUDA_HOME, TORCH_CUDA_ARCH_LIST and MAX_JOBS
+are honoured; the default arch list covers sm_80 and sm_90a). A plain isolated `pip install .`
+sees no torch and installs the package without `_C`, saying so in one line; the torch and
+Triton backends work without it. SGKERNELS_NO_CUDA=1 skips the extension explicitly."""
 import glob
 import os
 import shutil
 
 from setuptools import find_packages, setup
+
+
+def _wheel_cuda_includes():
+    """CUDA headers shipped by the nvidia-* wheels of a CUDA torch (nvidia/cu13/include)."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    found = []
+    for root in getattr(nvidia, "__path__", []):
+        for sub in ("cu13", "cu12"):
+            cand = os.path.join(root, sub, "include")
+            if os.path.isdir(cand):
+                found.append(cand)
+    return found
 
 
 def _cuda_extension():
@@ -14,7 +35,8 @@ def _cuda_extension():
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
     except ImportError:
-        print("sgkernels: torch not importable at build time; skipping the CUDA extension")
+        print("sgkernels: skipping the CUDA extension sgkernels._C: torch not importable at build "
+              "time (build it with `pip install --no-build-isolation .`)")
         return [], {}
     nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.join(CUDA_HOME, "bin", "nvcc"))
     if torch.version.cuda is None:
@@ -32,18 +54,13 @@ def _cuda_extension():
         return [], {}
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
     include = [os.path.abspath("csrc")]
-    import nvidia  # noqa: F401  (cu13 wheels ship CUDA headers under nvidia/cu13/include)
-
-    for root in getattr(nvidia, "__path__", []):
-        cand = os.path.join(root, "cu13", "include")
-        if os.path.isdir(cand):
-            include.append(cand)
+    include += _wheel_cuda_includes()
     ext = CUDAExtension(
         "sgkernels._C",
         sources,
         include_dirs=include,
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+        extra_compile_args={"cxx": ["-O3"],
+                            "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

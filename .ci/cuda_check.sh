@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# CUDA checks that need no GPU (called by .ci/run; safe to rerun).
+#   (a) every csrc/*.cu compiles alone for H100 (nvcc -gencode arch=compute_90a,code=sm_90a
+#       -Xptxas -v): prints registers / stack / spills per kernel and fails on any spill.
+#   (b) in a second virtualenv (.venv-cuda, reused when its torch is right) with a CUDA build of
+#       torch, `pip install --no-build-isolation .` builds and links sgkernels._C, and
+#       `import sgkernels._C` succeeds from outside the source tree (importing needs no GPU).
+# Environment: NVCC (default: nvcc on PATH, else $CUDA_HOME/bin/nvcc), CUDA_HOME
+# (default /usr/local/cuda), CUDA_TORCH (default torch==2.14.1), MAX_JOBS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+NVCC=${NVCC:-$(command -v nvcc || echo "$CUDA_HOME/bin/nvcc")}
+CUDA_TORCH=${CUDA_TORCH:-torch==2.14.1}
+export MAX_JOBS=${MAX_JOBS:-2}
+t0=$(date +%s)
+since() { echo $(( $(date +%s) - $1 )); }
+
+echo "-- (a) standalone sm_90a compile of csrc/*.cu ($("$NVCC" --version | tail -1))"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for cu in csrc/*.cu; do
+  ts=$(date +%s)
+  "$NVCC" -gencode arch=compute_90a,code=sm_90a -Xptxas -v -O3 -Icsrc -c "$cu" \
+    -o "$tmp/$(basename "$cu").o" 2> "$tmp/$(basename "$cu").log" \
+    || { cat "$tmp/$(basename "$cu").log"; echo "FAIL: $cu does not compile"; exit 1; }
+  echo "   $cu compiled in $(since "$ts") s"
+done
+python3 - "$tmp" <<'EOF'
+"""Parse ptxas -v logs: one row per kernel; exit 1 if any kernel spills."""
+import pathlib, re, subprocess, sys
+
+rows, bad = [], []
+for log in sorted(pathlib.Path(sys.argv[1]).glob("*.log")):
+    name = None
+    for line in log.read_text().splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)' for 'sm_90a'", line):
+            name, stack, spill = m.group(1), 0, (0, 0)
+        elif name and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                                      r"(\d+) bytes spill loads", line)):
+            stack, spill = int(m.group(1)), (int(m.group(2)), int(m.group(3)))
+        elif name and (m := re.search(r"Used (\d+) registers", line)):
+            rows.append((log.name[:-4], name, int(m.group(1)), stack, *spill))
+            bad += [name] if any(spill) else []
+            name = None
+names = subprocess.run(["c++filt"], input="\n".join(r[1] for r in rows), capture_output=True,
+                       text=True).stdout.splitlines() or [r[1] for r in rows]
+print(f"   {'file':<16} {'regs':>4} {'stack':>5} {'spill st/ld':>11}  kernel")
+for (f, _, regs, stack, st, ld), pretty in zip(rows, names):
+    pretty = re.sub(r"\(.*\)$", "", pretty.replace("sgk::", ""))
+    print(f"   {f:<16} {regs:>4} {stack:>5} {f'{st}/{ld}':>11}  {pretty}")
+print(f"   {len(rows)} kernels, {len(bad)} with spills")
+if not rows:
+    sys.exit("FAIL: no kernels found in the ptxas output")
+if bad:
+    sys.exit("FAIL: register spills in " + ", ".join(bad))
+EOF
+echo "   (a) done in $(since "$t0") s"
+
+echo "-- (b) build sgkernels._C against $CUDA_TORCH in .venv-cuda"
+tb=$(date +%s)
+venv="$root/.venv-cuda"
+want=${CUDA_TORCH#torch==}
+if ! "$venv/bin/python" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$want' or torch.version.cuda is None)" 2>/dev/null; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "$CUDA_TORCH" ninja setuptools wheel numpy
+  echo "   created .venv-cuda in $(since "$tb") s"
+else
+  echo "   reusing .venv-cuda"
+fi
+"$venv/bin/python" -c "import torch; print('   torch', torch.__version__, 'cuda', torch.version.cuda)"
+site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+export CPATH="$site/nvidia/cu13/include${CPATH:+:$CPATH}"
+tp=$(date +%s)
+"$venv/bin/pip" install -q --no-build-isolation --no-deps --force-reinstall . 2>&1 \
+  | grep -v "^\s*$" | tail -20
+echo "   pip install --no-build-isolation . took $(since "$tp") s (MAX_JOBS=$MAX_JOBS)"
+(cd "$tmp" && "$venv/bin/python" - <<'EOF'
+import torch
+import sgkernels._C
+import sgkernels.kernels.cuda as cuda
+
+ops = [name for name in cuda.__all__ if name.endswith(("_fwd", "_bwd"))]
+missing = [name for name in ops if not hasattr(torch.ops.sgkernels_C, name)]
+assert not missing, f"ops missing from torch.ops.sgkernels_C: {missing}"
+print(f"   import sgkernels._C OK from {sgkernels._C.__file__}: {len(ops)} ops registered")
+print(f"   cuda.available() = {cuda.available()} ({cuda.unavailable_reason()})")
+EOF
+)
+echo "   (b) done in $(since "$tb") s"
+echo "-- CUDA checks passed in $(since "$t0") s"

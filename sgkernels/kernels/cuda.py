@@ -1,0 +1,128 @@
+"""CUDA C++ backend of sgkernels.ops: thin wrappers over ``torch.ops.sgkernels_C``.
+
+The kernels live in ``csrc/`` and are built as the extension ``sgkernels._C``
+(``pip install --no-build-isolation .`` with a CUDA torch and nvcc). They implement the
+memory-bound ops; every function here has the name and signature of its counterpart in
+``sgkernels.ops.reference`` (docs/contracts.md, "Backends"):
+
+    rms_norm:          y = x * rsqrt(mean(x^2) + eps) * w                  (rstd kept for bwd)
+    rms_norm_modulate: y = rms_norm(x, w) * (1 + scale[seg]) + shift[seg]
+    gated_residual:    out = x + gate[seg] * y
+    swiglu:            out = silu(a) * b
+    route_gather:      out = x[idx];   route_scatter: out = base, out[idx] = y
+
+Statistics and sums in fp32; weight / segment gradients are reduced deterministically.
+The norms and gated_residual's backward keep a row in registers and support rows of up to
+``MAX_ROW_DIM`` elements; wider rows are computed by the reference backend.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+# Keep equal to SGK_MAX_ROW_DIM in csrc/sgk_kernels.h.
+MAX_ROW_DIM = 4096
+
+__all__ = [
+    "available", "unavailable_reason", "MAX_ROW_DIM",
+    "rms_norm_fwd", "rms_norm_bwd", "rms_norm_modulate_fwd", "rms_norm_modulate_bwd",
+    "gated_residual_fwd", "gated_residual_bwd", "swiglu_fwd", "swiglu_bwd",
+    "route_gather_fwd", "route_scatter_fwd", "route_scatter_bwd",
+]
+
+
+@functools.cache
+def _load_error() -> str | None:
+    """Import sgkernels._C (registering torch.ops.sgkernels_C); the reason if it fails."""
+    try:
+        from sgkernels import _C  # noqa: F401
+    except (ImportError, OSError) as err:
+        return f"sgkernels._C could not be imported ({err}); build it with " \
+               "`pip install --no-build-isolation .` using a CUDA build of torch and nvcc"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """Why the CUDA backend cannot run here, or None when it can."""
+    reason = _load_error()
+    if reason is None and not torch.cuda.is_available():
+        reason = "torch.cuda.is_available() is False"
+    return reason
+
+
+def available() -> bool:
+    """True iff sgkernels._C imports and a CUDA device is usable."""
+    return unavailable_reason() is None
+
+
+def _ops():
+    reason = _load_error()
+    if reason is not None:
+        raise RuntimeError(reason)
+    return torch.ops.sgkernels_C
+
+
+def _reference():
+    # Imported on use: the reference sits in the ops layer, which imports the backends.
+    from sgkernels.ops import reference
+
+    return reference
+
+
+def rms_norm_fwd(x2d, weight, eps):
+    if x2d.shape[-1] > MAX_ROW_DIM:
+        return _reference().rms_norm_fwd(x2d, weight, eps)
+    return _ops().rms_norm_fwd(x2d, weight, float(eps))
+
+
+def rms_norm_bwd(dy, x2d, weight, rstd):
+    if x2d.shape[-1] > MAX_ROW_DIM:
+        return _reference().rms_norm_bwd(dy, x2d, weight, rstd)
+    dx, dweight = _ops().rms_norm_bwd(dy, x2d, weight, rstd)
+    return dx, (dweight if weight is not None else None)
+
+
+def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
+    if x.shape[-1] > MAX_ROW_DIM:
+        return _reference().rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps)
+    return _ops().rms_norm_modulate_fwd(x, weight, shift, scale, seg, float(eps))
+
+
+def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
+    if x.shape[-1] > MAX_ROW_DIM:
+        return _reference().rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd)
+    dx, dweight, dshift, dscale = _ops().rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd)
+    return dx, (dweight if weight is not None else None), dshift, dscale
+
+
+def gated_residual_fwd(x, y, gate, seg):
+    return _ops().gated_residual_fwd(x, y, gate, seg)
+
+
+def gated_residual_bwd(dout, y, gate, seg):
+    if dout.shape[-1] > MAX_ROW_DIM:
+        return _reference().gated_residual_bwd(dout, y, gate, seg)
+    dy, dgate = _ops().gated_residual_bwd(dout, y, gate, seg)
+    return dout, dy, dgate  # dx is the identity of dout, as in the reference
+
+
+def swiglu_fwd(a, b):
+    return _ops().swiglu_fwd(a, b)
+
+
+def swiglu_bwd(dout, a, b, da, db):
+    _ops().swiglu_bwd(dout, a, b, da, db)
+
+
+def route_gather_fwd(x, idx):
+    return _ops().route_gather_fwd(x, idx)
+
+
+def route_scatter_fwd(base, y, idx):
+    return _ops().route_scatter_fwd(base, y, idx)
+
+
+def route_scatter_bwd(dout, idx):
+    dbase, dy = _ops().route_scatter_bwd(dout, idx)
+    return dbase, dy

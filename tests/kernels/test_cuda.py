@@ -1,0 +1,303 @@
+"""CUDA C++ backend (sgkernels._C via sgkernels.kernels.cuda) vs the torch reference.
+
+Outputs and every gradient over odd shapes and fp32 / fp16 / bf16, covering each kernel path:
+16-byte vectors and the scalar fallback (odd widths, misaligned pointers), warp-sized and
+block-sized row groups, K > 1 vectors per thread, segments that are empty or cross reduction
+groups, and the reference fallback above MAX_ROW_DIM. Outputs are allocated from CUDA memory
+poisoned with NaN, so an element a kernel never writes fails; weight / segment gradients must be
+bitwise reproducible. GPU tests are skipped without CUDA (tests/conftest.py)."""
+import inspect
+
+import pytest
+import torch
+
+import sgkernels.ops as ops
+from sgkernels.kernels import cuda
+from sgkernels.ops import reference
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DEV = "cuda"
+BACKEND_FUNCTIONS = [name for name in cuda.__all__ if name.endswith(("_fwd", "_bwd"))]
+
+
+def _poison_cache():
+    """Leave the CUDA caching allocator's free blocks filled with NaN (small pool: 2 MiB
+    segments of two 1 MiB blocks; large pool: 20 MiB segments and one 64 MiB block), so
+    tensors the C++ ops allocate next start as NaN."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    blocks = [torch.full((n,), float("nan"), device=DEV)
+              for n in [1 << 18] * 16 + [1 << 19] * 10 + [1 << 24]]
+    del blocks
+    probe = torch.empty(1000, device=DEV)
+    assert bool(probe.isnan().all()), "the allocator did not hand out poisoned memory"
+    del probe
+
+
+def _seg(lengths):
+    counts = torch.tensor(lengths, dtype=torch.int64)
+    return torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32),
+                                   counts).to(DEV)
+
+
+def _randn(*shape, dtype, gen, scale=1.0, offset=0.0):
+    return (torch.randn(*shape, generator=gen) * scale + offset).to(DEV, dtype)
+
+
+def _misaligned(t):
+    """Same values, contiguous, but starting one element past a 16-byte boundary."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+# ---- without a GPU ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BACKEND_FUNCTIONS)
+def test_backend_functions_have_reference_signatures(name):
+    assert inspect.signature(getattr(cuda, name)) == inspect.signature(getattr(reference, name))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+def test_unavailable_without_cuda_names_the_reason():
+    assert cuda.available() is False
+    assert cuda.unavailable_reason()
+
+
+@pytest.mark.skipif(cuda._load_error() is None, reason="sgkernels._C is built here")
+def test_calls_without_extension_raise_with_build_hint():
+    with pytest.raises(RuntimeError, match="no-build-isolation"):
+        cuda.swiglu_fwd(torch.ones(1, 1), torch.ones(1, 1))
+
+
+# ---- norms --------------------------------------------------------------------------------------
+def _check_rms_norm(rows, dim, dtype, has_weight, assert_matches, misalign=False, eps=1e-6):
+    gen = torch.Generator().manual_seed(rows * 7919 + dim)
+    x = _randn(rows, dim, dtype=dtype, gen=gen, scale=3, offset=0.5)
+    weight = _randn(dim, dtype=dtype, gen=gen) if has_weight else None
+    dy = _randn(rows, dim, dtype=dtype, gen=gen)
+    if misalign:
+        x, dy = _misaligned(x), _misaligned(dy)
+    _poison_cache()
+    y, rstd = cuda.rms_norm_fwd(x, weight, eps)
+    y_ref, rstd_ref = reference.rms_norm_fwd(x, weight, eps)
+    assert_matches(y, y_ref, "y")
+    assert_matches(rstd, rstd_ref, "rstd")
+    _poison_cache()
+    dx, dweight = cuda.rms_norm_bwd(dy, x, weight, rstd_ref)
+    dx_ref, dweight_ref = reference.rms_norm_bwd(dy, x, weight, rstd_ref)
+    assert_matches(dx, dx_ref, "dx")
+    if has_weight:
+        assert_matches(dweight, dweight_ref, "dweight")
+    else:
+        assert dweight is None
+
+
+def _check_modulate(lengths, dim, dtype, has_weight, assert_matches, misalign=False):
+    gen = torch.Generator().manual_seed(len(lengths) * 131 + dim)
+    seg = _seg(lengths)
+    rows, segments = seg.shape[0], len(lengths)
+    x = _randn(rows, dim, dtype=dtype, gen=gen, scale=3, offset=0.5)
+    weight = _randn(dim, dtype=dtype, gen=gen) if has_weight else None
+    shift, scale = (_randn(segments, dim, dtype=dtype, gen=gen) for _ in range(2))
+    dy = _randn(rows, dim, dtype=dtype, gen=gen)
+    if misalign:
+        x, dy, shift = _misaligned(x), _misaligned(dy), _misaligned(shift)
+    _poison_cache()
+    y, rstd = cuda.rms_norm_modulate_fwd(x, weight, shift, scale, seg, 1e-6)
+    y_ref, rstd_ref = reference.rms_norm_modulate_fwd(x, weight, shift, scale, seg, 1e-6)
+    assert_matches(y, y_ref, "y")
+    assert_matches(rstd, rstd_ref, "rstd")
+    _poison_cache()
+    grads = cuda.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref)
+    grads_ref = reference.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref)
+    for name, got, want in zip(("dx", "dweight", "dshift", "dscale"), grads, grads_ref):
+        if want is None:
+            assert got is None, name
+        else:
+            assert_matches(got, want, name)
+    return grads
+
+
+# (rows, dim): warp groups (dim <= 32 vectors), block groups, K = 2 (fp32 at 4096), the scalar
+# path with K = 8 (1001, 4095), and the reference fallback above MAX_ROW_DIM (5000).
+NORM_SHAPES = [(1, 1), (7, 33), (13, 64), (37, 1000), (5, 1001), (300, 1152), (3, 4096),
+               (4, 4095), (2, 5000)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_weight", [True, False])
+@pytest.mark.parametrize("rows, dim", NORM_SHAPES)
+def test_rms_norm_matches_reference(rows, dim, dtype, has_weight, assert_matches):
+    _check_rms_norm(rows, dim, dtype, has_weight, assert_matches)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_misaligned_rows_use_scalar_path(dtype, assert_matches):
+    _check_rms_norm(9, 256, dtype, True, assert_matches, misalign=True)
+    _check_modulate([4, 0, 5], 256, dtype, True, assert_matches, misalign=True)
+
+
+# Segments: single rows, empty ones, one long segment spanning many reduction groups (>= 16
+# rows each), many short segments inside one group.
+MODULATE_CASES = [([1], 1), ([7], 72), ([3, 1, 4], 100), ([2, 0, 5], 1001), ([0, 13], 16),
+                  ([100, 0, 37, 250, 1, 60], 1152), ([3] * 50, 384), ([700], 2048),
+                  ([2, 3], 5000)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_weight", [True, False])
+@pytest.mark.parametrize("lengths, dim", MODULATE_CASES)
+def test_rms_norm_modulate_matches_reference(lengths, dim, dtype, has_weight, assert_matches):
+    _check_modulate(lengths, dim, dtype, has_weight, assert_matches)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_gradients_are_bitwise_deterministic(dtype, assert_matches):
+    lengths = [100, 0, 37, 250, 1, 60, 300]
+    first = _check_modulate(lengths, 1152, dtype, True, assert_matches)
+    second = _check_modulate(lengths, 1152, dtype, True, assert_matches)
+    for got, again in zip(first, second):
+        assert torch.equal(got, again)
+    gen = torch.Generator().manual_seed(3)
+    x, dy = (_randn(777, 1000, dtype=dtype, gen=gen) for _ in range(2))
+    weight = _randn(1000, dtype=dtype, gen=gen)
+    _, rstd = cuda.rms_norm_fwd(x, weight, 1e-6)
+    runs = [cuda.rms_norm_bwd(dy, x, weight, rstd)[1] for _ in range(3)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+# ---- gated residual -----------------------------------------------------------------------------
+def _check_gated_residual(lengths, dim, dtype, assert_matches):
+    gen = torch.Generator().manual_seed(len(lengths) * 17 + dim)
+    seg = _seg(lengths)
+    x, y, dout = (_randn(seg.shape[0], dim, dtype=dtype, gen=gen) for _ in range(3))
+    gate = _randn(len(lengths), dim, dtype=dtype, gen=gen)
+    _poison_cache()
+    assert_matches(cuda.gated_residual_fwd(x, y, gate, seg),
+                   reference.gated_residual_fwd(x, y, gate, seg), "out")
+    _poison_cache()
+    dx, dy, dgate = cuda.gated_residual_bwd(dout, y, gate, seg)
+    _, dy_ref, dgate_ref = reference.gated_residual_bwd(dout, y, gate, seg)
+    assert dx is dout
+    assert_matches(dy, dy_ref, "dy")
+    assert_matches(dgate, dgate_ref, "dgate")
+    return dgate
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lengths, dim", MODULATE_CASES)
+def test_gated_residual_matches_reference(lengths, dim, dtype, assert_matches):
+    _check_gated_residual(lengths, dim, dtype, assert_matches)
+
+
+@pytest.mark.gpu
+def test_dgate_is_bitwise_deterministic(assert_matches):
+    lengths = [9, 1, 0, 140, 3, 500]
+    first = _check_gated_residual(lengths, 1152, torch.float32, assert_matches)
+    assert torch.equal(first, _check_gated_residual(lengths, 1152, torch.float32, assert_matches))
+
+
+# ---- swiglu -------------------------------------------------------------------------------------
+def _check_swiglu(rows, hidden, dtype, halves, assert_matches, spare):
+    gen = torch.Generator().manual_seed(rows * 31 + hidden)
+    ab = _randn(rows, 2 * hidden, dtype=dtype, gen=gen, scale=4)
+    a, b = (ab[:, :hidden], ab[:, hidden:]) if halves else (ab[:, :hidden].clone(),
+                                                           ab[:, hidden:].clone())
+    dout = _randn(rows, hidden, dtype=dtype, gen=gen)
+    _poison_cache()
+    assert_matches(cuda.swiglu_fwd(a, b), reference.swiglu_fwd(a, b), "out")
+    # Gradients land in the halves of one NaN buffer, `spare` columns wider than needed: every
+    # element of da, db must be written and the spare columns never touched.
+    grad = torch.full((rows, 2 * hidden + spare), float("nan"), dtype=dtype, device=DEV)
+    want = torch.empty(rows, 2 * hidden, dtype=dtype, device=DEV)
+    assert cuda.swiglu_bwd(dout, a, b, grad[:, :hidden], grad[:, hidden:2 * hidden]) is None
+    reference.swiglu_bwd(dout, a, b, want[:, :hidden], want[:, hidden:])
+    assert_matches(grad[:, :hidden], want[:, :hidden], "da")
+    assert_matches(grad[:, hidden:2 * hidden], want[:, hidden:], "db")
+    assert bool(grad[:, 2 * hidden:].isnan().all()), "swiglu_bwd wrote outside da, db"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("halves", [True, False])
+@pytest.mark.parametrize("spare", [0, 1])
+@pytest.mark.parametrize("rows, hidden", [(1, 1), (7, 33), (16, 64), (5, 1000), (3, 3072),
+                                          (2, 2731)])
+def test_swiglu_matches_reference(rows, hidden, dtype, halves, spare, assert_matches):
+    _check_swiglu(rows, hidden, dtype, halves, assert_matches, spare)
+
+
+# ---- routing ------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("total, kept, dim", [(1, 1, 1), (10, 4, 33), (100, 37, 1152),
+                                              (50, 0, 64), (64, 64, 16), (9, 5, 3)])
+def test_routing_matches_reference_exactly(total, kept, dim, dtype):
+    gen = torch.Generator().manual_seed(total * 3 + kept)
+    idx = torch.randperm(total, generator=gen)[:kept].to(DEV)
+    x, dout = (_randn(total, dim, dtype=dtype, gen=gen) for _ in range(2))
+    y = _randn(kept, dim, dtype=dtype, gen=gen)
+    for x_, y_ in ((x, y), (_misaligned(x), _misaligned(y))):
+        _poison_cache()
+        assert torch.equal(cuda.route_gather_fwd(x_, idx), reference.route_gather_fwd(x_, idx))
+        _poison_cache()
+        assert torch.equal(cuda.route_scatter_fwd(x_, y_, idx),
+                           reference.route_scatter_fwd(x_, y_, idx))
+    _poison_cache()
+    for got, want in zip(cuda.route_scatter_bwd(dout, idx),
+                         reference.route_scatter_bwd(dout, idx)):
+        assert torch.equal(got, want)
+
+
+# ---- errors and the public ops ------------------------------------------------------------------
+@pytest.mark.gpu
+def test_cpp_ops_reject_bad_arguments_with_typed_errors():
+    x = torch.randn(4, 8, device=DEV)
+    seg = torch.zeros(4, dtype=torch.int32, device=DEV)
+    gate = torch.randn(1, 8, device=DEV)
+    with pytest.raises(TypeError, match="seg must be int32"):
+        torch.ops.sgkernels_C.gated_residual_fwd(x, x, gate, seg.long())
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        torch.ops.sgkernels_C.rms_norm_fwd(x.double(), None, 1e-6)
+    with pytest.raises(ValueError, match="last dimension"):
+        torch.ops.sgkernels_C.rms_norm_fwd(torch.randn(2, 5000, device=DEV), None, 1e-6)
+    with pytest.raises(ValueError, match="contiguous"):
+        torch.ops.sgkernels_C.rms_norm_fwd(x.t(), None, 1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_public_ops_with_cuda_backend(dtype, assert_matches):
+    """The public ops forced to the CUDA backend match the torch backend, output and grads."""
+    assert cuda.available(), cuda.unavailable_reason()
+    gen = torch.Generator().manual_seed(5)
+    seg = _seg([4, 1, 5])
+    x, dy = (_randn(10, 48, dtype=dtype, gen=gen) for _ in range(2))
+    weight = _randn(48, dtype=dtype, gen=gen)
+    shift, scale, gate = (_randn(3, 48, dtype=dtype, gen=gen) for _ in range(3))
+    idx = torch.tensor([7, 2, 5], device=DEV)
+    cases = [
+        (lambda x, w: ops.rms_norm(x, w), [x.reshape(2, 5, 48), weight], dy.reshape(2, 5, 48)),
+        (lambda x, w, sh, sc: ops.rms_norm_modulate(x, w, sh, sc, seg),
+         [x, weight, shift, scale], dy),
+        (lambda x, y, g: ops.gated_residual(x, y, g, seg), [x, dy, gate], dy),
+        (lambda x: ops.swiglu(x), [x], dy[:, :24]),
+        (lambda x, y: ops.route_scatter(x, y, idx), [x, dy[:3]], dy),
+        (lambda x: ops.route_gather(x, idx), [x], dy[:3]),
+    ]
+    for fn, inputs, grad in cases:
+        results = {}
+        for backend in ("cuda", "torch"):
+            leaves = [t.detach().clone().requires_grad_() for t in inputs]
+            with ops.use_backend(backend):
+                out = fn(*leaves)
+                out.backward(grad)
+            results[backend] = [out.detach()] + [t.grad for t in leaves]
+        for got, want in zip(results["cuda"], results["torch"]):
+            assert_matches(got, want)
