@@ -77,15 +77,14 @@ def test_segment_plan_covers_each_segment_once(lengths, rows):
 
 
 def test_segment_sum_adds_the_items_of_each_segment(poisoned_empty):
-    partials = torch.randn(2, 7, 20)
+    partials = torch.randn(7, 20)
     first = torch.tensor([0, 3, 3, 6], dtype=torch.int32)
     last = torch.tensor([3, 3, 6, 7], dtype=torch.int32)
     out = residual.segment_sum(partials, first, last, torch.float32)
-    want = torch.stack([partials[:, 0:3].sum(1), torch.zeros(2, 20), partials[:, 3:6].sum(1),
-                        partials[:, 6]], dim=1)
+    want = torch.stack([partials[0:3].sum(0), torch.zeros(20), partials[3:6].sum(0), partials[6]])
     torch.testing.assert_close(out, want)
-    torch.testing.assert_close(residual.column_sum(partials[0], torch.float16),
-                               partials[0].sum(0).half())
+    torch.testing.assert_close(residual.column_sum(partials, torch.float16),
+                               partials.sum(0).half())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

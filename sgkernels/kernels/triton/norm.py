@@ -209,7 +209,8 @@ def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
             plan["seg"], per_item, dim, dy.stride(0), x.stride(0), dx.stride(0), scale.stride(0),
             pw.stride(0), pmod.stride(0), pmod.stride(1), HAS_WEIGHT=weight is not None,
             BLOCK_D=triton.next_power_of_2(dim))
-    dshift, dscale = segment_sum(pmod, plan["first"], plan["last"], x.dtype).unbind(0)
+    dshift = segment_sum(pmod[0], plan["first"], plan["last"], x.dtype)
+    dscale = segment_sum(pmod[1], plan["first"], plan["last"], x.dtype)
     dweight = column_sum(pw, x.dtype) if weight is not None else None
     return dx, dweight, dshift, dscale
 

@@ -78,12 +78,11 @@ def segment_plan(seg, num_segments, rows):
 
 
 @triton.jit
-def _segment_sum_kernel(P, OUT, FIRST, LAST, D, stride_pb, stride_p, stride_ob, stride_o,
+def _segment_sum_kernel(P, OUT, FIRST, LAST, D, stride_p, stride_o,
                         BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
-    """OUT[b, s, cols] = Σ_{i in [FIRST[s], LAST[s])} P[b, i, cols], in item order (fp32)."""
+    """OUT[s, cols] = Σ_{i in [FIRST[s], LAST[s])} P[i, cols], in item order (fp32)."""
     s = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    b = tl.program_id(2)
     col_ok = cols < D
     first = tl.load(FIRST + s)
     last = tl.load(LAST + s)
@@ -91,20 +90,19 @@ def _segment_sum_kernel(P, OUT, FIRST, LAST, D, stride_pb, stride_p, stride_ob, 
     i = first
     while i < last:  # bounds loaded from memory; a while loop compiles and interprets alike
         items = i + tl.arange(0, BLOCK_I)
-        ptrs = P + b * stride_pb + items[:, None].to(tl.int64) * stride_p + cols[None, :]
+        ptrs = P + items[:, None].to(tl.int64) * stride_p + cols[None, :]
         acc += tl.sum(tl.load(ptrs, mask=(items < last)[:, None] & col_ok[None, :], other=0.0), 0)
         i += BLOCK_I
-    tl.store(OUT + b * stride_ob + s * stride_o + cols, acc.to(OUT.dtype.element_ty), mask=col_ok)
+    tl.store(OUT + s * stride_o + cols, acc.to(OUT.dtype.element_ty), mask=col_ok)
 
 
 def segment_sum(partials, first, last, dtype):
-    """partials [B, W, D] fp32 -> [B, S, D] `dtype`, summing the item rows [first[s], last[s])."""
-    nb, _, dim = partials.shape
-    out = torch.empty(nb, first.shape[0], dim, device=partials.device, dtype=dtype)
+    """partials [W, D] fp32 -> [S, D] `dtype`, row s the sum of the item rows [first[s], last[s])."""
+    dim = partials.shape[1]
+    out = torch.empty(first.shape[0], dim, device=partials.device, dtype=dtype)
     block_d = min(256, triton.next_power_of_2(dim))
-    grid = (first.shape[0], triton.cdiv(dim, block_d), nb)
-    _segment_sum_kernel[grid](partials, out, first, last, dim, partials.stride(0),
-                              partials.stride(1), out.stride(0), out.stride(1),
+    grid = (first.shape[0], triton.cdiv(dim, block_d))
+    _segment_sum_kernel[grid](partials, out, first, last, dim, partials.stride(0), out.stride(0),
                               BLOCK_I=8, BLOCK_D=block_d, num_warps=4)
     return out
 
@@ -112,7 +110,7 @@ def segment_sum(partials, first, last, dtype):
 def column_sum(partials, dtype):
     """partials [W, D] fp32 -> [D] `dtype`: Σ over all rows, deterministic."""
     bounds = torch.tensor([0, partials.shape[0]], device=partials.device, dtype=torch.int32)
-    return segment_sum(partials[None], bounds[:1], bounds[1:], dtype)[0, 0]
+    return segment_sum(partials, bounds[:1], bounds[1:], dtype)[0]
 
 
 @triton.jit
@@ -183,12 +181,12 @@ def gated_residual_bwd(dout, y, gate, seg):
     plan = segment_plan(seg, gate.shape[0], rows_per_item(total, dout.device))
     items = plan["start"].shape[0]
     dy = torch.empty_like(y)
-    partials = torch.empty(1, items, dim, device=dout.device, dtype=torch.float32)
+    partials = torch.empty(items, dim, device=dout.device, dtype=torch.float32)
     grid = lambda meta: (items, triton.cdiv(dim, meta["BLOCK_D"]))
     _launch(_bwd, grid, dout, y, gate, dy, partials, plan["start"], plan["end"], plan["seg"],
             rows_per_item(total, dout.device), dim, dout.stride(0), y.stride(0), gate.stride(0),
-            dy.stride(0), partials.stride(1))
-    dgate = segment_sum(partials, plan["first"], plan["last"], gate.dtype)[0]
+            dy.stride(0), partials.stride(0))
+    dgate = segment_sum(partials, plan["first"], plan["last"], gate.dtype)
     return dout, dy, dgate
 
 
@@ -201,7 +199,7 @@ def static_specs():
                "ITEM_END": "*i32", "ITEM_SEG": "*i32", "R": i32, "D": i32, "stride_do": i32,
                "stride_y": i32, "stride_g": i32, "stride_dy": i32, "stride_p": i32}
     sum_sig = {"P": "*fp32", "OUT": ptr, "FIRST": "*i32", "LAST": "*i32", "D": i32,
-               "stride_pb": i32, "stride_p": i32, "stride_ob": i32, "stride_o": i32}
+               "stride_p": i32, "stride_o": i32}
     return [
         ast_spec(_gated_residual_fwd_kernel, fwd_sig, {"BLOCK_M": 8, "BLOCK_D": 256},
                  [n for n in fwd_sig if n != "T"], num_warps=4),
