@@ -1,0 +1,239 @@
+"""`python -m sgkernels sample ...`: sample N images with CFG / AutoGuidance / Sparse Guidance.
+
+Examples:
+    python -m sgkernels sample --ckpt runs/fm/checkpoints/latest.pt --num 1000 --all-classes \\
+        --guidance sg --scale 2.0 --gamma-strong 0.5 --gamma-weak 0.9 --out samples/sg
+    python -m sgkernels sample --ckpt late.pt --weak-ckpt early.pt --guidance sg --scale 2 \\
+        --gamma-strong cosine:0:0.6 --gamma-weak cosine:0.6:0 --allow-inverted --out samples/fid
+    torchrun --nproc_per_node 4 -m sgkernels sample --ckpt ... -n 50000 --out samples/cfg
+
+Writes OUT/samples.npz (uint8 [N, H, W, C] in arr_0, labels in arr_1; images in [-1, 1] model
+space mapped by round((x + 1)·127.5)), OUT/grid.png and OUT/sampling.json (arguments, GFLOPs
+and NFE per image per step). Models whose samples are not 1- or 3-channel images (latents) get
+float32 OUT/latents.npz instead of the npz and grid.
+
+Seeds: images are cut into global batches of --batch; batch j draws its noise and token
+selections from torch.Generator seeded with seed·2^32 + j. Under torchrun, rank r samples the
+batches j ≡ r (mod world size) and writes its part; rank 0 merges the parts in image order, so
+the output does not depend on the number of ranks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..guidance import (CFG, RULES, AutoGuidance, CFGSparseGuidance, Schedule, SparseGuidance,
+                        Unguided)
+from . import io
+from .sampler import sample
+from .solvers import SOLVERS
+
+GUIDANCES = ("none", "cfg", "sg", "cfg+sg", "autoguidance")
+SEED_STRIDE = 2 ** 32
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'lo,hi', got {text!r}") from None
+    return lo, hi
+
+
+def _labels(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+
+
+def _schedule(text: str) -> Schedule:
+    try:
+        return Schedule.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sgkernels sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="training checkpoint (sgkernels.model.from_checkpoint)")
+    src.add_argument("--model", help="preset name, randomly initialised from --seed (tests)")
+    a("--weights", default="ema", choices=("ema", "model"), help="checkpoint weights to load")
+    a("--num", "--num-samples", "-n", dest="num", type=int, default=64,
+      help="number of images (under torchrun write -n or --num-samples: torchrun's own parser "
+           "rejects --num as ambiguous with its --numa-binding)")
+    lab = p.add_mutually_exclusive_group()
+    lab.add_argument("--labels", type=_labels, help="comma-separated class labels, cycled")
+    lab.add_argument("--all-classes", action="store_true",
+                     help="labels 0..K-1 cycled over the images (the default)")
+    a("--steps", type=int, default=40)
+    a("--solver", default="euler", choices=SOLVERS)
+    a("--guidance", default="none", choices=GUIDANCES)
+    a("--scale", type=float, help="ω of cfg, sg and autoguidance")
+    a("--cfg-scale", type=float, help="w_cfg of cfg+sg")
+    a("--sg-scale", type=float, help="w_sg of cfg+sg")
+    a("--gamma", type=_schedule, default=Schedule.constant(0.0),
+      help="drop rate of unguided / cfg sampling: 0.5, linear:a:b, cosine:a:b (default 0)")
+    a("--gamma-strong", type=_schedule, default=Schedule.constant(0.5), help="(default 0.5)")
+    a("--gamma-weak", type=_schedule, default=Schedule.constant(0.9), help="(default 0.9)")
+    a("--allow-inverted", action="store_true", help="allow gamma_strong > gamma_weak")
+    a("--rule", default="direct", choices=RULES, help="cfg+sg combination rule")
+    a("--weak-ckpt", help="weak model for autoguidance, or the weak branch of sg / cfg+sg")
+    a("--interval", type=_pair, help="guidance interval 'lo,hi' in t (t = 1 is data)")
+    a("--seed", type=int, default=0)
+    a("--batch", type=int, default=32, help="images per forward batch (per rank)")
+    a("--out", default="samples")
+    a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    a("--grid", type=int, default=64, help="images in grid.png (first ones)")
+    a("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, args) -> None:
+    for name in ("num", "steps", "batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2 ** 31:
+        p.error(f"--seed must be in [0, 2^31), got {args.seed}")
+    needs = {"cfg": ["scale"], "sg": ["scale"], "autoguidance": ["scale"],
+             "cfg+sg": ["cfg_scale", "sg_scale"]}.get(args.guidance, [])
+    for name in needs:
+        if getattr(args, name) is None:
+            p.error(f"--guidance {args.guidance} needs --{name.replace('_', '-')}")
+    if args.guidance == "autoguidance" and args.weak_ckpt is None:
+        p.error("--guidance autoguidance needs --weak-ckpt")
+    if args.weak_ckpt is not None and args.guidance in ("none", "cfg"):
+        p.error(f"--weak-ckpt is not used by --guidance {args.guidance}")
+
+
+def build_guidance(args, weak_model=None):
+    """The guidance object the arguments describe (None for plain dense sampling)."""
+    g = args.guidance
+    if g == "none":
+        return None if args.gamma == Schedule.constant(0.0) else Unguided(args.gamma)
+    if g == "cfg":
+        return CFG(args.scale, gamma=args.gamma, interval=args.interval)
+    if g == "autoguidance":
+        return AutoGuidance(weak_model, args.scale, interval=args.interval)
+    sparse = dict(interval=args.interval, weak_model=weak_model,
+                  allow_inverted=args.allow_inverted)
+    if g == "sg":
+        return SparseGuidance(args.scale, args.gamma_strong, args.gamma_weak, **sparse)
+    return CFGSparseGuidance(args.cfg_scale, args.sg_scale, args.gamma_strong, args.gamma_weak,
+                             rule=args.rule, **sparse)
+
+
+def _setup_distributed(device_name):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name is None:
+        device_name = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    if device.type == "cuda" and world > 1 and device.index is None:
+        device = torch.device("cuda", local)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _load(args, path, device):
+    from sgkernels.model import from_checkpoint
+    return from_checkpoint(path, ema=args.weights == "ema", map_location=device)
+
+
+def _build_model(args, device):
+    if args.ckpt is not None:
+        return _load(args, args.ckpt, device)
+    from sgkernels import presets
+    from sgkernels.model import RoutedDiT
+    torch.manual_seed(args.seed)            # the same random weights on every rank
+    return RoutedDiT(presets.get(args.model)).to(device).eval()
+
+
+def _image_labels(args, num_classes: int) -> np.ndarray:
+    labels = args.labels if args.labels is not None else list(range(num_classes))
+    bad = [y for y in labels if not 0 <= y < num_classes]
+    if bad or not labels:
+        raise SystemExit(f"sample: --labels must be in [0, {num_classes}), got {labels}")
+    return np.resize(np.asarray(labels, dtype=np.int64), args.num)
+
+
+def _cost(config, guidance, args) -> dict:
+    from sgkernels.flops import sampling_gflops
+    from sgkernels.flops.sampling import sampling_nfe
+    return {"gflops_per_image_step": sampling_gflops(config, guidance, args.steps, args.solver),
+            "nfe_per_step": sampling_nfe(guidance, args.steps, args.solver)}
+
+
+def _sample_rank(args, model, guidance, labels, rank, world, device):
+    """This rank's batches: (samples, labels, global indices); uint8 images or float latents."""
+    config = model.config
+    shape = (config.in_channels, config.input_size, config.input_size)
+    starts = list(range(0, args.num, args.batch))
+    mine = [j for j in range(len(starts)) if j % world == rank]
+    if args.progress and rank == 0:
+        from tqdm.auto import tqdm
+        mine = tqdm(mine, desc=f"sampling on {world} rank(s)", unit="batch")
+    images, indices = [], []
+    for j in mine:
+        index = np.arange(starts[j], min(starts[j] + args.batch, args.num))
+        gen = torch.Generator().manual_seed(args.seed * SEED_STRIDE + j)
+        noise = torch.randn((len(index), *shape), generator=gen).to(device)
+        y = torch.from_numpy(labels[index]).to(device)
+        x = sample(model, noise, y, steps=args.steps, solver=args.solver, guidance=guidance,
+                   generator=gen)
+        images.append(io.to_uint8(x) if shape[0] in io.IMAGE_CHANNELS else x.float().cpu().numpy())
+        indices.append(index)
+    if not images:                          # more ranks than batches
+        return None
+    index = np.concatenate(indices)
+    return np.concatenate(images), labels[index], index
+
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    _check_args(p, args)
+    rank, world, device = _setup_distributed(args.device)
+    model = _build_model(args, device)
+    weak = _load(args, args.weak_ckpt, device) if args.weak_ckpt else None
+    try:
+        guidance = build_guidance(args, weak)
+    except (TypeError, ValueError) as e:
+        p.error(str(e))
+    labels = _image_labels(args, model.config.num_classes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "samples.npz" if model.config.in_channels in io.IMAGE_CHANNELS else "latents.npz"
+
+    part = _sample_rank(args, model, guidance, labels, rank, world, device)
+    if world > 1:
+        if part is not None:
+            np.savez(io.part_path(out, rank), *part)
+        dist.barrier()
+    if rank == 0:
+        arrays, ys = io.merge_parts(out, world) if world > 1 else part[:2]
+        np.savez(out / name, arrays, ys)
+        if name == "samples.npz":
+            io.save_grid(arrays[: args.grid], out / "grid.png")
+        info = {"args": {k: (str(v) if isinstance(v, Schedule) else v)
+                         for k, v in vars(args).items()},
+                "world_size": world, "num": int(len(arrays)), "output": name,
+                "guidance": repr(guidance), **_cost(model.config, guidance, args)}
+        (out / "sampling.json").write_text(json.dumps(info, indent=2))
+        print(f"wrote {len(arrays)} samples to {out / name}; "
+              f"{info['gflops_per_image_step']:.3f} GFLOPs and {info['nfe_per_step']:.2f} "
+              f"model evaluations per image per step")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
