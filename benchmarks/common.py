@@ -240,3 +240,42 @@ def heatmap(ax, values, gammas, title: str, fmt: str = "{:.2g}", cmap: str = "vi
     if colorbar_label:
         bar.set_label(colorbar_label, fontsize=8)
     return image
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def build_model(preset: str, ckpt: str | None, device: torch.device, dtype: torch.dtype):
+    """RoutedDiT in eval mode: EMA weights of `ckpt` if given, else `preset` with random init."""
+    from sgkernels import RoutedDiT, presets
+    from sgkernels.model import from_checkpoint
+
+    if ckpt:
+        model = from_checkpoint(ckpt, ema=True, map_location=device)
+    else:
+        model = RoutedDiT(presets.get(preset))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def time_sampling(model, guidance, batch: int, timed_steps: int, device: torch.device,
+                  dtype: torch.dtype, warmup: int = 1, repeats: int = 3, packed: bool = True,
+                  seed: int = 0) -> Timing:
+    """Seconds per sampler step of `sgkernels.sample` with `guidance` on `batch` images.
+
+    Each timed call runs `timed_steps` Euler steps of a real sampling run (route scores drawn,
+    branches packed or separate, guidance combination, solver update); times are per step.
+    """
+    import sgkernels
+
+    cfg = model.config
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = (batch, cfg.in_channels, cfg.input_size, cfg.input_size)
+    noise = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+    labels = torch.randint(0, max(cfg.num_classes, 1), (batch,), generator=gen, device=device)
+
+    def run():
+        sgkernels.sample(model, noise, labels, steps=timed_steps, guidance=guidance,
+                         generator=gen, packed=packed)
+
+    timing = time_fn(run, device, warmup=warmup, repeats=repeats)
+    return Timing(tuple(t / timed_steps for t in timing.times))

@@ -1,0 +1,163 @@
+"""End-to-end benchmarks: guided sampling (SG vs CFG) and training steps (TREAD vs dense).
+
+Sampling, per batch size, same model and batch for every method, Euler steps of
+`sgkernels.sample` (timing: common.time_sampling; throughput B / (steps · t_step), extrapolated
+from the timed steps to a `--steps` run):
+    unguided D(c) dense · CFG ω dense (2 forwards) · SG_FLOPS γ 0.5/0.9 · CFG+SG direct γ 0.2/0.7
+    measured speedup  = t_step(CFG) / t_step(method)
+    predicted speedup = GFLOPs(CFG) / GFLOPs(method)      (sgkernels.flops, paper convention)
+    realized          = measured / predicted
+    packed gain       = t_step(branches as separate forwards) / t_step(one packed forward)
+Training, per batch size: one step = flow-matching loss ‖v_θ(x_t, t, y) − (x − z)‖² on random
+data, backward, AdamW step; TREAD (train mode: the config's routes, e.g. r_{2→24} at 0.5 on
+SiT-XL/2) vs dense (gamma 0). Predicted speedup = forward GFLOPs dense / routed (the backward
+costs ≈ 2× the forward in both). On CUDA: bf16 autocast, fp32 weights, peak memory reported.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import common
+import torch
+
+from sgkernels import RoutedDiT, presets
+from sgkernels.flops import forward_gflops, sampling_gflops
+from sgkernels.flow import fm_loss, interpolate
+from sgkernels.guidance import CFG, CFGSparseGuidance, SparseGuidance
+
+SCALE = 2.0
+
+
+def methods() -> dict:
+    return {"unguided": None, "cfg": CFG(SCALE), "sg_0.5_0.9": SparseGuidance(SCALE, 0.5, 0.9),
+            "cfg+sg_0.2_0.7": CFGSparseGuidance(SCALE, 1.0, 0.2, 0.7, rule="direct")}
+
+
+def bench_sampling(model, batch, steps, timed, repeats, device, dtype) -> list[dict]:
+    cfg = model.config
+    rows = []
+    for name, guidance in methods().items():
+        packed = common.time_sampling(model, guidance, batch, timed, device, dtype,
+                                      repeats=repeats).median
+        separate = common.time_sampling(model, guidance, batch, timed, device, dtype,
+                                        repeats=repeats, packed=False).median
+        rows.append({"part": "sampling", "method": name, "batch": batch,
+                     "ms_per_step": packed * 1e3, "ms_per_step_separate": separate * 1e3,
+                     "images_per_s": batch / (steps * packed),
+                     "gflops_per_image_step": sampling_gflops(cfg, guidance, steps),
+                     "packed_gain": separate / packed})
+    cfg_row = next(r for r in rows if r["method"] == "cfg")
+    for r in rows:
+        r["speedup_vs_cfg"] = cfg_row["ms_per_step"] / r["ms_per_step"]
+        r["predicted_speedup"] = cfg_row["gflops_per_image_step"] / r["gflops_per_image_step"]
+        r["realized_fraction"] = r["speedup_vs_cfg"] / r["predicted_speedup"]
+    return rows
+
+
+def bench_training(config, batch, timed, repeats, device) -> list[dict]:
+    """ms per optimizer step, TREAD-routed vs dense, on a fresh fp32 model per variant."""
+    cuda = device.type == "cuda"
+    rows = []
+    for name, gamma in (("dense", 0.0), ("tread", None)):
+        torch.manual_seed(0)
+        model = RoutedDiT(config).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+        gen = torch.Generator(device=device).manual_seed(0)
+        shape = (batch, config.in_channels, config.input_size, config.input_size)
+        x = torch.randn(shape, generator=gen, device=device)
+        y = torch.randint(0, config.num_classes, (batch,), generator=gen, device=device)
+
+        def step():
+            for _ in range(timed):
+                z = torch.randn(shape, generator=gen, device=device)
+                t = torch.rand(batch, generator=gen, device=device)
+                with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                    v = model(interpolate(x, z, t), t, y, gamma=gamma, generator=gen)
+                loss = fm_loss(v, x, z)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        timing = common.time_fn(step, device, warmup=1, repeats=repeats)
+        t_step = timing.median / timed
+        row = {"part": "training", "method": name, "batch": batch, "ms_per_step": t_step * 1e3,
+               "images_per_s": batch / t_step,
+               "gflops_per_image_fwd": forward_gflops(config, gamma)}
+        if cuda:
+            row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        rows.append(row)
+        del model, opt
+    dense, tread = rows
+    tread["speedup_vs_dense"] = dense["ms_per_step"] / tread["ms_per_step"]
+    tread["predicted_speedup"] = dense["gflops_per_image_fwd"] / tread["gflops_per_image_fwd"]
+    tread["realized_fraction"] = tread["speedup_vs_dense"] / tread["predicted_speedup"]
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--model", default=None, choices=presets.names(),
+                   help="default SiT-XL/2 on CUDA, FMNIST-S/2 on CPU (random weights)")
+    p.add_argument("--batches", nargs="+", type=int, default=None,
+                   help="sampling batch sizes (default CUDA 16 64, CPU 8)")
+    p.add_argument("--train-batches", nargs="+", type=int, default=None,
+                   help="training batch sizes (default CUDA 32, CPU 8)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--timed", type=int, default=None, help="timed steps per call (CUDA 3, CPU 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls (median; CUDA 5, CPU 3)")
+    p.add_argument("--dtype", default=None, choices=common.DTYPES,
+                   help="sampling dtype (CUDA bf16, CPU fp32)")
+    p.add_argument("--skip", nargs="*", default=[], choices=("sampling", "training"))
+    p.add_argument("--out", type=Path, default=Path("outputs/bench_e2e"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    device = common.resolve_device(args.device)
+    cuda = device.type == "cuda"
+    name = args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2")
+    config = presets.get(name)
+    timed = args.timed or (3 if cuda else 1)
+    repeats = args.repeats or (5 if cuda else 3)
+    dtype = common.DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
+    rows = []
+    if "sampling" not in args.skip:
+        torch.manual_seed(0)
+        model = common.build_model(name, None, device, dtype)
+        for batch in args.batches or ([16, 64] if cuda else [8]):
+            rows += bench_sampling(model, batch, args.steps, timed, repeats, device, dtype)
+            print_table(rows[-len(methods()):])
+        del model
+    if "training" not in args.skip:
+        for batch in args.train_batches or ([32] if cuda else [8]):
+            rows += bench_training(config, batch, timed, repeats, device)
+            print_table(rows[-2:])
+    record = {"machine": common.machine_info(device), "model": name, "weights": "random init",
+              "steps": args.steps, "timed_steps": timed, "repeats": repeats,
+              "sampling_dtype": str(dtype), "guidance_scale": SCALE,
+              "timing": "median over repeats of timed steps; CUDA events on GPU, wall clock on "
+                        "CPU; sampling images/s extrapolated to a --steps run"}
+    common.write_csv(args.out / "e2e.csv", rows)
+    common.write_json(args.out / "e2e.json", dict(record, rows=rows))
+    print(f"wrote {args.out}/e2e.csv and e2e.json")
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    """Markdown table of one batch size."""
+    ref = "speedup_vs_cfg" if rows[0]["part"] == "sampling" else "speedup_vs_dense"
+    print(f"\n| {rows[0]['part']} B={rows[0]['batch']} | ms/step | img/s | measured × | "
+          "FLOP-predicted × | realized |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['ms_per_step']:.1f} | {r['images_per_s']:.3g} | "
+              f"{r.get(ref, 1.0):.2f} | {r.get('predicted_speedup', 1.0):.2f} | "
+              f"{r.get('realized_fraction', 1.0):.0%} |")
+
+
+if __name__ == "__main__":
+    main()

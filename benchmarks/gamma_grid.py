@@ -1,0 +1,246 @@
+"""Sampling throughput and FLOPs of Sparse Guidance over the (γ_strong, γ_weak) grid.
+
+For every valid cell γ_strong ≤ γ_weak of the grid {0, step, 2·step, …} < 1, sample with
+SG(ω, γ_strong, γ_weak) = D_w(c) + ω(D_s(c) − D_w(c)) (both branches in one packed forward) and
+report, next to the dense references unguided D(c) and CFG D(∅) + ω(D(c) − D(∅)):
+    (a) throughput   B / (steps · t_step) images/s: t_step, the median time of one guided sampler
+                     step, is measured on `timed` steps and extrapolated to a `--steps` run
+    (b) GFLOPs       per image per step, paper convention (linear-layer MACs, sgkernels.flops)
+    (c) speedup      t_step(CFG) / t_step(SG), same model and batch; CFG is re-timed before
+                     every γ_strong row and each row uses its own CFG time (load drifts)
+    (d) realized     (c) / (GFLOPs(CFG) / GFLOPs(SG)): the fraction of the FLOP-predicted
+                     speedup that the wall clock shows (1 = all of the sparsity is realized)
+On the diagonal γ_strong = γ_weak both branches are one branch (merged) and cost one forward.
+`--separate` evaluates the branches as separate forwards for (a)–(d) and also times the packed
+forward, adding panel (e): t_step(separate) / t_step(packed), what packing buys.
+Timing: CUDA events after warm-up on GPU, wall clock on CPU; medians over repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import time
+from pathlib import Path
+
+import common
+import torch
+
+from sgkernels import ops, presets
+from sgkernels.flops import sampling_gflops
+from sgkernels.guidance import CFG, SparseGuidance
+
+SCALE = 2.0  # guidance weight ω (does not change the cost)
+SG_FLOPS = (0.5, 0.9)  # the paper's SG_FLOPS setting, always timed as a reference
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda[:N]")
+    p.add_argument("--model", default=None, choices=presets.names(),
+                   help="preset; default SiT-XL/2 on CUDA, FMNIST-S/2 on CPU (random weights)")
+    p.add_argument("--ckpt", default=None, help="training checkpoint (EMA weights); sets the model")
+    p.add_argument("--batch", type=int, default=None, help="images per step (CUDA 64, CPU 8)")
+    p.add_argument("--steps", type=int, default=40, help="steps of the run throughput refers to")
+    p.add_argument("--step", type=float, default=None,
+                   help="grid step (0.05: the paper's 20×20 grid); default 0.05 CUDA, 0.1 CPU")
+    p.add_argument("--timed", type=int, default=None, help="timed sampler steps per call")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (median)")
+    p.add_argument("--backend", default="auto", choices=("auto", *ops.dispatch.BACKENDS))
+    p.add_argument("--dtype", default=None, choices=common.DTYPES, help="CUDA bf16, CPU fp32")
+    p.add_argument("--separate", action="store_true",
+                   help="evaluate branches as separate forwards (and compare with packed)")
+    p.add_argument("--metric", default=None,
+                   help="with --ckpt: quality heatmap on a coarse grid (needs sgkernels.eval)")
+    p.add_argument("--quick", action="store_true",
+                   help="coarse grid (step 0.25), fewer repeats, CPU batch 4")
+    p.add_argument("--out", type=Path, default=Path("outputs/gamma_grid"))
+    args = p.parse_args(argv)
+    if args.metric is not None:
+        if not args.ckpt:
+            p.error("--metric needs --ckpt: image quality of random weights is meaningless")
+        if importlib.util.find_spec("sgkernels.eval") is None:
+            p.error(f"--metric {args.metric!r} needs sgkernels.eval (the [eval] metrics), which "
+                    "this version of sgkernels does not have yet")
+        p.error("--metric: sgkernels.eval exists but gamma_grid.py does not call it yet")
+    for name in ("batch", "steps", "timed", "repeats"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be a positive int, got {value}")
+    return args
+
+
+def settings(args, device: torch.device) -> dict:
+    """Fill the device-dependent defaults."""
+    cuda = device.type == "cuda"
+    if args.ckpt:
+        model = "checkpoint"
+    else:
+        model = args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2")
+        if presets.get(model).text_conditioned:
+            raise ValueError(f"--model {model!r} is text conditioned; gamma_grid.py samples "
+                             "class-conditional presets")
+    return {
+        "model": model,
+        "batch": args.batch or (64 if cuda else 4 if args.quick else 8),
+        "step": args.step or (0.25 if args.quick else 0.05 if cuda else 0.1),
+        "timed": args.timed or (2 if cuda else 1),
+        "repeats": args.repeats or ((3 if args.quick else 5) if cuda else (1 if args.quick else 3)),
+        "warmup": 1,
+        "dtype": common.DTYPES[args.dtype or ("bf16" if cuda else "fp32")],
+    }
+
+
+def measure(model, guidance, s, device, packed=True) -> common.Timing:
+    return common.time_sampling(model, guidance, s["batch"], s["timed"], device, s["dtype"],
+                                warmup=s["warmup"], repeats=s["repeats"], packed=packed)
+
+
+def run_grid(model, s, device, separate: bool, steps: int) -> tuple[list[dict], dict]:
+    """Time every valid cell (and the references); returns CSV rows and reference values."""
+    cfg = model.config
+    gammas = common.gamma_values(s["step"])
+    packed = not separate
+    cfg_guidance = CFG(SCALE)
+    gflops_cfg = sampling_gflops(cfg, cfg_guidance, steps)
+    refs = {"unguided": measure(model, None, s, device, packed),
+            "cfg": [measure(model, cfg_guidance, s, device, packed)],
+            "sg_flops": measure(model, SparseGuidance(SCALE, *SG_FLOPS), s, device, packed)}
+    rows = []
+    for i, g_s in enumerate(gammas):
+        if i:  # re-time CFG before each row (the first was timed above)
+            refs["cfg"].append(measure(model, cfg_guidance, s, device, packed))
+        t_cfg = refs["cfg"][-1].median
+        for g_w in gammas[i:]:
+            guidance = SparseGuidance(SCALE, g_s, g_w)
+            timing = measure(model, guidance, s, device, packed)
+            gflops = sampling_gflops(cfg, guidance, steps)
+            row = {"gamma_strong": g_s, "gamma_weak": g_w,
+                   "ms_per_step": timing.median * 1e3, "spread": timing.spread,
+                   "images_per_s": s["batch"] / (steps * timing.median),
+                   "gflops_per_image_step": gflops,
+                   "gflops_full": sampling_gflops(cfg, guidance, steps, convention="full"),
+                   "speedup_vs_cfg": t_cfg / timing.median,
+                   "predicted_speedup": gflops_cfg / gflops}
+            row["realized_fraction"] = row["speedup_vs_cfg"] / row["predicted_speedup"]
+            if separate:
+                packed_t = measure(model, guidance, s, device, packed=True).median
+                row["packed_gain"] = timing.median / packed_t
+            rows.append(row)
+            print(f"γ_s {g_s:4.2f} γ_w {g_w:4.2f}: {row['ms_per_step']:8.1f} ms/step "
+                  f"{row['images_per_s']:8.2f} img/s  speedup {row['speedup_vs_cfg']:.2f} "
+                  f"(FLOPs {row['predicted_speedup']:.2f})", flush=True)
+    t_cfg = torch.tensor([t.median for t in refs["cfg"]]).median().item()
+    reference = {
+        "unguided": reference_values(s, steps, refs["unguided"].median, t_cfg,
+                                     sampling_gflops(cfg, None, steps), gflops_cfg),
+        "cfg": reference_values(s, steps, t_cfg, t_cfg, gflops_cfg, gflops_cfg),
+        "sg_flops_0.5_0.9": reference_values(
+            s, steps, refs["sg_flops"].median, t_cfg,
+            sampling_gflops(cfg, SparseGuidance(SCALE, *SG_FLOPS), steps), gflops_cfg),
+        "cfg_ms_per_step_each_row": [t.median * 1e3 for t in refs["cfg"]],
+    }
+    return rows, reference
+
+
+def reference_values(s, steps, t, t_cfg, gflops, gflops_cfg) -> dict:
+    speedup, predicted = t_cfg / t, gflops_cfg / gflops
+    return {"ms_per_step": t * 1e3, "images_per_s": s["batch"] / (steps * t),
+            "gflops_per_image_step": gflops, "speedup_vs_cfg": speedup,
+            "predicted_speedup": predicted, "realized_fraction": speedup / predicted}
+
+
+def grid_array(rows, gammas, key):
+    """[γ_strong, γ_weak] array of rows[key]; NaN where invalid (γ_strong > γ_weak)."""
+    index = {g: i for i, g in enumerate(gammas)}
+    values = [[math.nan] * len(gammas) for _ in gammas]
+    for r in rows:
+        if key in r:
+            values[index[r["gamma_strong"]]][index[r["gamma_weak"]]] = r[key]
+    return values
+
+
+def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gammas = common.gamma_values(s["step"])
+    ref_u, ref_c = reference["unguided"], reference["cfg"]
+    panels = [("images_per_s", f"(a) images/s (CFG {ref_c['images_per_s']:.3g}, "
+                               f"unguided {ref_u['images_per_s']:.3g})", "{:.3g}", "viridis"),
+              ("gflops_per_image_step", f"(b) GFLOPs/image/step (CFG "
+                                        f"{ref_c['gflops_per_image_step']:.3g}, unguided "
+                                        f"{ref_u['gflops_per_image_step']:.3g})", "{:.3g}",
+               "magma"),
+              ("speedup_vs_cfg", f"(c) speedup over CFG (unguided "
+                                 f"{ref_u['speedup_vs_cfg']:.2f}×)", "{:.2f}", "viridis"),
+              ("realized_fraction", "(d) measured / FLOP-predicted speedup", "{:.2f}", "RdYlGn")]
+    if separate:
+        panels.append(("packed_gain", "(e) t(separate) / t(packed)", "{:.2f}", "viridis"))
+    cols = 3 if separate else 2
+    fig, axes = plt.subplots(2, cols, figsize=(6.2 * cols, 11))
+    for ax, (key, title, fmt, cmap) in zip(axes.flat, panels):
+        common.heatmap(ax, grid_array(rows, gammas, key), gammas, title, fmt, cmap)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    m = record["machine"]
+    where = m.get("gpu") or m["cpu"]
+    mode = "separate forwards" if separate else "packed forward"
+    fig.suptitle(
+        f"Sparse Guidance γ grid — {record['model']}, batch {s['batch']}, {record['dtype']}, "
+        f"backend {record['backend']}, {mode}\n{where} ({m['device']}), {m['date_utc']} UTC — "
+        f"time per step: median of {s['repeats']} × {s['timed']} timed steps, throughput "
+        f"extrapolated to a {steps}-step run; grey: γ_strong > γ_weak (invalid)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = common.resolve_device(args.device)
+    s = settings(args, device)
+    torch.manual_seed(0)
+    model = common.build_model(s["model"], args.ckpt, device, s["dtype"])
+    backend = args.backend
+    start = time.perf_counter()
+    if backend == "auto":
+        rows, reference = run_grid(model, s, device, args.separate, args.steps)
+    else:
+        with ops.use_backend(backend):
+            rows, reference = run_grid(model, s, device, args.separate, args.steps)
+    record = {
+        "what": "Sparse Guidance sampling over the (gamma_strong, gamma_weak) grid",
+        "machine": common.machine_info(device),
+        "model": s["model"], "ckpt": args.ckpt, "weights": "checkpoint EMA" if args.ckpt
+        else "random init", "model_config": model.config.to_dict(),
+        "batch": s["batch"], "dtype": str(s["dtype"]).removeprefix("torch."),
+        "backend": backend, "packed": not args.separate, "guidance_scale": SCALE,
+        "solver": "euler", "steps": args.steps, "grid_step": s["step"],
+        "gammas": common.gamma_values(s["step"]),
+        "timing": (f"median over {s['repeats']} timed calls of {s['timed']} sampler step(s) "
+                   f"after {s['warmup']} warm-up call; "
+                   + ("CUDA events" if device.type == "cuda" else "wall clock")
+                   + f"; images/s extrapolated to a {args.steps}-step run"),
+        "flops_convention": "paper (linear-layer MACs; attention products excluded)",
+        "reference": reference, "cells": len(rows),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    common.write_csv(args.out / "gamma_grid.csv", rows)
+    png = plot(rows, reference, s, record, args.steps, args.separate, args.out / "gamma_grid.png")
+    common.write_json(args.out / "gamma_grid.json", record)
+    c, u, sg = reference["cfg"], reference["unguided"], reference["sg_flops_0.5_0.9"]
+    print(f"CFG {c['images_per_s']:.3g} img/s, unguided {u['images_per_s']:.3g} img/s; "
+          f"SG 0.5/0.9 {sg['images_per_s']:.3g} img/s = {sg['speedup_vs_cfg']:.2f}× CFG "
+          f"(FLOPs predict {sg['predicted_speedup']:.2f}×, realized "
+          f"{sg['realized_fraction']:.0%})")
+    print(f"wrote {png}, gamma_grid.csv, gamma_grid.json in {args.out} "
+          f"({record['seconds']:.0f} s)")
+    return record
+
+
+if __name__ == "__main__":
+    main()
