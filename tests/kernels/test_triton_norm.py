@@ -12,6 +12,8 @@ from sgkernels.ops import reference
 pytestmark = [pytest.mark.interpret,
               pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
 
+SETTINGS = settings(max_examples=10, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -81,14 +83,14 @@ def test_rms_norm_modulate_matches_reference(lengths, dim, dtype, has_weight, po
     _check_modulate(lengths, dim, dtype, has_weight, 1e-6, assert_matches)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@SETTINGS
 @given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5).filter(lambda ls: sum(ls) > 0),
        dim=st.integers(1, 80), has_weight=st.booleans())
 def test_modulate_hypothesis_segments(lengths, dim, has_weight, poisoned_empty, assert_matches):
     _check_modulate(lengths, dim, torch.float32, has_weight, 1e-6, assert_matches)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@SETTINGS
 @given(rows=st.integers(1, 12), dim=st.integers(1, 80), has_weight=st.booleans())
 def test_rms_norm_hypothesis_shapes(rows, dim, has_weight, poisoned_empty, assert_matches):
     _check_rms_norm(rows, dim, torch.float32, has_weight, 1e-6, assert_matches)

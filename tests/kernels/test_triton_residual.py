@@ -12,6 +12,8 @@ from sgkernels.ops import reference
 pytestmark = [pytest.mark.interpret,
               pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
 
+SETTINGS = settings(max_examples=10, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SEGMENTS = st.lists(st.integers(0, 9), min_size=1, max_size=6).filter(lambda ls: sum(ls) > 0)
 
@@ -43,7 +45,7 @@ def test_gated_residual_matches_reference(lengths, dim, dtype, poisoned_empty, a
     _check(lengths, dim, dtype, assert_matches)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@SETTINGS
 @given(lengths=SEGMENTS, dim=st.integers(1, 80))
 def test_gated_residual_hypothesis_segments(lengths, dim, poisoned_empty, assert_matches):
     _check(lengths, dim, torch.float32, assert_matches)

@@ -12,6 +12,8 @@ from sgkernels.ops import reference
 pytestmark = [pytest.mark.interpret,
               pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
 
+SETTINGS = settings(max_examples=10, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -41,7 +43,7 @@ def test_swiglu_matches_reference(rows, hidden, dtype, halves, poison, poisoned_
     _check(rows, hidden, dtype, halves, poison, assert_matches)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@SETTINGS
 @given(rows=st.integers(1, 9), hidden=st.integers(1, 90), halves=st.booleans())
 def test_swiglu_hypothesis_shapes(rows, hidden, halves, poison, poisoned_empty, assert_matches):
     _check(rows, hidden, torch.float32, halves, poison, assert_matches)

@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .residual import INTERPRET, ast_spec, column_sum, rows_per_item, segment_plan, segment_sum, tuned
+from .residual import (INTERPRET, ast_spec, column_sum, rows_per_item, segment_plan, segment_sum,
+                       tuned)
 
 
 @triton.jit
@@ -122,7 +123,8 @@ def _rms_norm_modulate_bwd_kernel(DY, X, W, SCALE, RSTD, DX, PW, PMOD, ITEM_STAR
     start = tl.load(ITEM_START + item)
     end = tl.load(ITEM_END + item)
     s = tl.load(ITEM_SEG + item)
-    one_plus_scale = 1.0 + tl.load(SCALE + s * stride_s + cols, mask=col_ok, other=0.0).to(tl.float32)
+    scale = tl.load(SCALE + s * stride_s + cols, mask=col_ok, other=0.0).to(tl.float32)
+    one_plus_scale = 1.0 + scale
     acc_w = tl.zeros([BLOCK_D], dtype=tl.float32)
     acc_shift = tl.zeros([BLOCK_D], dtype=tl.float32)
     acc_scale = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -150,10 +152,11 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-_fwd = tuned(_rms_norm_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), ["D"], _prune)
-_mod_fwd = tuned(_rms_norm_modulate_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), ["D"], _prune)
-_bwd = tuned(_rms_norm_bwd_kernel, _configs((1, 2, 4, 8), (4, 8)), ["D"], _prune)
-_mod_bwd = tuned(_rms_norm_modulate_bwd_kernel, _configs((1, 2, 4, 8), (4, 8)), ["D"], _prune)
+_KEY = ["D", "HAS_WEIGHT"]
+_fwd = tuned(_rms_norm_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
+_mod_fwd = tuned(_rms_norm_modulate_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
+_bwd = tuned(_rms_norm_bwd_kernel, _configs((1, 2, 4, 8), (4, 8)), _KEY, _prune)
+_mod_bwd = tuned(_rms_norm_modulate_bwd_kernel, _configs((1, 2, 4, 8), (4, 8)), _KEY, _prune)
 _FIXED = {"BLOCK_M": 2, "num_warps": 4}
 
 
@@ -191,8 +194,8 @@ def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
     rows, dim = x.shape
     y = torch.empty_like(x)
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    _launch(_mod_fwd, _row_grid(rows), x, weight, shift, scale, seg, y, rstd, rows, dim, x.stride(0),
-            y.stride(0), shift.stride(0), float(eps), HAS_WEIGHT=weight is not None,
+    _launch(_mod_fwd, _row_grid(rows), x, weight, shift, scale, seg, y, rstd, rows, dim,
+            x.stride(0), y.stride(0), shift.stride(0), float(eps), HAS_WEIGHT=weight is not None,
             BLOCK_D=triton.next_power_of_2(dim))
     return y, rstd
 
@@ -205,9 +208,10 @@ def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
     dx = torch.empty_like(x)
     pw = torch.empty(items if weight is not None else 1, dim, device=x.device, dtype=torch.float32)
     pmod = torch.empty(2, items, dim, device=x.device, dtype=torch.float32)
-    _launch(_mod_bwd, (items,), dy, x, weight, scale, rstd, dx, pw, pmod, plan["start"], plan["end"],
-            plan["seg"], per_item, dim, dy.stride(0), x.stride(0), dx.stride(0), scale.stride(0),
-            pw.stride(0), pmod.stride(0), pmod.stride(1), HAS_WEIGHT=weight is not None,
+    _launch(_mod_bwd, (items,), dy, x, weight, scale, rstd, dx, pw, pmod, plan["start"],
+            plan["end"], plan["seg"], per_item, dim, dy.stride(0), x.stride(0), dx.stride(0),
+            scale.stride(0), pw.stride(0), pmod.stride(0), pmod.stride(1),
+            HAS_WEIGHT=weight is not None,
             BLOCK_D=triton.next_power_of_2(dim))
     dshift = segment_sum(pmod[0], plan["first"], plan["last"], x.dtype)
     dscale = segment_sum(pmod[1], plan["first"], plan["last"], x.dtype)

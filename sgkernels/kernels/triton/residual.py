@@ -14,9 +14,10 @@ item reduces its rows into a fp32 partial row. Stage 2 (`_segment_sum_kernel`): 
 (segment, column block) adds the partials of the segment's items in a fixed order.
 
 Roofline (bytes per call, b = bytes per element): forward reads x, y and writes out: 3·T·D·b
-(+ gate rows, S·D·b, cached). Backward reads dout, y and writes dy: 3·T·D·b, plus the fp32 partials
-(T/R + S)·D·4 written and read once.
+(+ gate rows, S·D·b, cached). Backward reads dout, y and writes dy: 3·T·D·b, plus the fp32
+partials (T/R + S)·D·4 written and read once.
 """
+import functools
 import os
 
 import torch
@@ -28,8 +29,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def ast_spec(kernel, signature, constexprs, aligned, num_warps):
-    """(name, ASTSource, options) as a real launch specializes `kernel`: the parameters named in
-    `aligned` (pointers with 16-byte aligned data, integers divisible by 16) carry tt.divisibility."""
+    """(name, ASTSource, options) as a real launch specializes `kernel`: the parameters named
+    in `aligned` (pointers to 16-byte aligned data, integers divisible by 16) get
+    tt.divisibility 16, so the compiler can prove the alignment that 128-bit accesses need."""
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     full = {**signature, **{name: "constexpr" for name in constexprs}}
     src = ASTSource(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs)
@@ -51,8 +53,12 @@ def rows_per_item(total_rows, device):
     enough items for ~4 programs per SM."""
     if device.type != "cuda":
         return 4
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return min(256, max(16, triton.next_power_of_2(triton.cdiv(total_rows, 4 * sms))))
+    return min(256, max(16, triton.next_power_of_2(triton.cdiv(total_rows, 4 * _sms(device)))))
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def segment_plan(seg, num_segments, rows):
@@ -73,7 +79,8 @@ def segment_plan(seg, num_segments, rows):
     start = seg_start[s] + (items - first[s]) * rows
     end = torch.minimum(start + rows, seg_end[s])
     i32 = torch.int32
-    return {"start": torch.where(active, start, 0).to(i32), "end": torch.where(active, end, 0).to(i32),
+    return {"start": torch.where(active, start, 0).to(i32),
+            "end": torch.where(active, end, 0).to(i32),
             "seg": s.to(i32), "first": first.to(i32), "last": last.to(i32)}
 
 
@@ -97,7 +104,7 @@ def _segment_sum_kernel(P, OUT, FIRST, LAST, D, stride_p, stride_o,
 
 
 def segment_sum(partials, first, last, dtype):
-    """partials [W, D] fp32 -> [S, D] `dtype`, row s the sum of the item rows [first[s], last[s])."""
+    """partials [W, D] fp32 -> [S, D] `dtype`; row s sums the item rows [first[s], last[s])."""
     dim = partials.shape[1]
     out = torch.empty(first.shape[0], dim, device=partials.device, dtype=dtype)
     block_d = min(256, triton.next_power_of_2(dim))
@@ -176,15 +183,16 @@ def gated_residual_fwd(x, y, gate, seg):
 
 
 def gated_residual_bwd(dout, y, gate, seg):
-    """(dout, dy, dgate); dx is `dout` itself, as in the reference: callers must not write into it."""
+    """(dout, dy, dgate); dx is `dout` itself, as in the reference: do not write into it."""
     total, dim = dout.shape
-    plan = segment_plan(seg, gate.shape[0], rows_per_item(total, dout.device))
+    per_item = rows_per_item(total, dout.device)
+    plan = segment_plan(seg, gate.shape[0], per_item)
     items = plan["start"].shape[0]
     dy = torch.empty_like(y)
     partials = torch.empty(items, dim, device=dout.device, dtype=torch.float32)
     grid = lambda meta: (items, triton.cdiv(dim, meta["BLOCK_D"]))
     _launch(_bwd, grid, dout, y, gate, dy, partials, plan["start"], plan["end"], plan["seg"],
-            rows_per_item(total, dout.device), dim, dout.stride(0), y.stride(0), gate.stride(0),
+            per_item, dim, dout.stride(0), y.stride(0), gate.stride(0),
             dy.stride(0), partials.stride(0))
     dgate = segment_sum(partials, plan["first"], plan["last"], gate.dtype)
     return dout, dy, dgate
@@ -195,9 +203,9 @@ def static_specs():
     ptr, i32 = "*bf16", "i32"
     fwd_sig = {"X": ptr, "Y": ptr, "GATE": ptr, "SEG": "*i32", "OUT": ptr, "T": i32, "D": i32,
                "stride_x": i32, "stride_y": i32, "stride_g": i32, "stride_o": i32}
-    bwd_sig = {"DOUT": ptr, "Y": ptr, "GATE": ptr, "DY": ptr, "PGATE": "*fp32", "ITEM_START": "*i32",
-               "ITEM_END": "*i32", "ITEM_SEG": "*i32", "R": i32, "D": i32, "stride_do": i32,
-               "stride_y": i32, "stride_g": i32, "stride_dy": i32, "stride_p": i32}
+    bwd_sig = {"DOUT": ptr, "Y": ptr, "GATE": ptr, "DY": ptr, "PGATE": "*fp32",
+               "ITEM_START": "*i32", "ITEM_END": "*i32", "ITEM_SEG": "*i32", "R": i32, "D": i32,
+               "stride_do": i32, "stride_y": i32, "stride_g": i32, "stride_dy": i32, "stride_p": i32}
     sum_sig = {"P": "*fp32", "OUT": ptr, "FIRST": "*i32", "LAST": "*i32", "D": i32,
                "stride_p": i32, "stride_o": i32}
     return [

@@ -12,8 +12,9 @@ exactly once and the base rows that get replaced are never read. Programs tile
 [BLOCK_M rows, BLOCK_D columns].
 
 Roofline (bytes per call, b = bytes per element): gather reads K rows, writes K rows: 2·K·D·b;
-scatter forward reads (T − K) base rows and K rows of y, writes T rows: 2·T·D·b; scatter backward
-reads T rows of dout, writes T rows of dbase and K rows of dy: (2·T + K)·D·b (+ 8·K + 4·T index).
+scatter forward reads (T − K) base rows and K rows of y, writes T rows: 2·T·D·b; scatter
+backward reads T rows of dout, writes T rows of dbase and K rows of dy: (2·T + K)·D·b
+(+ 8·K + 4·T bytes of indices).
 """
 import torch
 import triton

@@ -46,8 +46,8 @@ def _swiglu_bwd_kernel(DOUT, A, B, DA, DB, M, H, stride_do, stride_a, stride_b, 
     sig = 1.0 / (1.0 + tl.exp(-a))
     silu = a * sig
     tl.store(DB + r * stride_db + c, (dout * silu).to(DB.dtype.element_ty), mask=mask)
-    tl.store(DA + r * stride_da + c, (dout * b * sig * (1.0 + a * (1.0 - sig))).to(DA.dtype.element_ty),
-             mask=mask)
+    da = dout * b * sig * (1.0 + a * (1.0 - sig))
+    tl.store(DA + r * stride_da + c, da.to(DA.dtype.element_ty), mask=mask)
 
 
 _CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_H": h}, num_warps=w)
@@ -72,11 +72,12 @@ def swiglu_fwd(a, b):
 def swiglu_bwd(dout, a, b, da, db):
     rows, hidden = a.shape
     _bwd[_grid(rows, hidden)](dout, a, b, da, db, rows, hidden, dout.stride(0), a.stride(0),
-                              b.stride(0), da.stride(0), db.stride(0), **(_FIXED if INTERPRET else {}))
+                              b.stride(0), da.stride(0), db.stride(0),
+                              **(_FIXED if INTERPRET else {}))
 
 
 def static_specs():
-    """bf16 halves of a [M, 2H] tensor, H = 5632 (≈ 8/3·2048 for TR-DiT), aligned as at launch."""
+    """bf16 halves of a [M, 2H] tensor, H = 5632 (≈ 8/3·2048, TR-DiT), aligned as at launch."""
     ptr, i32 = "*bf16", "i32"
     fwd = {"A": ptr, "B": ptr, "OUT": ptr, "M": i32, "H": i32, "stride_a": i32, "stride_b": i32,
            "stride_o": i32}
