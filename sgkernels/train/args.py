@@ -14,6 +14,7 @@ RESUME_KEYS = ("batch", "seed", "data", "data_path", "image_size", "t_sampling",
 @dataclass
 class TrainArgs:
     model: str | None = "FMNIST-S/2"   # preset name (ignored with finetune: config from the ckpt)
+    model_set: tuple[str, ...] = ()      # "field=value" overrides of the preset's ModelConfig
     data: str = "fashion-mnist"          # fashion-mnist | digits | folder | latents
     data_path: str | None = None
     image_size: int | None = None        # default: the model's input size (times 8 with a VAE)
@@ -46,9 +47,11 @@ class TrainArgs:
     vae: str | None = None               # local diffusers AutoencoderKL folder (latent training)
     latent_scale: float = 0.18215
     progress: bool = True
+    time_limit: float = 0.0              # minutes; 0: none. Stops early as if steps were reached
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
+        self.model_set = tuple(self.model_set or ())
         checks = [
             ("steps", self.steps >= 0, "an int >= 0"), ("batch", self.batch >= 1, "an int >= 1"),
             ("t_sampling", self.t_sampling in T_SAMPLING, f"one of {T_SAMPLING}"),
@@ -61,6 +64,8 @@ class TrainArgs:
              "two values in [0, 1)"),
             ("grad_clip", self.grad_clip >= 0, "a value >= 0 (0: off)"),
             ("maskdit_lambda", self.maskdit_lambda >= 0, "a value >= 0"),
+            ("time_limit", self.time_limit >= 0, "minutes >= 0 (0: none)"),
+            ("model_set", all("=" in kv for kv in self.model_set), "items 'field=value'"),
         ]
         for every in ("ckpt_every", "sample_every", "log_every"):
             checks.append((every, getattr(self, every) >= 0, "an int >= 0 (0: only at the end)"))
@@ -79,4 +84,5 @@ class TrainArgs:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        d["model_set"] = list(self.model_set)
         return d

@@ -1,10 +1,11 @@
 """Checkpoints: dicts {"model", "ema", "opt", "args", "step"} written atomically.
 
-args holds "model_config" (ModelConfig.to_dict()), the training arguments and "rng" (the torch
-CPU/CUDA, numpy and python RNG states at save time). A write goes to a temporary file in the
-target directory, is flushed and fsync'ed, then os.replace'd onto the target name, and the
-directory entry is fsync'ed: a crash at any point leaves either the old or the new file, never a
-torn one. `latest.pt` is a hard link (atomically replaced) to the newest numbered checkpoint.
+args holds "model_config" (ModelConfig.to_dict()), "train" (the training arguments) and "rng"
+(the torch CPU/CUDA, numpy and python RNG states at save time), all tensors or plain Python
+values, so checkpoints load with torch.load(weights_only=True) (model.from_checkpoint does).
+A write goes to a temporary file in the target directory, is flushed and fsync'ed, then
+os.replace'd onto the target name, and the directory entry is fsync'ed: a crash at any point
+leaves either the old or the new file, never a torn one. `latest.pt` is a hard link (atomically replaced) to the newest numbered checkpoint.
 """
 import os
 import random
@@ -56,13 +57,16 @@ def link_atomic(src, dst) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        save_atomic(torch.load(src, map_location="cpu", weights_only=False), tmp)
+        save_atomic(torch.load(src, map_location="cpu", weights_only=True), tmp)
     os.replace(tmp, dst)
     _fsync_dir(dst.parent)
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """RNG states as tensors and plain Python values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
              "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -71,7 +75,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -82,7 +87,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
     missing = [k for k in KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(KEYS)
     if missing:
         raise ValueError(f"path: {path} is not a training checkpoint (missing keys {missing})")

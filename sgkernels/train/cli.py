@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default=_default("model"), help="preset name (sgkernels.presets.names())")
+    a("--set", dest="model_set", nargs="+", default=(), metavar="FIELD=VALUE",
+      help="override ModelConfig fields of the preset, e.g. patch_size=4 'routes=[[1,2,0.5]]'")
     a("--data", default=_default("data"), choices=DATASETS)
     a("--data-path", default=None, help="folder for --data folder|latents (or Fashion-MNIST idx dir)")
     a("--image-size", type=int, default=None, help="data size (default: the model's input size)")
@@ -56,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     a("--vae", default=None, help="local diffusers AutoencoderKL folder (latent training)")
     a("--latent-scale", type=float, default=_default("latent_scale"))
     a("--no-progress", dest="progress", action="store_false")
+    a("--time-limit", type=float, default=0.0, help="minutes; stop (checkpoint, samples) after")
     return p
 
 

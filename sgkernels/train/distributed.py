@@ -74,3 +74,12 @@ def mean_scalar(value: float, info: DistInfo) -> float:
                      device=info.device if info.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return t.item() / info.world_size
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when `flag` is True on some rank (so all ranks stop together)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

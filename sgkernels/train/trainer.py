@@ -48,7 +48,23 @@ def build_model(args: TrainArgs) -> nn.Module:
     from sgkernels import presets
     from sgkernels.model import RoutedDiT
 
-    return RoutedDiT(presets.get(args.model))
+    return RoutedDiT(apply_overrides(presets.get(args.model), args.model_set))
+
+
+def apply_overrides(config, items):
+    """config.replace(field=value) for "field=value" items; values parse as JSON, else str."""
+    changes = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        if key not in config.to_dict():
+            raise ValueError(f"model_set: {key!r} is not a ModelConfig field")
+        try:
+            changes[key] = json.loads(text)
+        except json.JSONDecodeError:
+            changes[key] = text
+    if "routes" in changes:
+        changes["routes"] = tuple(tuple(r) for r in changes["routes"])
+    return config.replace(**changes)
 
 
 def lr_at(args: TrainArgs, step: int) -> float:
@@ -203,7 +219,7 @@ class Trainer:
             while self.step < args.steps:
                 window.append(self.train_step())
                 log.step(window[-1])
-                end = self.step == args.steps
+                end = self.step == args.steps or self._out_of_time(t0)
                 if end or (args.log_every and self.step % args.log_every == 0):
                     last = D.mean_scalar(sum(window) / len(window), info)
                     log.row(self.step, last, lr_at(args, self.step - 1), args.batch)
@@ -213,11 +229,19 @@ class Trainer:
                 if end or (args.sample_every and self.step % args.sample_every == 0):
                     self.save_samples()
                 D.barrier(info)
+                if end:
+                    break
         finally:
             log.close()
         if info.is_main and log.jsonl.exists() and args.steps > 0:
             plot_loss(log.jsonl, self.out / "loss.png")
         return {"step": self.step, "loss": last, "wall_s": time.perf_counter() - t0}
+
+    def _out_of_time(self, t0: float) -> bool:
+        if not self.args.time_limit:
+            return False
+        over = time.perf_counter() - t0 > 60.0 * self.args.time_limit
+        return D.any_rank(over, self.info)
 
     def close(self) -> None:
         D.cleanup(self.info)
