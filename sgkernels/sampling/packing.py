@@ -48,10 +48,11 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
     """Σ_k a_k · D_k(x, t) over terms [(Branch, a_k)]; `models` maps "main"/"weak" to modules.
 
     Branches that resolve to the same module share one forward (packed=True) or run one by one
-    with the same route-score slices (packed=False). The sum is accumulated in float32 or
-    better and returned in x's dtype.
+    with the same route-score slices (packed=False). x goes to the model in its own dtype; t
+    and the sum are float32 or better (x's dtype promoted), the returned dtype.
     """
     batch = x.shape[0]
+    acc = torch.promote_types(x.dtype, torch.float32)
     outputs: list[torch.Tensor | None] = [None] * len(terms)
     for module, index in _group_by_model(terms, models):
         config = module.config
@@ -60,7 +61,7 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
         gammas = [torch.full((batch,), terms[k][0].gamma, dtype=torch.float64, device=x.device)
                   for k in index]
         scores = draw_route_scores(config, len(index) * batch, generator, x.device)
-        tt = torch.full((batch,), t, dtype=x.dtype, device=x.device)
+        tt = torch.full((batch,), t, dtype=acc, device=x.device)
         if packed:
             n = len(index)
             out = module(x.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), torch.cat(ys),
@@ -72,8 +73,7 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
                       for j in range(len(index))]
         for k, chunk in zip(index, chunks):
             outputs[k] = chunk
-    acc = torch.promote_types(x.dtype, torch.float32)
     v = torch.zeros(x.shape, dtype=acc, device=x.device)
     for (_, coef), out in zip(terms, outputs):
         v.add_(out.to(acc), alpha=coef)
-    return v.to(x.dtype)
+    return v

@@ -49,7 +49,9 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, steps: int = 40,
 
     model: called as model(x, t, y, gamma=[B] tensor, route_scores=[R, B, N]); its
         config.num_classes is the null label. Put it in eval mode yourself.
-    noise [B, C, H, W], labels [B] int64; guidance None = unguided dense D(c).
+    noise [B, C, H, W], labels [B] int64; guidance None = unguided dense D(c). The model sees
+    x in noise's dtype (e.g. bf16); t, the guidance combination and the solver state are
+    float32 (or float64 for float64 noise); the samples come back in noise's dtype.
     packed=False runs every branch in its own forward (same token selections; for checks and
     benchmarks). progress shows a per-step tqdm bar.
     """
@@ -63,7 +65,8 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, steps: int = 40,
                         f"with it, got {type(weak).__name__}")
 
     def velocity(x, t, step):
-        return guided_velocity(models, x, t, labels, guidance.terms(step, steps), generator,
-                               packed=packed)
+        return guided_velocity(models, x.to(noise.dtype), t, labels, guidance.terms(step, steps),
+                               generator, packed=packed)
 
-    return integrate(velocity, noise, steps, solver, progress=progress)
+    state = noise.to(torch.promote_types(noise.dtype, torch.float32))
+    return integrate(velocity, state, steps, solver, progress=progress).to(noise.dtype)

@@ -29,9 +29,10 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def record(self, x, y, gamma):
+    def record(self, x, y, gamma, t=None):
         self.calls.append({"batch": x.shape[0], "labels": y.tolist(),
-                           "gamma": per_sample_gamma(gamma, x.shape[0]).tolist()})
+                           "gamma": per_sample_gamma(gamma, x.shape[0]).tolist(),
+                           "x_dtype": x.dtype, "t_dtype": None if t is None else t.dtype})
 
 
 class ConstantModel(Recorder):
@@ -62,7 +63,7 @@ class LinearFieldModel(Recorder):
         return 0.1 * (y + 1)
 
     def __call__(self, x, t, y, gamma=None, generator=None, route_scores=None):
-        self.record(x, y, gamma)
+        self.record(x, y, gamma, t)
         a = self.rate(y.to(x.dtype))
         return (a + 2 * t.to(x.dtype)).view(-1, 1, 1, 1) * x
 
