@@ -24,8 +24,8 @@ Math (xf = x in fp32, r = rsqrt(mean(xf²) + eps), x̂ = xf·r, w = weight or 1)
 import torch
 
 # Scores of one attention chunk are held in fp32; chunks of equal-length segments are sized so that
-# [G, H, L, L] stays below this many elements (64 Mi elements = 256 MiB).
-_ATTN_CHUNK_ELEMS = 1 << 26
+# [G, H, L, L] stays below this many elements (16 Mi elements = 64 MiB).
+_ATTN_CHUNK_ELEMS = 1 << 24
 
 
 def _segment_sum(values, seg, num_segments):
@@ -159,18 +159,19 @@ def _heads_first(t, tok):
 
 
 def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
-    total, heads, _ = q.shape
+    total, heads, dim = q.shape
     o = torch.zeros_like(q)
     lse = torch.full((heads, total), float("-inf"), dtype=torch.float32, device=q.device)
     for length, tokens in _length_groups(cu_seqlens):
         for tok in _chunks(tokens, heads, length):
             qg, kg, vg = _heads_first(q, tok), _heads_first(k, tok), _heads_first(v, tok)
-            s = torch.matmul(qg, kg.transpose(-1, -2)) * scale            # [G, H, L, L]
-            lse_g = torch.logsumexp(s, dim=-1)                            # [G, H, L]
-            og = torch.matmul(torch.exp(s - lse_g[..., None]), vg)        # [G, H, L, Dh]
+            p = torch.matmul(qg, kg.transpose(-1, -2)).mul_(scale)          # S [G, H, L, L]
+            row_max = p.amax(-1, keepdim=True)
+            denom = p.sub_(row_max).exp_().sum(-1, keepdim=True)           # in place: one buffer
+            og = torch.matmul(p.div_(denom), vg)                            # [G, H, L, Dh]
             flat = tok.reshape(-1)
-            o[flat] = og.permute(0, 2, 1, 3).reshape(-1, heads, q.shape[2]).to(q.dtype)
-            lse[:, flat] = lse_g.permute(1, 0, 2).reshape(heads, -1)
+            o[flat] = og.permute(0, 2, 1, 3).reshape(-1, heads, dim).to(q.dtype)
+            lse[:, flat] = (row_max + denom.log()).squeeze(-1).permute(1, 0, 2).reshape(heads, -1)
     return o, lse
 
 
@@ -181,15 +182,13 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
         for tok in _chunks(tokens, heads, length):
             qg, kg, vg = _heads_first(q, tok), _heads_first(k, tok), _heads_first(v, tok)
             dog, og = _heads_first(do, tok), _heads_first(o, tok)
-            lse_g = lse[:, tok].permute(1, 0, 2)                          # [G, H, L]
-            s = torch.matmul(qg, kg.transpose(-1, -2)) * scale
-            p = torch.exp(s - lse_g[..., None])
+            lse_g = lse[:, tok].permute(1, 0, 2)[..., None]                 # [G, H, L, 1]
+            p = torch.matmul(qg, kg.transpose(-1, -2)).mul_(scale).sub_(lse_g).exp_()
             dvg = torch.matmul(p.transpose(-1, -2), dog)
-            dp = torch.matmul(dog, vg.transpose(-1, -2))
-            delta = (dog * og).sum(-1, keepdim=True)
-            ds = p * (dp - delta)
-            dqg = torch.matmul(ds, kg) * scale
-            dkg = torch.matmul(ds.transpose(-1, -2), qg) * scale
+            delta = (dog * og).sum(-1, keepdim=True)                        # D = rowsum(dO∘O)
+            ds = torch.matmul(dog, vg.transpose(-1, -2)).sub_(delta).mul_(p)  # P∘(dP − D)
+            dqg = torch.matmul(ds, kg).mul_(scale)
+            dkg = torch.matmul(ds.transpose(-1, -2), qg).mul_(scale)
             flat = tok.reshape(-1)
             for grad, part in ((dq, dqg), (dk, dkg), (dv, dvg)):
                 grad[flat] = part.permute(0, 2, 1, 3).reshape(-1, heads, dim).to(grad.dtype)

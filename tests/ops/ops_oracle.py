@@ -37,6 +37,7 @@ def compare(op_fn, torch_fn, inputs, dtype, diff, keep=(), seed=0):
     gen = torch.Generator().manual_seed(seed)
     probe = torch_fn(**_leaves(rounded, torch.float64, (), keep))
     grad_out = torch.randn(probe.shape, generator=gen, dtype=torch.float64).to(dtype).double()
+    grad_out = grad_out.to(probe.device)
     oracle = _run(torch_fn, rounded, torch.float64, diff, grad_out, keep)
     plain = _run(torch_fn, rounded, dtype, diff, grad_out, keep)
     mine = _run(op_fn, rounded, dtype, diff, grad_out, keep)
