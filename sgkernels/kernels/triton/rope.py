@@ -3,7 +3,7 @@
 Math (docs/contracts.md), x [T, H, Dh] with Dh % 4 == 0, h = Dh/2, q = Dh/4, pos [T, 2]:
     channels [0, h) rotate by the row position pos[:, 0], channels [h, Dh) by the column
     position pos[:, 1]; inside half a ∈ {0, 1}, channel a·h + j pairs with a·h + j + q,
-    f_j = theta^(−2j/h) = 2^(j·(−2·log2(theta)/h)),  φ = pos[:, a]·f_j,  j ∈ [0, q):
+    f_j = theta^(−2j/h),  φ = pos[:, a]·f_j (fp32, as the reference),  j ∈ [0, q):
         y1 = x1·cos φ − x2·sin φ,   y2 = x2·cos φ + x1·sin φ
 The backward is the rotation by −φ (the transpose of an orthogonal map): the same kernel with
 sin negated (INVERSE).
@@ -14,7 +14,7 @@ two such tiles (contiguous runs of q channels, padded to a power of two Q_PAD wi
 each element is read and written exactly once. Memory-bound: bytes = 2·T·H·Dh·itemsize
 (+ pos), FLOPs negligible; the target is the device copy bandwidth.
 """
-import math
+import functools
 
 import torch
 import triton
@@ -35,7 +35,7 @@ ROPE_INTERPRET_CONFIG = ({"TILE": 512, "HEADS": 2}, 1, 1)
 
 @triton.jit
 def _rope_axial_kernel(
-    X, POS, Y, n_tokens, n_heads, freq_log2_step,
+    X, POS, FREQ, Y, n_tokens, n_heads,
     HEAD_DIM: tl.constexpr, Q_PAD: tl.constexpr, INVERSE: tl.constexpr,
     TILE: tl.constexpr, HEADS: tl.constexpr,
 ):
@@ -48,7 +48,7 @@ def _rope_axial_kernel(
     t_mask = tokens < n_tokens
 
     pos = tl.load(POS + tokens[:, None] * 2 + axis[None, :], mask=t_mask[:, None], other=0)
-    freq = tl.exp2(j.to(tl.float32) * freq_log2_step)
+    freq = tl.load(FREQ + j, mask=j < QUARTER, other=0.0)
     angle = pos.to(tl.float32)[:, :, None] * freq[None, None, :]          # [BLOCK_T, 2, Q_PAD]
     cos = tl.cos(angle)
     sin = tl.sin(angle)
@@ -72,6 +72,14 @@ _rope_axial = triton.autotune(
 )(_rope_axial_kernel)
 
 
+@functools.lru_cache(maxsize=64)
+def _frequencies(theta, head_dim, device):
+    """f_j = theta^(-2j/h) [Dh/4] fp32, rounded from fp64 like the reference; built once per
+    (theta, Dh, device), so a call allocates only its output."""
+    j = torch.arange(head_dim // 4, dtype=torch.float64)
+    return (theta ** (-2.0 * j / (head_dim // 2))).to(device=device, dtype=torch.float32)
+
+
 def _rope(x, pos, theta, inverse):
     total, heads, head_dim = x.shape
     y = torch.empty_like(x)
@@ -84,7 +92,7 @@ def _rope(x, pos, theta, inverse):
         return (triton.cdiv(total, meta["TILE"] // (2 * q_pad)), triton.cdiv(heads, meta["HEADS"]))
 
     _rope_axial[grid](
-        x, pos, y, total, heads, -2.0 * math.log2(float(theta)) / (head_dim // 2),
+        x, pos, _frequencies(float(theta), head_dim, x.device), y, total, heads,
         HEAD_DIM=head_dim, Q_PAD=q_pad, INVERSE=inverse,
     )
     return y
@@ -102,14 +110,14 @@ def rope_axial_bwd(dy, pos, theta):
 
 def static_specs():
     """Forward (backward differs only in a sign) at Dh 64/72/128, bf16 x, int64 pos."""
-    signature = {"X": "*bf16", "POS": "*i64", "Y": "*bf16", "n_tokens": "i32", "n_heads": "i32",
-                 "freq_log2_step": "fp32"}
+    signature = {"X": "*bf16", "POS": "*i64", "FREQ": "*fp32", "Y": "*bf16", "n_tokens": "i32",
+                 "n_heads": "i32"}
     meta, num_warps, _ = ROPE_CONFIGS[0]
     specs = []
     for head_dim in (64, 72, 128):
         constexprs = {"HEAD_DIM": head_dim, "Q_PAD": triton.next_power_of_2(head_dim // 4),
                       "INVERSE": False, **meta}
         name, src, options = ast_spec(_rope_axial_kernel, signature, constexprs,
-                                      ["X", "POS", "Y", "n_tokens", "n_heads"], num_warps)
+                                      list(signature), num_warps)
         specs.append((f"{name}_d{head_dim}", src, options))
     return specs
