@@ -48,13 +48,12 @@ def _cases():
     }
 
 
-_BACKEND_FN = {
-    "rms_norm": "rms_norm_fwd", "rms_norm_modulate": "rms_norm_modulate_fwd",
-    "gated_residual": "gated_residual_fwd", "swiglu": "swiglu_fwd", "swiglu_packed": "swiglu_fwd",
-    "route_gather": "route_gather_fwd", "route_scatter": "route_scatter_fwd",
-    "varlen_attention": "varlen_attention_fwd", "varlen_attention_hd72": "varlen_attention_fwd",
-    "rope_axial": "rope_axial_fwd",
-}
+def _backend_fns(name):
+    """Backend functions the forward and backward of case `name` call."""
+    if name == "route_gather":
+        return ("route_gather_fwd", "route_scatter_fwd")
+    op = {"swiglu_packed": "swiglu", "varlen_attention_hd72": "varlen_attention"}.get(name, name)
+    return (f"{op}_fwd", f"{op}_bwd")
 
 
 def _to_cuda(inputs):
@@ -70,7 +69,7 @@ def test_ops_on_cuda(name, dtype, backend):
     inputs = _to_cuda(inputs)
     if backend == "cuda":
         module, _ = dispatch._import("cuda")
-        fns = (_BACKEND_FN[name], _BACKEND_FN[name].replace("_fwd", "_bwd"))
+        fns = _backend_fns(name)
         if module is None or not module.available() or not all(hasattr(module, f) for f in fns):
             pytest.skip(f"the cuda backend (sgkernels._C) is not built or lacks {fns}")
     with ops.use_backend(backend) if backend else contextlib.nullcontext():

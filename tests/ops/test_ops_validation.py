@@ -85,3 +85,15 @@ def test_valid_edge_cases_do_not_raise():
     assert empty_segments.shape == (7, 2, 8)
     assert ops.route_gather(x2(), torch.tensor([], dtype=torch.int64)).shape == (0, 8)
     assert ops.rms_norm_modulate(x2(), None, x2(4), x2(4), seg((1, 1, 1, 3, 3, 3))).shape == (6, 8)
+
+
+def test_value_checks_on_cuda_only_in_debug_mode(monkeypatch):
+    from types import SimpleNamespace
+
+    from sgkernels.ops import validate
+
+    cuda_like = SimpleNamespace(device=torch.device("cuda"))
+    monkeypatch.delenv("SGKERNELS_DEBUG", raising=False)
+    assert validate.wants_values(torch.zeros(1)) and not validate.wants_values(cuda_like)
+    monkeypatch.setenv("SGKERNELS_DEBUG", "1")
+    assert validate.wants_values(cuda_like)
