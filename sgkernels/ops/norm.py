@@ -8,9 +8,9 @@ Backward (x̂ = x·r, g = dy·w, resp. g = dy·(1 + sc[seg])·w):
 
 Roofline per call, M rows of D channels, e bytes per element, S segments (weight optional):
     rms_norm            fwd bytes e·(2MD + D) + 4M (rstd)     FLOPs ≈ 4MD
-                        bwd bytes e·(3MD + 2D) + 4M           FLOPs ≈ 8MD
-    rms_norm_modulate   fwd bytes e·(2MD + D + 2SD) + 8M      FLOPs ≈ 6MD   (seg int32)
-                        bwd bytes e·(3MD + 2D + 3SD) + 8M     FLOPs ≈ 14MD
+                        bwd bytes e·(3MD + 2D) + 4M           FLOPs ≈ 9MD
+    rms_norm_modulate   fwd bytes e·(2MD + D + 2SD) + 8M      FLOPs ≈ 7MD   (seg int32)
+                        bwd bytes e·(3MD + 2D + 3SD) + 8M     FLOPs ≈ 15MD
 """
 from typing import Optional
 

@@ -4,7 +4,7 @@ Backward: dx = dout, dy = dout · gate[seg], dgate = Σ_seg dout · y (determini
 
 Roofline per call, T rows of D channels, e bytes per element, S segments (seg int32):
     fwd bytes e·(3TD + SD) + 4T      FLOPs 2TD
-    bwd bytes e·(3TD + 2SD) + 4T     FLOPs 2TD   (dx is dout itself, no copy)
+    bwd bytes e·(3TD + 2SD) + 4T     FLOPs 3TD   (dx is dout itself, no copy)
 """
 import torch
 
