@@ -111,6 +111,9 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--guidance {args.guidance} needs --{name.replace('_', '-')}")
     if args.guidance == "autoguidance" and args.weak_ckpt is None:
         p.error("--guidance autoguidance needs --weak-ckpt")
+    if args.gamma != Schedule.constant(0.0) and args.guidance not in ("none", "cfg"):
+        p.error(f"--gamma sets unguided / cfg sampling; --guidance {args.guidance} uses "
+                f"--gamma-strong / --gamma-weak (autoguidance is dense)")
     if args.weak_ckpt is not None and args.guidance in ("none", "cfg"):
         p.error(f"--weak-ckpt is not used by --guidance {args.guidance}")
 
@@ -138,8 +141,10 @@ def _setup_distributed(device_name):
     if device_name is None:
         device_name = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_name)
-    if device.type == "cuda" and world > 1 and device.index is None:
-        device = torch.device("cuda", local)
+    if device.type == "cuda":
+        if world > 1 and device.index is None:
+            device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device

@@ -116,6 +116,7 @@ def test_latent_models_write_float_latents(tmp_path):
     (["--guidance", "sg", "--scale", "2", "--gamma-weak", "cos:1:0"], "cannot parse schedule"),
     (["--interval", "0.5"], "expected 'lo,hi'"),
     (["--num", "0"], "--num must be >= 1"),
+    (["--guidance", "sg", "--scale", "2", "--gamma", "0.5"], "uses --gamma-strong"),
 ])
 def test_argument_errors(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):

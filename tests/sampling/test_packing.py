@@ -94,16 +94,23 @@ def test_sample_rejects_bad_inputs():
 
 
 # ------------------------------------------------------------------ the real RoutedDiT
-def tiny_model(seed=0):
+def tiny_model(config=None, seed=0):
     from sgkernels import presets
     from sgkernels.model import RoutedDiT
     torch.manual_seed(seed)
-    model = RoutedDiT(presets.get("Tiny/2")).eval()
+    model = RoutedDiT(config or presets.get("Tiny/2")).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():                   # leave adaLN-Zero: make every layer matter
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return model
+
+
+def tiny_maskdit():
+    from sgkernels.model import ModelConfig
+    return ModelConfig(input_size=8, patch_size=2, in_channels=1, num_classes=10, depth=2,
+                       dim=32, heads=2, mask_ratio=0.5, decoder_depth=1, decoder_dim=32,
+                       decoder_heads=2)
 
 
 @pytest.mark.parametrize("guidance", GUIDANCES[::2] + [CFG(3.0)])
@@ -116,6 +123,15 @@ def test_packed_equals_separate_on_routed_dit(guidance):
     if any(b.gamma > 0 for b in guidance.branches(0, 1)):
         other = run(model, guidance, 1, True, **kw)
         assert (other - packed).abs().max() > 1e-3, "token selection must depend on the seed"
+
+
+def test_packed_equals_separate_on_maskdit():
+    model = tiny_model(tiny_maskdit())
+    guidance = CFGSparseGuidance(2.0, 0.5, 0.25, 0.75, rule="inner")
+    kw = dict(steps=2, size=8, batch=3)
+    packed = run(model, guidance, 0, True, **kw)
+    torch.testing.assert_close(packed, run(model, guidance, 0, False, **kw), rtol=1e-5, atol=1e-5)
+    assert (run(model, guidance, 1, True, **kw) - packed).abs().max() > 1e-3
 
 
 def test_routed_dit_packed_branches_drop_tokens():
