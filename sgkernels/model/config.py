@@ -50,7 +50,8 @@ class Route:
         if not (isinstance(self.start, int) and isinstance(self.end, int)):
             raise TypeError(f"Route start/end must be ints, got {self.start!r}, {self.end!r}")
         if not 0 <= self.start <= self.end:
-            raise ValueError(f"Route needs 0 <= start <= end, got start={self.start}, end={self.end}")
+            raise ValueError(
+                f"Route needs 0 <= start <= end, got start={self.start}, end={self.end}")
         check_gamma(self.gamma, "Route.gamma")
 
 

@@ -37,7 +37,7 @@ class TimestepEmbedder(nn.Module):
                                  nn.Linear(dim, dim, bias=bias))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t * self.time_scale, self.freq_dim)
+        emb = timestep_embedding(t.float() * self.time_scale, self.freq_dim)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
