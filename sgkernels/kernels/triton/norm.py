@@ -11,7 +11,9 @@ A program owns whole rows (BLOCK_D = next_pow2(D) ≥ D columns, BLOCK_M rows), 
 is one in-register reduction; rstd [M] fp32 is saved for the backward. The backward runs one
 program per reduction item (≤ R rows, inside one segment for the modulated norm, see residual.py):
 it writes dx and fp32 partial rows of dweight/dshift/dscale, which a second kernel sums in a fixed
-order (deterministic, no atomics).
+order (deterministic, no atomics). Forward kernels are autotuned over BLOCK_M and num_warps
+(keyed on D); the backward launch is a fixed function of D so that the summation order, and with
+it every weight-gradient bit, is the same in every process.
 
 Roofline (bytes per call, b = bytes per element, M·D elements):
     forward   read x, write y: 2·M·D·b (+ weight D·b, shift/scale 2·S·D·b, rstd 4·M)
@@ -155,13 +157,22 @@ def _prune(configs, named_args, **kwargs):
 _KEY = ["D", "HAS_WEIGHT"]
 _fwd = tuned(_rms_norm_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
 _mod_fwd = tuned(_rms_norm_modulate_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
-_bwd = tuned(_rms_norm_bwd_kernel, _configs((1, 2, 4, 8), (4, 8)), _KEY, _prune)
-_mod_bwd = tuned(_rms_norm_modulate_bwd_kernel, _configs((1, 2, 4, 8), (4, 8)), _KEY, _prune)
 _FIXED = {"BLOCK_M": 2, "num_warps": 4}
 
 
 def _launch(kernel, grid, *args, **constexprs):
     kernel[grid](*args, **constexprs, **(_FIXED if INTERPRET else {}))
+
+
+def _bwd_config(dim):
+    """The backward launch is fixed, not autotuned: the tile sets the order in which rows are
+    summed into dweight/dshift/dscale, and a timing-dependent autotuner choice would make those
+    gradients differ bitwise between processes."""
+    block_d = triton.next_power_of_2(dim)
+    if INTERPRET:
+        return {"BLOCK_D": block_d, **_FIXED}
+    return {"BLOCK_D": block_d, "BLOCK_M": max(1, min(8, 2048 // block_d)),
+            "num_warps": 4 if block_d <= 1024 else 8}
 
 
 def _row_grid(rows):
@@ -184,9 +195,9 @@ def rms_norm_bwd(dy, x2d, weight, rstd):
     dx = torch.empty_like(x2d)
     partials = torch.empty(items if weight is not None else 1, dim, device=x2d.device,
                            dtype=torch.float32)
-    _launch(_bwd, (items,), dy, x2d, weight, rstd, dx, partials, rows, per_item, dim, dy.stride(0),
-            x2d.stride(0), dx.stride(0), partials.stride(0), HAS_WEIGHT=weight is not None,
-            BLOCK_D=triton.next_power_of_2(dim))
+    _rms_norm_bwd_kernel[(items,)](dy, x2d, weight, rstd, dx, partials, rows, per_item, dim,
+                                   dy.stride(0), x2d.stride(0), dx.stride(0), partials.stride(0),
+                                   HAS_WEIGHT=weight is not None, **_bwd_config(dim))
     return dx, (column_sum(partials, x2d.dtype) if weight is not None else None)
 
 
@@ -208,11 +219,10 @@ def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
     dx = torch.empty_like(x)
     pw = torch.empty(items if weight is not None else 1, dim, device=x.device, dtype=torch.float32)
     pmod = torch.empty(2, items, dim, device=x.device, dtype=torch.float32)
-    _launch(_mod_bwd, (items,), dy, x, weight, scale, rstd, dx, pw, pmod, plan["start"],
-            plan["end"], plan["seg"], per_item, dim, dy.stride(0), x.stride(0), dx.stride(0),
-            scale.stride(0), pw.stride(0), pmod.stride(0), pmod.stride(1),
-            HAS_WEIGHT=weight is not None,
-            BLOCK_D=triton.next_power_of_2(dim))
+    _rms_norm_modulate_bwd_kernel[(items,)](
+        dy, x, weight, scale, rstd, dx, pw, pmod, plan["start"], plan["end"], plan["seg"], per_item,
+        dim, dy.stride(0), x.stride(0), dx.stride(0), scale.stride(0), pw.stride(0),
+        pmod.stride(0), pmod.stride(1), HAS_WEIGHT=weight is not None, **_bwd_config(dim))
     dshift = segment_sum(pmod[0], plan["first"], plan["last"], x.dtype)
     dscale = segment_sum(pmod[1], plan["first"], plan["last"], x.dtype)
     dweight = column_sum(pw, x.dtype) if weight is not None else None
@@ -220,7 +230,8 @@ def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
 
 
 def static_specs():
-    """bf16, D = 1152 (SiT-XL, BLOCK_D 2048) with weight, as a real launch specializes them."""
+    """bf16, D = 1152 (SiT-XL, BLOCK_D 2048) with weight, as a real launch specializes them
+    (forward: a typical autotuned config; backward: its fixed config)."""
     ptr, i32 = "*bf16", "i32"
     d = {"HAS_WEIGHT": True, "BLOCK_D": 2048}
     fwd = {"X": ptr, "W": ptr, "Y": ptr, "RSTD": "*fp32", "M": i32, "D": i32, "stride_x": i32,
@@ -241,6 +252,6 @@ def static_specs():
                  num_warps=warps)
         for kernel, sig, block_m, warps in ((_rms_norm_fwd_kernel, fwd, 4, 8),
                                             (_rms_norm_modulate_fwd_kernel, mod_fwd, 4, 8),
-                                            (_rms_norm_bwd_kernel, bwd, 2, 8),
-                                            (_rms_norm_modulate_bwd_kernel, mod_bwd, 2, 8))
+                                            (_rms_norm_bwd_kernel, bwd, 1, 8),
+                                            (_rms_norm_modulate_bwd_kernel, mod_bwd, 1, 8))
     ]

@@ -11,7 +11,10 @@ boundary), entirely on device: segment bounds by `torch.searchsorted` on the sor
 segment by a second searchsorted on the cumulative item counts, so there is no host sync and the
 item count is the static bound cdiv(T, R) + S (surplus items are empty). Stage 1: one program per
 item reduces its rows into a fp32 partial row. Stage 2 (`_segment_sum_kernel`): one program per
-(segment, column block) adds the partials of the segment's items in a fixed order.
+(segment, column block) adds the partials of the segment's items in a fixed order. Stage 1 runs
+with a launch config that is a fixed function of D (not autotuned), so the summation order, and
+every gradient bit, is the same in every process on a given GPU model; the elementwise forward is
+autotuned on GPU. Under TRITON_INTERPRET=1 every kernel runs one small fixed config.
 
 Roofline (bytes per call, b = bytes per element): forward reads x, y and writes out: 3·T·D·b
 (+ gate rows, S·D·b, cached). Backward reads dout, y and writes dy: 3·T·D·b, plus the fp32
@@ -164,13 +167,17 @@ _CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_D": d}, num_warps=w)
             for m, d, w in ((4, 256, 4), (8, 256, 4), (16, 256, 8), (4, 512, 4), (8, 512, 8))]
 _FIXED = {"BLOCK_M": 4, "BLOCK_D": 64, "num_warps": 4}
 _fwd = tuned(_gated_residual_fwd_kernel, _CONFIGS, key=["D"])
-_bwd = tuned(_gated_residual_bwd_kernel, [triton.Config({"BLOCK_M": m, "BLOCK_D": d}, num_warps=w)
-                                          for m, d, w in ((4, 256, 4), (8, 256, 8), (8, 512, 8))],
-             key=["D"])
 
 
 def _launch(kernel, grid, *args):
     kernel[grid](*args, **(_FIXED if INTERPRET else {}))
+
+
+def _bwd_config(dim):
+    """Fixed, not autotuned: the tile sets the dgate summation order (bitwise reproducible)."""
+    if INTERPRET:
+        return _FIXED
+    return {"BLOCK_M": 4, "BLOCK_D": min(512, triton.next_power_of_2(dim)), "num_warps": 4}
 
 
 def gated_residual_fwd(x, y, gate, seg):
@@ -190,10 +197,11 @@ def gated_residual_bwd(dout, y, gate, seg):
     items = plan["start"].shape[0]
     dy = torch.empty_like(y)
     partials = torch.empty(items, dim, device=dout.device, dtype=torch.float32)
-    grid = lambda meta: (items, triton.cdiv(dim, meta["BLOCK_D"]))
-    _launch(_bwd, grid, dout, y, gate, dy, partials, plan["start"], plan["end"], plan["seg"],
-            per_item, dim, dout.stride(0), y.stride(0), gate.stride(0),
-            dy.stride(0), partials.stride(0))
+    config = _bwd_config(dim)
+    grid = (items, triton.cdiv(dim, config["BLOCK_D"]))
+    _gated_residual_bwd_kernel[grid](dout, y, gate, dy, partials, plan["start"], plan["end"],
+                                     plan["seg"], per_item, dim, dout.stride(0), y.stride(0),
+                                     gate.stride(0), dy.stride(0), partials.stride(0), **config)
     dgate = segment_sum(partials, plan["first"], plan["last"], gate.dtype)
     return dout, dy, dgate
 
@@ -211,8 +219,8 @@ def static_specs():
     return [
         ast_spec(_gated_residual_fwd_kernel, fwd_sig, {"BLOCK_M": 8, "BLOCK_D": 256},
                  [n for n in fwd_sig if n != "T"], num_warps=4),
-        ast_spec(_gated_residual_bwd_kernel, bwd_sig, {"BLOCK_M": 8, "BLOCK_D": 256},
-                 [n for n in bwd_sig if n != "R"], num_warps=8),
+        ast_spec(_gated_residual_bwd_kernel, bwd_sig, {"BLOCK_M": 4, "BLOCK_D": 512},
+                 [n for n in bwd_sig if n != "R"], num_warps=4),
         ast_spec(_segment_sum_kernel, sum_sig, {"BLOCK_I": 8, "BLOCK_D": 256}, list(sum_sig),
                  num_warps=4),
     ]
