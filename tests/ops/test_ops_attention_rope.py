@@ -136,3 +136,30 @@ def test_rope_axial_scores_depend_on_relative_position_only():
     x = torch.randn(6, 2, 8)
     y = ops.rope_axial(x, torch.randint(0, 9, (6, 2)))
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
+
+
+def test_reference_attention_batches_each_length_group(monkeypatch):
+    """50 segments of 2 distinct lengths (and empty ones) -> one batched pass per length."""
+    calls = []
+    heads_first = reference._heads_first
+
+    def counting(t, tok):
+        calls.append(tuple(tok.shape))
+        return heads_first(t, tok)
+
+    monkeypatch.setattr(reference, "_heads_first", counting)
+    lengths = [3, 5, 0] * 25
+    inputs = attention_inputs(lengths, 2, 8)
+    q = inputs["q"].requires_grad_()
+    ops.varlen_attention(q, inputs["k"], inputs["v"], inputs["cu_seqlens"], 5).sum().backward()
+    assert sorted(set(calls)) == [(25, 3), (25, 5)]
+    assert len(calls) == 2 * (3 + 5)      # q, k, v forward; q, k, v, do, o backward
+
+
+def test_non_contiguous_inputs():
+    torch.manual_seed(12)
+    q, k, v = (torch.randn(2, 9, 8).transpose(0, 1) for _ in range(3))   # [9, 2, 8] strided
+    cu = cu_seqlens([4, 5])
+    torch.testing.assert_close(ops.varlen_attention(q, k, v, cu, 5), torch_varlen_attention(q, k, v, cu, 5))
+    pos = torch.randint(0, 9, (2, 9)).t()
+    torch.testing.assert_close(ops.rope_axial(q, pos), torch_rope_axial(q, pos))
