@@ -176,3 +176,18 @@ def test_unconditional_model_takes_no_labels():
     assert model(x, t).shape == x.shape
     with pytest.raises(ValueError, match="num_classes=0"):
         model(x, t, torch.zeros(3, dtype=torch.int64))
+
+
+def test_forward_backward_without_host_syncs(flavour_config):
+    # Meta tensors hold no data, so any .item()/.tolist()/nonzero on the hot path would raise:
+    # with rates given on the host, the routed forward and backward are sync-free.
+    with torch.device("meta"):
+        model = RoutedDiT(flavour_config).train()
+        x = torch.randn(3, flavour_config.in_channels, 8, 8, requires_grad=True)
+        t, y = torch.rand(3), torch.zeros(3, dtype=torch.int64)
+        v, keep = model(x, t, y, gamma=[0.5, 0.2, 0.0], return_keep=True)
+        v.sum().backward()
+    assert v.shape == x.shape and x.grad.shape == x.shape and keep.shape == (1, 3, 16)
+    kept = 8 + 13 + 16                                      # keep(16, .5), keep(16, .2), 16
+    expected = [kept] * 4 + [48] * 2 if flavour_config.maskdit else [48, kept, kept, 48]
+    assert model.route_counts == expected
