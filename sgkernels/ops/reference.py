@@ -30,9 +30,9 @@ _ATTN_CHUNK_ELEMS = 1 << 24
 
 def _segment_sum(values, seg, num_segments):
     """Σ over rows of `values` [T, D] (fp32) grouped by the non-decreasing `seg` -> [S, D] fp32."""
-    lengths = torch.bincount(seg.long(), minlength=num_segments)
     if values.shape[0] == 0:
         return values.new_zeros(num_segments, values.shape[1])
+    lengths = torch.bincount(seg.long(), minlength=num_segments)
     return torch.segment_reduce(values, "sum", lengths=lengths, axis=0, unsafe=True)
 
 
@@ -43,10 +43,8 @@ def _rms_stats(x, eps):
 
 
 def _rms_dx(g, xf, rstd):
-    """dx of x̂ = x·rstd given g = dL/dx̂ (fp32): r·g − x·r³·mean(g·x).
-
-    Written with x rather than x̂ = x·r: for D = 1 (x̂² ≈ 1) that avoids one rounding inside the
-    cancellation g − x̂·mean(g·x̂)."""
+    """dx of x̂ = x·rstd given g = dL/dx̂ (fp32): r·g − x·r³·mean(g·x), the arrangement of
+    PyTorch's own RMSNorm backward (rows with D = 1 are ill-conditioned: x̂² ≈ 1 cancels)."""
     r = rstd[:, None]
     return r * g - xf * (r * r * r) * (g * xf).mean(-1, keepdim=True)
 
