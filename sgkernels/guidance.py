@@ -167,6 +167,11 @@ def _check_step(step, steps) -> None:
         raise ValueError(f"step must be an int in [0, {steps}), got {step!r}")
 
 
+def _set(obj, name: str, value) -> None:
+    """Assign a validated field of a frozen guidance dataclass (in __post_init__ only)."""
+    object.__setattr__(obj, name, value)
+
+
 def merge_terms(raw) -> list[tuple[Branch, float]]:
     """Sum the coefficients of identical branches, keep first-seen order, drop zeros."""
     total: dict[Branch, float] = {}
@@ -204,14 +209,14 @@ class Guidance:
         return [branch for branch, _ in self.terms(step, steps)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Unguided(Guidance):
     """D(c) at drop rate gamma (dense by default); what `guidance=None` means."""
 
     gamma: float | Schedule = 0.0
 
     def __post_init__(self):
-        self.gamma = as_gamma(self.gamma, "gamma")
+        _set(self, "gamma", as_gamma(self.gamma, "gamma"))
 
     def _fallback(self, step, steps):
         return Branch("main", self.gamma(step, steps), "cond")
@@ -220,7 +225,7 @@ class Unguided(Guidance):
         return [(self._fallback(step, steps), 1.0)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CFG(Guidance):
     """Classifier-free guidance D(∅) + ω(D(c) − D(∅)); both branches at `gamma` (dense)."""
 
@@ -229,9 +234,9 @@ class CFG(Guidance):
     interval: tuple[float, float] | None = None
 
     def __post_init__(self):
-        self.scale = check_scale(self.scale, "scale")
-        self.gamma = as_gamma(self.gamma, "gamma")
-        self.interval = check_interval(self.interval)
+        _set(self, "scale", check_scale(self.scale, "scale"))
+        _set(self, "gamma", as_gamma(self.gamma, "gamma"))
+        _set(self, "interval", check_interval(self.interval))
 
     def _fallback(self, step, steps):
         return Branch("main", self.gamma(step, steps), "cond")
@@ -245,9 +250,9 @@ class _SparseBase(Guidance):
     """Shared validation of γ_strong / γ_weak and the optional weak checkpoint."""
 
     def _init_sparse(self):
-        self.gamma_strong = as_gamma(self.gamma_strong, "gamma_strong")
-        self.gamma_weak = as_gamma(self.gamma_weak, "gamma_weak")
-        self.interval = check_interval(self.interval)
+        _set(self, "gamma_strong", as_gamma(self.gamma_strong, "gamma_strong"))
+        _set(self, "gamma_weak", as_gamma(self.gamma_weak, "gamma_weak"))
+        _set(self, "interval", check_interval(self.interval))
         if not isinstance(self.allow_inverted, bool):
             raise TypeError(f"allow_inverted must be a bool, got {type(self.allow_inverted).__name__}")
         for a, b in ((self.gamma_strong.start, self.gamma_weak.start),
@@ -274,7 +279,7 @@ class _SparseBase(Guidance):
         return Branch("main", self.gamma_strong(step, steps), "cond")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SparseGuidance(_SparseBase):
     """Sparse Guidance D_w(c) + ω(D_s(c) − D_w(c)); the weak branch optionally from `weak_model`.
 
@@ -291,7 +296,7 @@ class SparseGuidance(_SparseBase):
     allow_inverted: bool = False
 
     def __post_init__(self):
-        self.scale = check_scale(self.scale, "scale")
+        _set(self, "scale", check_scale(self.scale, "scale"))
         self._init_sparse()
 
     @classmethod
@@ -312,7 +317,7 @@ class SparseGuidance(_SparseBase):
         return [(Branch("main", strong, "cond"), w), (Branch(self._weak, weak, "cond"), 1.0 - w)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class AutoGuidance(Guidance):
     """AutoGuidance D_bad(c) + ω(D(c) − D_bad(c)), both dense; D_bad = `weak_model`.
 
@@ -326,8 +331,8 @@ class AutoGuidance(Guidance):
     def __post_init__(self):
         if self.weak_model is None:
             raise ValueError("AutoGuidance needs weak_model (a weaker or earlier model), got None")
-        self.scale = check_scale(self.scale, "scale")
-        self.interval = check_interval(self.interval)
+        _set(self, "scale", check_scale(self.scale, "scale"))
+        _set(self, "interval", check_interval(self.interval))
 
     def _fallback(self, step, steps):
         return Branch("main", 0.0, "cond")
@@ -337,7 +342,7 @@ class AutoGuidance(Guidance):
         return [(Branch("main", 0.0, "cond"), w), (Branch("weak", 0.0, "cond"), 1.0 - w)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CFGSparseGuidance(_SparseBase):
     """CFG combined with SG by one of the rules "direct", "inner", "compositional", "ip2p"."""
 
@@ -351,8 +356,8 @@ class CFGSparseGuidance(_SparseBase):
     allow_inverted: bool = False
 
     def __post_init__(self):
-        self.cfg_scale = check_scale(self.cfg_scale, "cfg_scale")
-        self.sg_scale = check_scale(self.sg_scale, "sg_scale")
+        _set(self, "cfg_scale", check_scale(self.cfg_scale, "cfg_scale"))
+        _set(self, "sg_scale", check_scale(self.sg_scale, "sg_scale"))
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         self._init_sparse()

@@ -108,3 +108,11 @@ def test_step_arguments_are_checked():
         g.branches(5, 5)
     with pytest.raises(ValueError, match="steps must be"):
         g.branches(0, 0)
+
+
+def test_guidance_objects_are_immutable():
+    import dataclasses
+    g = SparseGuidance(2.0, 0.5, 0.9)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.scale = -1.0                      # would bypass validation
+    assert g == SparseGuidance(2.0, Schedule.constant(0.5), 0.9)
