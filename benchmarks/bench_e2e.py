@@ -10,8 +10,9 @@ from the timed steps to a `--steps` run):
     packed gain       = t_step(branches as separate forwards) / t_step(one packed forward)
 Training, per batch size: one step = flow-matching loss ‖v_θ(x_t, t, y) − (x − z)‖² on random
 data, backward, AdamW step; TREAD (train mode: the config's routes, e.g. r_{2→24} at 0.5 on
-SiT-XL/2) vs dense (gamma 0). Predicted speedup = forward GFLOPs dense / routed (the backward
-costs ≈ 2× the forward in both). On CUDA: bf16 autocast, fp32 weights, peak memory reported.
+SiT-XL/2) vs dense (gamma 0), one model and optimizer, timed round-robin. Predicted speedup =
+forward GFLOPs dense / routed (the backward costs ≈ 2× the forward in both). On CUDA: bf16
+autocast, fp32 weights, and the peak memory of one step above the resident model + optimizer.
 """
 from __future__ import annotations
 
@@ -35,40 +36,48 @@ def methods() -> dict:
 
 
 def bench_sampling(model, batch, steps, timed, repeats, device, dtype) -> list[dict]:
+    """All methods, packed and separate, timed round-robin; speedups are per-round medians."""
     cfg = model.config
+    named = list(methods().items())
+    fns = [common.sampling_fn(model, g, batch, timed, device, dtype, packed=packed)
+           for _, g in named for packed in (True, False)]
+    timings = [common.Timing(tuple(t / timed for t in x.times))
+               for x in common.time_interleaved(fns, device, repeats)]
+    t_cfg = timings[2 * [n for n, _ in named].index("cfg")]
+    gflops_cfg = sampling_gflops(cfg, methods()["cfg"], steps)
     rows = []
-    for name, guidance in methods().items():
-        packed = common.time_sampling(model, guidance, batch, timed, device, dtype,
-                                      repeats=repeats).median
-        separate = common.time_sampling(model, guidance, batch, timed, device, dtype,
-                                        repeats=repeats, packed=False).median
-        rows.append({"part": "sampling", "method": name, "batch": batch,
-                     "ms_per_step": packed * 1e3, "ms_per_step_separate": separate * 1e3,
-                     "images_per_s": batch / (steps * packed),
-                     "gflops_per_image_step": sampling_gflops(cfg, guidance, steps),
-                     "packed_gain": separate / packed})
-    cfg_row = next(r for r in rows if r["method"] == "cfg")
-    for r in rows:
-        r["speedup_vs_cfg"] = cfg_row["ms_per_step"] / r["ms_per_step"]
-        r["predicted_speedup"] = cfg_row["gflops_per_image_step"] / r["gflops_per_image_step"]
-        r["realized_fraction"] = r["speedup_vs_cfg"] / r["predicted_speedup"]
+    for k, (name, guidance) in enumerate(named):
+        packed, separate = timings[2 * k], timings[2 * k + 1]
+        gflops = sampling_gflops(cfg, guidance, steps)
+        row = {"part": "sampling", "method": name, "batch": batch,
+               "ms_per_step": packed.median * 1e3, "spread": packed.spread,
+               "ms_per_step_separate": separate.median * 1e3,
+               "images_per_s": batch / (steps * packed.median),
+               "gflops_per_image_step": gflops,
+               "speedup_vs_cfg": common.ratio_median(t_cfg, packed),
+               "predicted_speedup": gflops_cfg / gflops,
+               "packed_gain": common.ratio_median(separate, packed)}
+        row["realized_fraction"] = row["speedup_vs_cfg"] / row["predicted_speedup"]
+        rows.append(row)
     return rows
 
 
 def bench_training(config, batch, timed, repeats, device) -> list[dict]:
-    """ms per optimizer step, TREAD-routed vs dense, on a fresh fp32 model per variant."""
-    cuda = device.type == "cuda"
-    rows = []
-    for name, gamma in (("dense", 0.0), ("tread", None)):
-        torch.manual_seed(0)
-        model = RoutedDiT(config).to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-        gen = torch.Generator(device=device).manual_seed(0)
-        shape = (batch, config.in_channels, config.input_size, config.input_size)
-        x = torch.randn(shape, generator=gen, device=device)
-        y = torch.randint(0, config.num_classes, (batch,), generator=gen, device=device)
+    """ms per optimizer step, dense vs TREAD-routed, on one fp32 model + AdamW, round-robin.
 
-        def step():
+    CUDA: also the peak memory a step allocates on top of the resident model and optimizer.
+    """
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = RoutedDiT(config).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (batch, config.in_channels, config.input_size, config.input_size)
+    x = torch.randn(shape, generator=gen, device=device)
+    y = torch.randint(0, config.num_classes, (batch,), generator=gen, device=device)
+
+    def steps(gamma):
+        def run():
             for _ in range(timed):
                 z = torch.randn(shape, generator=gen, device=device)
                 t = torch.rand(batch, generator=gen, device=device)
@@ -78,20 +87,27 @@ def bench_training(config, batch, timed, repeats, device) -> list[dict]:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+        return run
 
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        timing = common.time_fn(step, device, warmup=1, repeats=repeats)
+    variants = (("dense", 0.0), ("tread", None))  # gamma None in train mode: the config's routes
+    timings = common.time_interleaved([steps(g) for _, g in variants], device, repeats)
+    rows = []
+    for (name, gamma), timing in zip(variants, timings):
         t_step = timing.median / timed
         row = {"part": "training", "method": name, "batch": batch, "ms_per_step": t_step * 1e3,
-               "images_per_s": batch / t_step,
+               "spread": timing.spread, "images_per_s": batch / t_step,
                "gflops_per_image_fwd": forward_gflops(config, gamma)}
         if cuda:
-            row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(device)
+            resident = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            steps(gamma)()
+            torch.cuda.synchronize(device)
+            row["step_peak_mem_gib"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
         rows.append(row)
-        del model, opt
     dense, tread = rows
-    tread["speedup_vs_dense"] = dense["ms_per_step"] / tread["ms_per_step"]
+    tread["speedup_vs_dense"] = common.ratio_median(timings[0], timings[1])
     tread["predicted_speedup"] = dense["gflops_per_image_fwd"] / tread["gflops_per_image_fwd"]
     tread["realized_fraction"] = tread["speedup_vs_dense"] / tread["predicted_speedup"]
     return rows

@@ -37,7 +37,6 @@ MODES = ("fwd", "bwd", "fwdbwd")
 LAYOUTS = ("dense", "routed", "packed")
 OPS = ("rms_norm", "rms_norm_modulate", "gated_residual", "swiglu", "route_gather",
        "route_scatter", "rope_axial", "varlen_attention")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def keep(n: int, gamma: float) -> int:
@@ -332,7 +331,7 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=None, help="tokens per image, default 256")
     p.add_argument("--batches", nargs="+", type=int, default=None,
                    help="default 16 256 on CUDA, 2 on CPU")
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="default bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", choices=common.DTYPES, default=None, help="default bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time torch.compile of the reference (default: on CUDA only)")
     p.add_argument("--warmup", type=int, default=None)
@@ -354,7 +353,7 @@ def main(argv=None) -> list[dict]:
     heads = args.heads or (4 if quick else 16)
     tokens = args.tokens or (64 if quick else 256)
     batches = args.batches or ([4] if quick else [2] if not cuda else [16, 256])
-    dtype = DTYPES[args.dtype or ("bf16" if cuda and not quick else "fp32")]
+    dtype = common.DTYPES[args.dtype or ("bf16" if cuda and not quick else "fp32")]
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     repeats = args.repeats if args.repeats is not None else (10 if cuda else 3)
     compile_ref = cuda if args.compile is None else args.compile

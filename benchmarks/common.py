@@ -96,6 +96,34 @@ def time_fn(fn, device: torch.device, warmup: int = 2, repeats: int = 5) -> Timi
     return Timing(tuple(times))
 
 
+def time_interleaved(fns, device: torch.device, repeats: int = 3,
+                     warmup: tuple[int, ...] | None = None) -> list[Timing]:
+    """Time several callables round-robin: repeat k times fns[0], fns[1], … in turn.
+
+    Calls of different functions are adjacent in time, so ratios taken per round
+    (`ratio_median`) cancel slow drifts of machine load. warmup[i]: untimed calls of fns[i]
+    first (default 1 each).
+    """
+    warmup = (1,) * len(fns) if warmup is None else tuple(warmup)
+    if len(warmup) != len(fns):
+        raise ValueError(f"warmup must give one count per function ({len(fns)}), got {warmup}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    for fn, n in zip(fns, warmup):
+        for _ in range(n):
+            fn()
+    rounds = [[time_fn(fn, device, warmup=0, repeats=1).times[0] for fn in fns]
+              for _ in range(repeats)]
+    return [Timing(tuple(r[i] for r in rounds)) for i in range(len(fns))]
+
+
+def ratio_median(num: Timing, den: Timing) -> float:
+    """Median over rounds of num.times[k] / den.times[k] (timings from one time_interleaved)."""
+    if len(num.times) != len(den.times):
+        raise ValueError(f"timings of different lengths: {len(num.times)} and {len(den.times)}")
+    return statistics.median(a / b for a, b in zip(num.times, den.times))
+
+
 def copy_bandwidth_gbps(device: torch.device, nbytes: int | None = None, repeats: int = 5) -> float:
     """Measured device-to-device copy bandwidth in GB/s (1e9 bytes/s), 2·nbytes per copy."""
     if nbytes is None:
@@ -205,40 +233,42 @@ def gamma_values(step: float) -> list[float]:
 
 
 def heatmap(ax, values, gammas, title: str, fmt: str = "{:.2g}", cmap: str = "viridis",
-            colorbar_label: str | None = None):
+            center: float | None = None):
     """Draw `values` [len(gammas) γ_strong rows, len(gammas) γ_weak cols] on `ax`.
 
     NaN cells (γ_strong > γ_weak, or not measured) are masked and drawn grey; the others carry
-    their value as text when the grid is at most 20×20.
+    their value as text when the grid is at most 20×20. `center`: a diverging colour scale whose
+    midpoint is that value (e.g. 1 for a ratio).
     """
+    import matplotlib.colors as mcolors
     import matplotlib.pyplot as plt
     import numpy as np
 
     data = np.ma.masked_invalid(np.asarray(values, dtype=float))
+    finite = data.compressed()
     colormap = plt.get_cmap(cmap).copy()
     colormap.set_bad("#d9d9d9")
-    image = ax.imshow(data, origin="lower", cmap=colormap, aspect="equal")
-    ticks = range(len(gammas))
+    norm = None
+    if center is not None and finite.size:
+        norm = mcolors.TwoSlopeNorm(center, vmin=min(finite.min(), 0.5 * center),
+                                    vmax=max(finite.max(), 1.5 * center))
+    image = ax.imshow(data, origin="lower", cmap=colormap, norm=norm, aspect="equal")
+    ticks = list(range(len(gammas)))
     every = max(1, len(gammas) // 10)
-    ax.set_xticks(list(ticks)[::every], [f"{g:g}" for g in gammas][::every], fontsize=7)
-    ax.set_yticks(list(ticks)[::every], [f"{g:g}" for g in gammas][::every], fontsize=7)
+    labels = [f"{g:g}" for g in gammas]
+    ax.set_xticks(ticks[::every], labels[::every], fontsize=7)
+    ax.set_yticks(ticks[::every], labels[::every], fontsize=7)
     ax.set_xlabel("γ_weak")
     ax.set_ylabel("γ_strong")
     ax.set_title(title, fontsize=9)
     if len(gammas) <= 20:
         size = 7 if len(gammas) <= 10 else 4.5
-        finite = data.compressed()
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        for i in range(data.shape[0]):
-            for j in range(data.shape[1]):
-                if data.mask is not np.ma.nomask and data.mask[i, j]:
-                    continue
-                v = float(data[i, j])
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=size,
-                        color="black" if v > mid else "white")
-    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    if colorbar_label:
-        bar.set_label(colorbar_label, fontsize=8)
+        for i, j in zip(*np.nonzero(~np.ma.getmaskarray(data))):
+            v = float(data[i, j])
+            r, g, b, _ = colormap(image.norm(v))
+            color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=size, color=color)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return image
 
 
@@ -257,13 +287,12 @@ def build_model(preset: str, ckpt: str | None, device: torch.device, dtype: torc
     return model.to(device=device, dtype=dtype).eval()
 
 
-def time_sampling(model, guidance, batch: int, timed_steps: int, device: torch.device,
-                  dtype: torch.dtype, warmup: int = 1, repeats: int = 3, packed: bool = True,
-                  seed: int = 0) -> Timing:
-    """Seconds per sampler step of `sgkernels.sample` with `guidance` on `batch` images.
+def sampling_fn(model, guidance, batch: int, steps: int, device: torch.device,
+                dtype: torch.dtype, packed: bool = True, seed: int = 0):
+    """A zero-argument callable running `steps` Euler steps of `sgkernels.sample` on `batch` images.
 
-    Each timed call runs `timed_steps` Euler steps of a real sampling run (route scores drawn,
-    branches packed or separate, guidance combination, solver update); times are per step.
+    Each call is a real sampling run (route scores drawn, branches in one packed forward or as
+    separate forwards, guidance combination, solver update) from fixed noise and labels.
     """
     import sgkernels
 
@@ -274,8 +303,6 @@ def time_sampling(model, guidance, batch: int, timed_steps: int, device: torch.d
     labels = torch.randint(0, max(cfg.num_classes, 1), (batch,), generator=gen, device=device)
 
     def run():
-        sgkernels.sample(model, noise, labels, steps=timed_steps, guidance=guidance,
-                         generator=gen, packed=packed)
-
-    timing = time_fn(run, device, warmup=warmup, repeats=repeats)
-    return Timing(tuple(t / timed_steps for t in timing.times))
+        sgkernels.sample(model, noise, labels, steps=steps, guidance=guidance, generator=gen,
+                         packed=packed)
+    return run

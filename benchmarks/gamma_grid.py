@@ -6,8 +6,9 @@ report, next to the dense references unguided D(c) and CFG D(∅) + ω(D(c) − 
     (a) throughput   B / (steps · t_step) images/s: t_step, the median time of one guided sampler
                      step, is measured on `timed` steps and extrapolated to a `--steps` run
     (b) GFLOPs       per image per step, paper convention (linear-layer MACs, sgkernels.flops)
-    (c) speedup      t_step(CFG) / t_step(SG), same model and batch; CFG is re-timed before
-                     every γ_strong row and each row uses its own CFG time (load drifts)
+    (c) speedup      t_step(CFG) / t_step(SG), same model and batch: every cell is timed
+                     round-robin with CFG, and (c) is the median of the per-round ratios, so
+                     slow drifts of machine load cancel
     (d) realized     (c) / (GFLOPs(CFG) / GFLOPs(SG)): the fraction of the FLOP-predicted
                      speedup that the wall clock shows (1 = all of the sparsity is realized)
 On the diagonal γ_strong = γ_weak both branches are one branch (merged) and cost one forward.
@@ -18,6 +19,7 @@ Timing: CUDA events after warm-up on GPU, wall clock on CPU; medians over repeat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import time
@@ -52,6 +54,8 @@ def parse_args(argv=None):
                    help="evaluate branches as separate forwards (and compare with packed)")
     p.add_argument("--metric", default=None,
                    help="with --ckpt: quality heatmap on a coarse grid (needs sgkernels.eval)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop timing new cells after this many seconds (the rest stay empty)")
     p.add_argument("--quick", action="store_true",
                    help="coarse grid (step 0.25), fewer repeats, CPU batch 4")
     p.add_argument("--out", type=Path, default=Path("outputs/gamma_grid"))
@@ -91,61 +95,77 @@ def settings(args, device: torch.device) -> dict:
     }
 
 
-def measure(model, guidance, s, device, packed=True) -> common.Timing:
-    return common.time_sampling(model, guidance, s["batch"], s["timed"], device, s["dtype"],
-                                warmup=s["warmup"], repeats=s["repeats"], packed=packed)
+def per_step(t: common.Timing, timed: int) -> common.Timing:
+    return common.Timing(tuple(x / timed for x in t.times))
 
 
-def run_grid(model, s, device, separate: bool, steps: int) -> tuple[list[dict], dict]:
-    """Time every valid cell (and the references); returns CSV rows and reference values."""
-    cfg = model.config
+def interleaved(model, guidances, s, device, packed_flags, warmup) -> list[common.Timing]:
+    """Per-step timings of sampling with each guidance, timed round-robin (common.time_interleaved)."""
+    fns = [common.sampling_fn(model, g, s["batch"], s["timed"], device, s["dtype"], packed=p)
+           for g, p in zip(guidances, packed_flags)]
+    timings = common.time_interleaved(fns, device, s["repeats"], warmup)
+    return [per_step(t, s["timed"]) for t in timings]
+
+
+def run_grid(model, s, device, separate: bool, steps: int,
+             budget_s: float | None = None) -> tuple[list[dict], dict]:
+    """Time every valid cell (and the references); returns CSV rows and reference values.
+
+    Each cell is timed round-robin with CFG (and, with `separate`, with its packed forward), and
+    its speedup is the median of the per-round ratios. With budget_s, cells not started within
+    budget_s seconds are left out (not measured).
+    """
+    deadline = time.perf_counter() + budget_s if budget_s else math.inf
+    cfg, w = model.config, s["warmup"]
     gammas = common.gamma_values(s["step"])
     packed = not separate
-    cfg_guidance = CFG(SCALE)
+    cfg_guidance, sg_flops = CFG(SCALE), SparseGuidance(SCALE, *SG_FLOPS)
     gflops_cfg = sampling_gflops(cfg, cfg_guidance, steps)
-    refs = {"unguided": measure(model, None, s, device, packed),
-            "cfg": [measure(model, cfg_guidance, s, device, packed)],
-            "sg_flops": measure(model, SparseGuidance(SCALE, *SG_FLOPS), s, device, packed)}
+    t_cfg, t_unguided, t_sg_flops = interleaved(
+        model, [cfg_guidance, None, sg_flops], s, device, [packed] * 3, (w, w, w))
+    cfg_times = list(t_cfg.times)
     rows = []
     for i, g_s in enumerate(gammas):
-        if i:  # re-time CFG before each row (the first was timed above)
-            refs["cfg"].append(measure(model, cfg_guidance, s, device, packed))
-        t_cfg = refs["cfg"][-1].median
         for g_w in gammas[i:]:
+            if time.perf_counter() > deadline:
+                break
             guidance = SparseGuidance(SCALE, g_s, g_w)
-            timing = measure(model, guidance, s, device, packed)
+            flags = [packed, packed] + ([True] if separate else [])
+            t_c, t, *t_packed = interleaved(model, [cfg_guidance] + [guidance] * (len(flags) - 1),
+                                            s, device, flags, (0,) + (w,) * (len(flags) - 1))
+            cfg_times += t_c.times
             gflops = sampling_gflops(cfg, guidance, steps)
             row = {"gamma_strong": g_s, "gamma_weak": g_w,
-                   "ms_per_step": timing.median * 1e3, "spread": timing.spread,
-                   "images_per_s": s["batch"] / (steps * timing.median),
+                   "ms_per_step": t.median * 1e3, "spread": t.spread,
+                   "cfg_ms_per_step": t_c.median * 1e3,
+                   "images_per_s": s["batch"] / (steps * t.median),
                    "gflops_per_image_step": gflops,
                    "gflops_full": sampling_gflops(cfg, guidance, steps, convention="full"),
-                   "speedup_vs_cfg": t_cfg / timing.median,
+                   "speedup_vs_cfg": common.ratio_median(t_c, t),
                    "predicted_speedup": gflops_cfg / gflops}
             row["realized_fraction"] = row["speedup_vs_cfg"] / row["predicted_speedup"]
             if separate:
-                packed_t = measure(model, guidance, s, device, packed=True).median
-                row["packed_gain"] = timing.median / packed_t
+                row["packed_gain"] = common.ratio_median(t, t_packed[0])
             rows.append(row)
             print(f"γ_s {g_s:4.2f} γ_w {g_w:4.2f}: {row['ms_per_step']:8.1f} ms/step "
                   f"{row['images_per_s']:8.2f} img/s  speedup {row['speedup_vs_cfg']:.2f} "
                   f"(FLOPs {row['predicted_speedup']:.2f})", flush=True)
-    t_cfg = torch.tensor([t.median for t in refs["cfg"]]).median().item()
+    cfg_all = common.Timing(tuple(cfg_times))
     reference = {
-        "unguided": reference_values(s, steps, refs["unguided"].median, t_cfg,
+        "unguided": reference_values(s, steps, t_unguided, common.ratio_median(t_cfg, t_unguided),
                                      sampling_gflops(cfg, None, steps), gflops_cfg),
-        "cfg": reference_values(s, steps, t_cfg, t_cfg, gflops_cfg, gflops_cfg),
-        "sg_flops_0.5_0.9": reference_values(
-            s, steps, refs["sg_flops"].median, t_cfg,
-            sampling_gflops(cfg, SparseGuidance(SCALE, *SG_FLOPS), steps), gflops_cfg),
-        "cfg_ms_per_step_each_row": [t.median * 1e3 for t in refs["cfg"]],
+        "cfg": reference_values(s, steps, cfg_all, 1.0, gflops_cfg, gflops_cfg),
+        "sg_flops_0.5_0.9": reference_values(s, steps, t_sg_flops,
+                                             common.ratio_median(t_cfg, t_sg_flops),
+                                             sampling_gflops(cfg, sg_flops, steps), gflops_cfg),
     }
     return rows, reference
 
 
-def reference_values(s, steps, t, t_cfg, gflops, gflops_cfg) -> dict:
-    speedup, predicted = t_cfg / t, gflops_cfg / gflops
-    return {"ms_per_step": t * 1e3, "images_per_s": s["batch"] / (steps * t),
+def reference_values(s, steps, t: common.Timing, speedup, gflops, gflops_cfg) -> dict:
+    predicted = gflops_cfg / gflops
+    return {"ms_per_step": t.median * 1e3, "spread": t.spread,
+            "images_per_s": s["batch"] / (steps * t.median),
             "gflops_per_image_step": gflops, "speedup_vs_cfg": speedup,
             "predicted_speedup": predicted, "realized_fraction": speedup / predicted}
 
@@ -168,20 +188,20 @@ def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
     gammas = common.gamma_values(s["step"])
     ref_u, ref_c = reference["unguided"], reference["cfg"]
     panels = [("images_per_s", f"(a) images/s (CFG {ref_c['images_per_s']:.3g}, "
-                               f"unguided {ref_u['images_per_s']:.3g})", "{:.3g}", "viridis"),
+                               f"unguided {ref_u['images_per_s']:.3g})", "{:.3g}", "viridis", None),
               ("gflops_per_image_step", f"(b) GFLOPs/image/step (CFG "
                                         f"{ref_c['gflops_per_image_step']:.3g}, unguided "
                                         f"{ref_u['gflops_per_image_step']:.3g})", "{:.3g}",
-               "magma"),
+               "magma", None),
               ("speedup_vs_cfg", f"(c) speedup over CFG (unguided "
-                                 f"{ref_u['speedup_vs_cfg']:.2f}×)", "{:.2f}", "viridis"),
-              ("realized_fraction", "(d) measured / FLOP-predicted speedup", "{:.2f}", "RdYlGn")]
+                                 f"{ref_u['speedup_vs_cfg']:.2f}×)", "{:.2f}", "viridis", None),
+              ("realized_fraction", "(d) measured / FLOP-predicted speedup", "{:.2f}", "RdYlGn", 1.0)]
     if separate:
-        panels.append(("packed_gain", "(e) t(separate) / t(packed)", "{:.2f}", "viridis"))
+        panels.append(("packed_gain", "(e) t(separate) / t(packed)", "{:.2f}", "RdYlGn", 1.0))
     cols = 3 if separate else 2
     fig, axes = plt.subplots(2, cols, figsize=(6.2 * cols, 11))
-    for ax, (key, title, fmt, cmap) in zip(axes.flat, panels):
-        common.heatmap(ax, grid_array(rows, gammas, key), gammas, title, fmt, cmap)
+    for ax, (key, title, fmt, cmap, center) in zip(axes.flat, panels):
+        common.heatmap(ax, grid_array(rows, gammas, key), gammas, title, fmt, cmap, center)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     m = record["machine"]
@@ -206,11 +226,10 @@ def main(argv=None) -> dict:
     model = common.build_model(s["model"], args.ckpt, device, s["dtype"])
     backend = args.backend
     start = time.perf_counter()
-    if backend == "auto":
-        rows, reference = run_grid(model, s, device, args.separate, args.steps)
-    else:
-        with ops.use_backend(backend):
-            rows, reference = run_grid(model, s, device, args.separate, args.steps)
+    forced = contextlib.nullcontext() if backend == "auto" else ops.use_backend(backend)
+    with forced:
+        rows, reference = run_grid(model, s, device, args.separate, args.steps, args.budget_s)
+    n = len(common.gamma_values(s["step"]))
     record = {
         "what": "Sparse Guidance sampling over the (gamma_strong, gamma_weak) grid",
         "machine": common.machine_info(device),
@@ -226,6 +245,7 @@ def main(argv=None) -> dict:
                    + f"; images/s extrapolated to a {args.steps}-step run"),
         "flops_convention": "paper (linear-layer MACs; attention products excluded)",
         "reference": reference, "cells": len(rows),
+        "cells_valid": n * (n + 1) // 2,
         "seconds": round(time.perf_counter() - start, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
