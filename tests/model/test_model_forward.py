@@ -191,3 +191,19 @@ def test_forward_backward_without_host_syncs(flavour_config):
     kept = 8 + 13 + 16                                      # keep(16, .5), keep(16, .2), 16
     expected = [kept] * 4 + [48] * 2 if flavour_config.maskdit else [48, kept, kept, 48]
     assert model.route_counts == expected
+
+
+def test_maskdit_output_ignores_masked_patches():
+    # The encoder never sees masked tokens and the decoder puts the mask token there, so the
+    # input pixels of masked patches cannot influence the output (unlike TREAD routing).
+    cfg = small_config("llama", maskdit=True)
+    model = randomize_(RoutedDiT(cfg)).train()
+    x, t, y = inputs(cfg, batch=2)
+    scores = torch.rand(1, 2, 16, generator=torch.Generator().manual_seed(6))
+    v, keep = model(x, t, y, gamma=0.5, route_scores=scores, return_keep=True)
+    pixel_mask = keep[0].view(2, 1, 4, 1, 4, 1).expand(2, 2, 4, 2, 4, 2).reshape(2, 2, 8, 8)
+    noisy = torch.where(pixel_mask, x, torch.randn_like(x) * 5)
+    assert torch.equal(model(noisy, t, y, gamma=0.5, route_scores=scores), v)
+    routed = randomize_(RoutedDiT(small_config("llama"))).train()
+    assert not torch.equal(routed(noisy, t, y, gamma=0.5, route_scores=scores),
+                           routed(x, t, y, gamma=0.5, route_scores=scores))
