@@ -83,7 +83,8 @@ class Schedule:
                 raise ValueError(f"Schedule.{name} must be finite, got {value}")
             object.__setattr__(self, name, float(value))
         if self.kind == "constant" and self.start != self.end:
-            raise ValueError(f"a constant Schedule needs start == end, got {self.start}, {self.end}")
+            raise ValueError(f"a constant Schedule needs start == end, got {self.start}, "
+                             f"{self.end}")
 
     @classmethod
     def constant(cls, value: float) -> Schedule:
@@ -254,7 +255,8 @@ class _SparseBase(Guidance):
         _set(self, "gamma_weak", as_gamma(self.gamma_weak, "gamma_weak"))
         _set(self, "interval", check_interval(self.interval))
         if not isinstance(self.allow_inverted, bool):
-            raise TypeError(f"allow_inverted must be a bool, got {type(self.allow_inverted).__name__}")
+            raise TypeError(f"allow_inverted must be a bool, got "
+                            f"{type(self.allow_inverted).__name__}")
         for a, b in ((self.gamma_strong.start, self.gamma_weak.start),
                      (self.gamma_strong.end, self.gamma_weak.end)):
             self._check_order(a, b)

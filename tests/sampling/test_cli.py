@@ -57,7 +57,8 @@ def test_random_preset_writes_npz_grid_and_costs(tmp_path):
 
 
 def test_checkpoint_guided_sampling_matches_the_api(tmp_path):
-    main_ckpt, weak_ckpt = write_ckpt(tmp_path / "a.pt", seed=0), write_ckpt(tmp_path / "b.pt", seed=1)
+    main_ckpt = write_ckpt(tmp_path / "a.pt", seed=0)
+    weak_ckpt = write_ckpt(tmp_path / "b.pt", seed=1)
     arr, labels = run_cli(tmp_path, "--ckpt", main_ckpt, "--weak-ckpt", weak_ckpt, "--num", "3",
                           "--batch", "3", "--steps", "2", "--solver", "heun", "--seed", "5",
                           "--guidance", "cfg+sg", "--cfg-scale", "1.5", "--sg-scale", "0.5",

@@ -44,8 +44,8 @@ def test_autoguidance_counts_the_weak_model_at_its_own_size():
 def test_sg_fid_schedules_average_over_steps():
     small, steps = presets.get("SiT-B/2"), 8
     g = SparseGuidance.sg_fid(2.0, small)
-    per_step = [forward_gflops(XL, g.gamma_strong(i, steps)) + forward_gflops(small, g.gamma_weak(i, steps))
-                for i in range(steps)]
+    per_step = [forward_gflops(XL, g.gamma_strong(i, steps))
+                + forward_gflops(small, g.gamma_weak(i, steps)) for i in range(steps)]
     assert sampling_gflops(XL, g, steps) == pytest.approx(math.fsum(per_step) / steps)
 
 
