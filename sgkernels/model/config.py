@@ -98,6 +98,8 @@ class ModelConfig:
         if self.flavour not in FLAVOURS:
             raise ValueError(f"ModelConfig.flavour must be one of {FLAVOURS}, got {self.flavour!r}")
         _check_heads("dim", self.dim, "heads", self.heads, self.flavour)
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"ModelConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
         check_gamma(self.mask_ratio, "ModelConfig.mask_ratio")
         for r in self.routes:
             if r.end >= self.depth:
@@ -144,14 +146,6 @@ class ModelConfig:
             return int(dim * self.mlp_ratio)
         return MLP_MULTIPLE * math.ceil(int(dim * self.mlp_ratio) / MLP_MULTIPLE)
 
-    def route_of(self) -> list[int]:
-        """For each block, the index of the route containing it, or -1."""
-        owner = [-1] * self.depth
-        for i, r in enumerate(self.routes):
-            for b in range(r.start, r.end + 1):
-                owner[b] = i
-        return owner
-
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
@@ -180,6 +174,9 @@ def _check_heads(dim_name: str, dim: int, heads_name: str, heads: int, flavour: 
     if heads < 1 or dim % heads:
         raise ValueError(f"ModelConfig.{dim_name} ({dim}) must be divisible by "
                          f"{heads_name} ({heads})")
+    if flavour == "sit" and dim % 4:
+        raise ValueError(f"sit flavour needs {dim_name} divisible by 4 for the 2-D sin-cos "
+                         f"positions, got {dim}")
     if flavour == "llama" and (dim // heads) % 4:
         raise ValueError(f"llama flavour needs a head dim divisible by 4 for axial RoPE, got "
                          f"{dim_name} {dim} / {heads_name} {heads} = {dim // heads}")

@@ -74,6 +74,8 @@ def test_unknown_preset_lists_names():
     (dict(mask_ratio=1.0), r"\[0, 1\)"),
     (dict(decoder_depth=2), "cannot be combined with routes"),
     (dict(dim=24, heads=4), "head dim divisible by 4"),
+    (dict(flavour="sit", dim=30, heads=3, mlp_ratio=4.0), "sin-cos"),
+    (dict(mlp_ratio=0.0), "mlp_ratio"),
 ])
 def test_config_errors(changes, match):
     with pytest.raises(ValueError, match=match):
