@@ -74,8 +74,13 @@ fi
 site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 export CPATH="$site/nvidia/cu13/include${CPATH:+:$CPATH}"
 tp=$(date +%s)
-"$venv/bin/pip" install -q --no-build-isolation --no-deps --force-reinstall . 2>&1 \
-  | grep -v "^\s*$" | tail -20
+if ! "$venv/bin/pip" install --no-build-isolation --no-deps --force-reinstall . \
+    > "$tmp/pip.log" 2>&1; then
+  tail -40 "$tmp/pip.log"
+  echo "FAIL: pip install --no-build-isolation . did not build sgkernels._C"
+  exit 1
+fi
+grep -h "^sgkernels:" "$tmp/pip.log" || true
 echo "   pip install --no-build-isolation . took $(since "$tp") s (MAX_JOBS=$MAX_JOBS)"
 (cd "$tmp" && "$venv/bin/python" - <<'EOF'
 import torch

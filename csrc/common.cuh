@@ -103,36 +103,39 @@ __device__ __forceinline__ int64_t lower_bound(const int32_t* seg, int64_t n, in
 constexpr int kReduceCols = 32;
 constexpr int kReduceLanes = 8;
 
-// Stage 2 (see top). grid = (ceil(D / 32), n_out), block = (32, 8).
+// Stage 2 (see top). grid = (ceil(D / 32), min(n_out, 65535)), block = (32, 8).
 // seg == nullptr: one output row summing partial rows [0, n_parts). Otherwise output row s sums
 // the partial rows of segment s. out[s, c] = mult[c] * sum (mult may be null).
 template <typename T>
 __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
 piece_reduce_kernel(const float* __restrict__ part, const int32_t* __restrict__ seg,
                     const T* __restrict__ mult, T* __restrict__ out, int64_t M, int64_t D,
-                    int64_t rows_per_group, int64_t n_parts) {
+                    int64_t rows_per_group, int64_t n_parts, int64_t n_out) {
   __shared__ float sums[kReduceLanes][kReduceCols];
   const int64_t c = (int64_t)blockIdx.x * kReduceCols + threadIdx.x;
-  const int32_t s = blockIdx.y;
-  int64_t first = 0, last = n_parts - 1, base = 0;
-  if (seg != nullptr) {
-    const int64_t lo = lower_bound(seg, M, s), hi = lower_bound(seg, M, s + 1);
-    first = lo / rows_per_group;
-    last = lo < hi ? (hi - 1) / rows_per_group : first - 1;
-    base = s;
-  }
-  float acc = 0.f;
-  if (c < D)
-    for (int64_t g = first + threadIdx.y; g <= last; g += kReduceLanes)
-      acc += part[(g + base) * D + c];
-  sums[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < D) {
-    float total = 0.f;
+  for (int64_t s = blockIdx.y; s < n_out; s += gridDim.y) {
+    int64_t first = 0, last = n_parts - 1, base = 0;
+    if (seg != nullptr) {
+      const int64_t lo = lower_bound(seg, M, (int32_t)s);
+      const int64_t hi = lower_bound(seg, M, (int32_t)s + 1);
+      first = lo / rows_per_group;
+      last = lo < hi ? (hi - 1) / rows_per_group : first - 1;
+      base = s;
+    }
+    float acc = 0.f;
+    if (c < D)
+      for (int64_t g = first + threadIdx.y; g <= last; g += kReduceLanes)
+        acc += part[(g + base) * D + c];
+    sums[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < D) {
+      float total = 0.f;
 #pragma unroll
-    for (int l = 0; l < kReduceLanes; ++l) total += sums[l][threadIdx.x];
-    if (mult != nullptr) total *= to_f(mult[c]);
-    out[(int64_t)s * D + c] = from_f<T>(total);
+      for (int l = 0; l < kReduceLanes; ++l) total += sums[l][threadIdx.x];
+      if (mult != nullptr) total *= to_f(mult[c]);
+      out[s * D + c] = from_f<T>(total);
+    }
+    __syncthreads();  // sums is reused by the next segment
   }
 }
 
@@ -141,9 +144,10 @@ inline void launch_piece_reduce(const float* part, const int32_t* seg, const T* 
                                 int64_t M, int64_t D, int64_t rows_per_group, int64_t n_parts,
                                 int64_t n_out, cudaStream_t stream) {
   if (D == 0 || n_out == 0) return;
-  const dim3 grid((unsigned)((D + kReduceCols - 1) / kReduceCols), (unsigned)n_out);
+  const dim3 grid((unsigned)((D + kReduceCols - 1) / kReduceCols),
+                  (unsigned)(n_out < 65535 ? n_out : 65535));
   piece_reduce_kernel<T><<<grid, dim3(kReduceCols, kReduceLanes), 0, stream>>>(
-      part, seg, mult, out, M, D, rows_per_group, n_parts);
+      part, seg, mult, out, M, D, rows_per_group, n_parts, n_out);
 }
 
 // ---- host-side planning ---------------------------------------------------------------------
@@ -212,17 +216,18 @@ inline int sm_count() {
 
 // Row partition of the two-stage reductions: G groups of R consecutive rows (G * R >= M,
 // every group non-empty). At least 16 rows per group keeps the partials small next to the
-// inputs; at most ~1024 resident threads per SM worth of groups.
+// inputs; at most 32 groups per SM. It depends only on M and the device, so the workspace size
+// (queried first) and the launch always agree.
 struct Partition {
   int64_t groups;
   int64_t rows_per_group;
 };
 
-inline Partition partition_rows(int64_t M, const RowPlan& p) {
+inline Partition partition_rows(int64_t M) {
   const int64_t min_rows = 16;
-  const int64_t resident = (int64_t)sm_count() * 1024 / p.tpr;
   int64_t g = (M + min_rows - 1) / min_rows;
-  if (g > resident) g = resident;
+  const int64_t cap = (int64_t)sm_count() * 32;
+  if (g > cap) g = cap;
   if (g < 1) g = 1;
   Partition part;
   part.rows_per_group = (M + g - 1) / g;

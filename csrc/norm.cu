@@ -130,7 +130,7 @@ rms_norm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* 
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         dxv[e] = r * dyv[k][e] * m[k][e] * wv[k][e] - xv[k][e] * corr;
-        const float dn = dyv[k][e] * xv[k][e] * r;  // dy * n
+        const float dn = dyv[k][e] * xv[k][e] * r;  // dy * x * rstd
         aw[k][e] += dn * m[k][e];
         ap[k][e] += dn;
         aq[k][e] += dyv[k][e];
@@ -196,7 +196,7 @@ struct NormBwdLayout {
 NormBwdLayout norm_bwd_layout(SgkDtype dt, int64_t M, int64_t D, int64_t S, bool aligned) {
   NormBwdLayout l;
   l.plan = norm_plan(dt, D, aligned);
-  l.part = partition_rows(M, l.plan);
+  l.part = partition_rows(M);
   l.w_floats = (size_t)l.part.groups * D;
   l.piece_floats = S > 0 ? (size_t)(l.part.groups + S) * D : 0;
   return l;
@@ -205,7 +205,7 @@ NormBwdLayout norm_bwd_layout(SgkDtype dt, int64_t M, int64_t D, int64_t S, bool
 }  // namespace
 
 size_t sgk_rms_norm_bwd_workspace(SgkDtype dt, int64_t M, int64_t D, int64_t S) {
-  // The layout does not depend on alignment (only VEC does), so plan with aligned = true.
+  // The sizes depend on M, D, S and the device only (not on the pointers' alignment).
   const NormBwdLayout l = norm_bwd_layout(dt, M, D, S, true);
   return (l.w_floats + 2 * l.piece_floats) * sizeof(float);
 }

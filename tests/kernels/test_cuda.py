@@ -287,7 +287,7 @@ def test_public_ops_with_cuda_backend(dtype, assert_matches):
         (lambda x, w, sh, sc: ops.rms_norm_modulate(x, w, sh, sc, seg),
          [x, weight, shift, scale], dy),
         (lambda x, y, g: ops.gated_residual(x, y, g, seg), [x, dy, gate], dy),
-        (lambda x: ops.swiglu(x), [x], dy[:, :24]),
+        (lambda x: ops.swiglu(x), [x], dy[:, :24].contiguous()),
         (lambda x, y: ops.route_scatter(x, y, idx), [x, dy[:3]], dy),
         (lambda x: ops.route_gather(x, idx), [x], dy[:3]),
     ]
