@@ -12,15 +12,17 @@ Metrics per (op, mode, shape, implementation), medians over repeats (common.time
     GB/s    bytes / t, and its fraction of the device copy bandwidth measured in this run
     FLOPs   attention only: 4·Σ L²·H·Dh forward (= 4·T·S̄·H·Dh), 2.5× that backward
     TFLOP/s flops / t, and its fraction of the dense matmul rate measured in this run
-Implementations: sgkernels with each backend that runs on the device ("sg:torch|triton|cuda"),
-the reference in eager mode ("eager") and under torch.compile ("compile"), torch natives
-(F.rms_norm; varlen_attn when torch has it, else SDPA per segment-length group), Liger-Kernel's
-RMSNorm / SwiGLU when installed. `x_eager` = eager time / time; `x_best` = best time among
-compile, natives and Liger / time (for sg rows).
+Implementations: sgkernels with each backend that runs on the device ("sg:torch|triton|cuda";
+sg:torch is the reference forward and backward), the reference forward with autograd backward
+("eager"; not for attention, whose reference is not autograd-safe) and under torch.compile
+("compile"), torch natives (F.rms_norm; SDPA per run of equal-length segments; varlen_attn on
+CUDA when torch has it), Liger-Kernel's RMSNorm / SwiGLU when installed.
+`x_ref` = t(sg:torch) / t; `x_best` (sg rows) = best t among compile, natives and Liger / t.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from sgkernels import ops
+from sgkernels.model import keep_count as keep
 from sgkernels.ops import reference as ref
 
 MODES = ("fwd", "bwd", "fwdbwd")
@@ -39,18 +42,11 @@ OPS = ("rms_norm", "rms_norm_modulate", "gated_residual", "swiglu", "route_gathe
        "route_scatter", "rope_axial", "varlen_attention")
 
 
-def keep(n: int, gamma: float) -> int:
-    return max(1, n - math.floor(n * gamma + 1e-9))
-
-
 def segment_lengths(layout: str, batch: int, tokens: int) -> list[int]:
-    if layout == "dense":
-        return [tokens] * batch
-    if layout == "routed":
-        return [keep(tokens, 0.5)] * batch
-    if layout == "packed":
-        return [keep(tokens, 0.5)] * batch + [keep(tokens, 0.9)] * batch
-    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    gammas = {"dense": (0.0,), "routed": (0.5,), "packed": (0.5, 0.9)}
+    if layout not in gammas:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return [keep(tokens, g) for g in gammas[layout] for _ in range(batch)]
 
 
 @dataclass(frozen=True)
@@ -124,15 +120,12 @@ def grad_names(inputs: dict) -> list[str]:
 
 
 def sg_call(op: str, i: dict):
-    """The public sgkernels op."""
-    fn = getattr(ops, op)
-    if op == "varlen_attention":
-        return fn(i["q"], i["k"], i["v"], i["cu_seqlens"], i["max_seqlen"])
-    return fn(*[v for v in i.values()])
+    """The public sgkernels op (inputs are in its argument order)."""
+    return getattr(ops, op)(*i.values())
 
 
 def ref_call(op: str, i: dict):
-    """The torch reference of the op (sgkernels.ops.reference), differentiable by autograd."""
+    """The forward of the torch reference (sgkernels.ops.reference), first output only."""
     if op == "rms_norm":
         return ref.rms_norm_fwd(i["x"], i["weight"], 1e-6)[0]
     if op == "rms_norm_modulate":
@@ -253,10 +246,10 @@ def runner(fn, inputs: dict, mode: str):
 
 
 def sg_backends(device: torch.device) -> list[str]:
-    """sgkernels backends worth timing on `device`: torch on CPU; triton and cuda on CUDA."""
+    """sgkernels backends to time on `device`: torch, and on CUDA also triton and cuda."""
+    found = ["torch"]
     if device.type != "cuda":
-        return ["torch"]
-    found = []
+        return found
     try:
         import sgkernels.kernels.triton  # noqa: F401
         found.append("triton")
@@ -268,7 +261,7 @@ def sg_backends(device: torch.device) -> list[str]:
             found.append("cuda")
     except Exception as exc:
         print(f"sgkernels CUDA backend unavailable: {exc!r}")
-    return found or ["torch"]
+    return found
 
 
 def implementations(op: str, device: torch.device, compile_ref: bool) -> dict:
@@ -278,7 +271,8 @@ def implementations(op: str, device: torch.device, compile_ref: bool) -> dict:
             with ops.use_backend(backend):
                 return sg_call(op, i)
         impls[f"sg:{backend}"] = call
-    impls["eager"] = lambda i: ref_call(op, i)
+    if op != "varlen_attention":  # its reference is not autograd-safe; natives stand in
+        impls["eager"] = lambda i: ref_call(op, i)
     if compile_ref:
         compiled = torch.compile(lambda i: ref_call(op, i), dynamic=None)
         impls["compile"] = compiled
@@ -313,8 +307,8 @@ def bench_case(op, mode, shape, impls, ceil, warmup, repeats, gen) -> list[dict]
     timed = {r["impl"]: r["ms"] for r in rows if "ms" in r}
     others = [ms for name, ms in timed.items() if not name.startswith(("sg:", "eager"))]
     for r in rows:
-        if "ms" in r and "eager" in timed:
-            r["x_eager"] = timed["eager"] / r["ms"]
+        if "ms" in r and "sg:torch" in timed:
+            r["x_ref"] = timed["sg:torch"] / r["ms"]
         if "ms" in r and r["impl"].startswith("sg:") and others:
             r["x_best"] = min(others) / r["ms"]
     return rows
@@ -331,7 +325,8 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=None, help="tokens per image, default 256")
     p.add_argument("--batches", nargs="+", type=int, default=None,
                    help="default 16 256 on CUDA, 2 on CPU")
-    p.add_argument("--dtype", choices=common.DTYPES, default=None, help="default bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", choices=common.DTYPES, default=None,
+                   help="default bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time torch.compile of the reference (default: on CUDA only)")
     p.add_argument("--warmup", type=int, default=None)
@@ -368,21 +363,19 @@ def main(argv=None) -> list[dict]:
     print(f"device {device}: copy {ceil['copy_gbps']:.1f} GB/s, matmul "
           f"{ceil['matmul_tflops']:.2f} TFLOP/s")
     gen = torch.Generator().manual_seed(0)
+    impls = {op: implementations(op, device, compile_ref) for op in args.ops}
     start, rows = time.perf_counter(), []
-    for op in args.ops:
-        impls = implementations(op, device, compile_ref)
-        for dim in dims:
-            for batch in batches:
-                for layout in args.layouts:
-                    shape = Shape(layout, batch, tokens, dim, heads, dtype, device)
-                    for mode in args.modes:
-                        if args.budget_s and time.perf_counter() - start > args.budget_s:
-                            rows.append({"op": op, "mode": mode, "layout": layout,
-                                         "batch": batch, "dim": dim, "error": "skipped: budget"})
-                            continue
-                        new = bench_case(op, mode, shape, impls, ceil, warmup, repeats, gen)
-                        rows.extend(new)
-                        print_rows(new)
+    # small shapes first, every op per shape: a time budget cuts the largest shapes, not ops
+    for dim, batch, layout, op, mode in itertools.product(dims, batches, args.layouts, args.ops,
+                                                          args.modes):
+        if args.budget_s and time.perf_counter() - start > args.budget_s:
+            rows.append({"op": op, "mode": mode, "layout": layout, "batch": batch, "dim": dim,
+                         "error": "skipped: --budget-s"})
+            continue
+        shape = Shape(layout, batch, tokens, dim, heads, dtype, device)
+        new = bench_case(op, mode, shape, impls[op], ceil, warmup, repeats, gen)
+        rows.extend(new)
+        print_rows(new)
     record = {"machine": common.machine_info(device), "ceilings": ceil,
               "args": {k: str(v) for k, v in vars(args).items()}, "dtype": str(dtype),
               "warmup": warmup, "repeats": repeats, "seconds": time.perf_counter() - start}
@@ -394,15 +387,14 @@ def main(argv=None) -> list[dict]:
 
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
-        head = f"{r['op']:<18} {r['mode']:<6} {r['layout']:<6} B{r['batch']:<4} D{r['dim']:<5}" \
-               f" {r['impl']:<20}"
+        head = (f"{r['op']:<18} {r['mode']:<6} {r['layout']:<6} B{r['batch']:<4} D{r['dim']:<5}"
+                f" {r['impl']:<20}")
         if "error" in r:
             print(f"{head} -- {r['error']}")
             continue
-        extra = f" {r['tflops']:8.3g} TFLOP/s" if "tflops" in r else ""
-        speed = f" x_eager {r['x_eager']:.2f}" if "x_eager" in r else ""
-        print(f"{head} {r['ms']:9.3f} ms {r['gbps']:8.1f} GB/s ({r['frac_copy_bw']:.0%}){extra}"
-              f"{speed}")
+        tflops = f" {r['tflops']:8.3g} TFLOP/s" if "tflops" in r else ""
+        print(f"{head} {r['ms']:9.3f} ms {r['gbps']:8.1f} GB/s ({r['frac_copy_bw']:.0%}){tflops}"
+              f" x_ref {r.get('x_ref', math.nan):.2f}")
 
 
 if __name__ == "__main__":
