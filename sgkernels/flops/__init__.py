@@ -4,6 +4,6 @@ Paper convention: multiply-accumulates of every linear/conv layer, attention sco
 products excluded (SiT-XL/2, 256 tokens, dense: 114.42 GFLOPs). convention="full" adds them.
 """
 from .forward import forward_gflops
-from .sampling import sampling_gflops
+from .sampling import sampling_gflops, sampling_nfe
 
-__all__ = ["forward_gflops", "sampling_gflops"]
+__all__ = ["forward_gflops", "sampling_gflops", "sampling_nfe"]
