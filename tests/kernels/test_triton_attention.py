@@ -1,12 +1,14 @@
 """Triton varlen attention (forward, lse and every gradient) vs the torch reference backend and
 per-segment SDPA, run by the Triton interpreter on CPU tensors (GPU tests at the end)."""
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sgkernels.ops as ops
+from sgkernels import ops
 from sgkernels.kernels.triton import attention
 from sgkernels.kernels.triton.attention_fwd import INTERPRET as INTERPRETING
 from sgkernels.ops import reference
@@ -35,7 +37,7 @@ def _sdpa(q, k, v, cu_seqlens, scale):
     """fp32 SDPA segment by segment (an oracle independent of the reference backend)."""
     out = torch.zeros(q.shape, dtype=torch.float32)
     bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         if end > start:
             qs, ks, vs = (t[start:end].float().transpose(0, 1) for t in (q, k, v))
             out[start:end] = F.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(0, 1)
@@ -95,7 +97,8 @@ def test_forward_matches_sdpa():
     torch.testing.assert_close(lse[:, 0], torch.logsumexp(scores, -1), rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=4).filter(lambda ls: sum(ls) > 0))
 @pytest.mark.interpret
 def test_hypothesis_segment_lengths(lengths, poisoned_empty, assert_matches):
@@ -175,6 +178,23 @@ def test_gpu_matches_fp32_oracle(dtype, dim):
     for got, ref, want in zip(grads, grads_ref, grads32):
         bound = 3 * _gpu_error(ref, want) + 4 * ulp * want.abs().max().item()
         assert _gpu_error(got, want) <= bound
+
+
+@pytest.mark.gpu
+@compiled
+def test_gpu_fp32_is_close_to_reference():
+    """fp32 runs 3xTF32 products: close to the fp32 reference, unlike plain tf32 (~1e-3)."""
+    lengths = [200, 1, 333]
+    q, k, v, do = _inputs(lengths, 2, 72, torch.float32, seed=9, device="cuda")
+    cu = _cu(lengths, "cuda")
+    o, lse = attention.varlen_attention_fwd(q, k, v, cu, 333, 0.1)
+    o_ref, lse_ref = reference.varlen_attention_fwd(q, k, v, cu, 333, 0.1)
+    torch.testing.assert_close(o, o_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lse, lse_ref, rtol=1e-5, atol=1e-4)
+    grads = attention.varlen_attention_bwd(do, q, k, v, o_ref, lse_ref, cu, 333, 0.1)
+    grads_ref = reference.varlen_attention_bwd(do, q, k, v, o_ref, lse_ref, cu, 333, 0.1)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu

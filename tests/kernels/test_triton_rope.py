@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sgkernels.ops as ops
+from sgkernels import ops
 from sgkernels.kernels.triton import rope
 from sgkernels.kernels.triton.attention_fwd import INTERPRET as INTERPRETING
 from sgkernels.ops import reference
@@ -55,7 +55,8 @@ def test_rotation_by_hand(poisoned_empty):
         torch.testing.assert_close(y[0, 0, [channel, partner]], expected)
     # Channel 1 rotates at f_1 = 100^(-2/8) = 100^(-1/4).
     angle = 3.0 * 100.0 ** -0.25
-    torch.testing.assert_close(y[0, 0, 1], x[0, 0, 1] * math.cos(angle) - x[0, 0, 5] * math.sin(angle))
+    expected = x[0, 0, 1] * math.cos(angle) - x[0, 0, 5] * math.sin(angle)
+    torch.testing.assert_close(y[0, 0, 1], expected)
     torch.testing.assert_close(y[1], x[1])
 
 
@@ -68,7 +69,8 @@ def test_backward_inverts_forward_and_preserves_norms():
     torch.testing.assert_close(pairs(y), pairs(x), rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tokens=st.integers(1, 40), heads=st.integers(1, 4), quarter=st.integers(1, 32),
        theta=st.sampled_from([100.0, 10000.0]), grid=st.sampled_from([2, 64, 1024]))
 @pytest.mark.interpret

@@ -14,26 +14,29 @@ softmax over key tiles (attention_fwd.py); the backward recomputes P from lse, w
 for dK/dV (a key tile iterates over the query tiles of its segment) and one for dQ (a query
 tile iterates over the key tiles), after a D = rowsum(dO∘O) preprocess: no atomics, so the
 gradients are deterministic (attention_bwd.py). Products run on tensor cores (wgmma on sm_90a)
-for fp16/bf16 with fp32 accumulation; fp32 inputs use exact fp32 products. Head dims up to 128
-are padded to a power of two inside the kernel (72 -> BLOCK_D 128), never in memory.
+for fp16/bf16 with fp32 accumulation; fp32 inputs use 3xTF32 products (~fp32 accurate) and
+smaller tiles. Head dims up to 128 are padded to a power of two inside the kernel
+(72 -> BLOCK_D 128), never in memory.
 
 Roofline: FLOPs per call 4·Σ_s L_s²·H·Dh forward (two matmuls of 2·L²·Dh each), 2.5× that
-backward (five matmuls); bytes ≈ (4·T·H·Dh)·itemsize forward, so for L ≳ 256 the kernels are
-compute-bound and their target is tensor-core peak, measured as TFLOP/s against FA2.
+backward (five matmuls); compulsory bytes 4·T·H·Dh·e forward (q, k, v, o; e bytes per element)
+and 8·T·H·Dh·e backward. Intensity ≈ L/e FLOP/byte forward: with bf16 on an H100 (989 TFLOP/s
+dense, 3.35 TB/s) the ridge is near L ≈ 600; SiT's L = 256 sits below it and TR-DiT's ~1-4k
+above. Targets are measured as TFLOP/s against FlashAttention-2 (torch varlen_attn).
 """
 from .attention_bwd import (
-    _attn_bwd_dkdv_kernel,
-    _attn_bwd_dq_kernel,
-    _attn_bwd_preprocess_kernel,
     DKDV_CONFIGS,
     DQ_CONFIGS,
     PREPROCESS_ROWS,
+    _attn_bwd_dkdv_kernel,
+    _attn_bwd_dq_kernel,
+    _attn_bwd_preprocess_kernel,
     varlen_attention_bwd,
 )
 from .attention_fwd import FWD_CONFIGS, _attn_fwd_kernel, block_d, varlen_attention_fwd
 from .residual import ast_spec
 
-__all__ = ["varlen_attention_fwd", "varlen_attention_bwd", "static_specs"]
+__all__ = ["static_specs", "varlen_attention_bwd", "varlen_attention_fwd"]
 
 SPEC_HEAD_DIMS = (64, 72, 128)
 

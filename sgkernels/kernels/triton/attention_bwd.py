@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import LOG2E, autotune_configs, block_d, dot_precision
+from .attention_fwd import LOG2E, autotuned_by_dtype, block_d, dot_precision
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
 DKDV_CONFIGS = [
@@ -22,12 +22,20 @@ DKDV_CONFIGS = [
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 8, 2),
     ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 1),
 ]
+DKDV_FP32_CONFIGS = [
+    ({"BLOCK_M": 32, "BLOCK_N": 64}, 8, 2),
+    ({"BLOCK_M": 32, "BLOCK_N": 64}, 4, 2),
+]
 DKDV_INTERPRET_CONFIG = ({"BLOCK_M": 16, "BLOCK_N": 32}, 4, 1)
 DQ_CONFIGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 2),
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2),
     ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3),
+]
+DQ_FP32_CONFIGS = [
+    ({"BLOCK_M": 128, "BLOCK_N": 32}, 8, 2),
+    ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 2),
 ]
 DQ_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 PREPROCESS_ROWS = 64
@@ -147,12 +155,10 @@ def _attn_bwd_dq_kernel(
     tl.store(DQ + q_offs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
-_attn_bwd_dkdv = triton.autotune(
-    configs=autotune_configs(DKDV_CONFIGS, DKDV_INTERPRET_CONFIG), key=["HEAD_DIM", "BLOCK_D"]
-)(_attn_bwd_dkdv_kernel)
-_attn_bwd_dq = triton.autotune(
-    configs=autotune_configs(DQ_CONFIGS, DQ_INTERPRET_CONFIG), key=["HEAD_DIM", "BLOCK_D"]
-)(_attn_bwd_dq_kernel)
+_attn_bwd_dkdv = autotuned_by_dtype(_attn_bwd_dkdv_kernel, DKDV_CONFIGS, DKDV_FP32_CONFIGS,
+                                    DKDV_INTERPRET_CONFIG)
+_attn_bwd_dq = autotuned_by_dtype(_attn_bwd_dq_kernel, DQ_CONFIGS, DQ_FP32_CONFIGS,
+                                  DQ_INTERPRET_CONFIG)
 
 
 def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
@@ -177,8 +183,10 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
     def grid_queries(meta):
         return (triton.cdiv(max_seqlen, meta["BLOCK_M"]), segments, heads)
 
-    common = dict(HEAD_DIM=head_dim, BLOCK_D=width, DOT_PRECISION=dot_precision(q.dtype))
+    common = {"HEAD_DIM": head_dim, "BLOCK_D": width, "DOT_PRECISION": dot_precision(q.dtype)}
     scales = (heads * head_dim, total, float(scale), float(scale) * LOG2E)
-    _attn_bwd_dkdv[grid_keys](q, k, v, do, lse, delta, dk, dv, cu_seqlens, *scales, **common)
-    _attn_bwd_dq[grid_queries](q, k, v, do, lse, delta, dq, cu_seqlens, *scales, **common)
+    fp32 = q.dtype == torch.float32
+    tensors = (q, k, v, do, lse, delta)
+    _attn_bwd_dkdv[fp32][grid_keys](*tensors, dk, dv, cu_seqlens, *scales, **common)
+    _attn_bwd_dq[fp32][grid_queries](*tensors, dq, cu_seqlens, *scales, **common)
     return dq, dk, dv

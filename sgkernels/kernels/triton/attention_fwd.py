@@ -31,16 +31,29 @@ def autotune_configs(gpu_configs, interpret_config):
     return [triton.Config(dict(meta), num_warps=w, num_stages=s) for meta, w, s in chosen]
 
 
+def autotuned_by_dtype(kernel, configs_16bit, configs_fp32, interpret_config):
+    """{is_fp32: kernel autotuned (keyed on the head dim) over that dtype class's configs}.
+
+    fp32 tiles take twice the registers and shared memory of fp16/bf16 ones (and 3xTF32 products
+    hold hi/lo parts), so fp32 gets smaller tiles of its own.
+    """
+    return {fp32: triton.autotune(configs=autotune_configs(configs, interpret_config),
+                                  key=["HEAD_DIM", "BLOCK_D"])(kernel)
+            for fp32, configs in ((False, configs_16bit), (True, configs_fp32))}
+
+
 def block_d(head_dim):
     """Power-of-two register width of one head row (>= 16, the smallest tl.dot K)."""
     if not 0 < head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"varlen_attention: head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
+        raise ValueError(
+            f"varlen_attention: head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
     return max(16, triton.next_power_of_2(head_dim))
 
 
 def dot_precision(dtype):
-    """fp32 inputs use exact fp32 products ("ieee", not tf32); fp16/bf16 use tensor cores."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """fp16/bf16 products on tensor cores; fp32 products as 3xTF32 (hi·hi + hi·lo + lo·hi on
+    tensor cores, ~fp32 accuracy, where plain tf32 would keep only 10 mantissa bits)."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
@@ -49,6 +62,11 @@ FWD_CONFIGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 4),
     ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 2),
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3),
+]
+# fp32 (3xTF32): the fewest spills found at Dh 128 (a few bytes; fp32 is not a speed target).
+FWD_FP32_CONFIGS = [
+    ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 2),
+    ({"BLOCK_M": 128, "BLOCK_N": 32}, 8, 2),
 ]
 FWD_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 
@@ -103,9 +121,8 @@ def _attn_fwd_kernel(
     tl.store(LSE + head * n_tokens + start + offs_m, lse, mask=m_mask)
 
 
-_attn_fwd = triton.autotune(
-    configs=autotune_configs(FWD_CONFIGS, FWD_INTERPRET_CONFIG), key=["HEAD_DIM", "BLOCK_D"]
-)(_attn_fwd_kernel)
+_attn_fwd = autotuned_by_dtype(_attn_fwd_kernel, FWD_CONFIGS, FWD_FP32_CONFIGS,
+                               FWD_INTERPRET_CONFIG)
 
 
 def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
@@ -121,7 +138,7 @@ def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
     def grid(meta):
         return (triton.cdiv(max_seqlen, meta["BLOCK_M"]), segments, heads)
 
-    _attn_fwd[grid](
+    _attn_fwd[q.dtype == torch.float32][grid](
         q, k, v, o, lse, cu_seqlens,
         heads * head_dim, total, float(scale) * LOG2E,
         HEAD_DIM=head_dim, BLOCK_D=width, DOT_PRECISION=dot_precision(q.dtype),
