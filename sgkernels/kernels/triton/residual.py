@@ -165,7 +165,7 @@ def _gated_residual_bwd_kernel(DOUT, Y, GATE, DY, PGATE, ITEM_START, ITEM_END, I
 
 _CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_D": d}, num_warps=w)
             for m, d, w in ((4, 256, 4), (8, 256, 4), (16, 256, 8), (4, 512, 4), (8, 512, 8))]
-_FIXED = {"BLOCK_M": 4, "BLOCK_D": 64, "num_warps": 4}
+_FIXED = {"BLOCK_M": 2, "BLOCK_D": 64, "num_warps": 4}  # R = 4 rows per item: 2 iterations
 _fwd = tuned(_gated_residual_fwd_kernel, _CONFIGS, key=["D"])
 
 
