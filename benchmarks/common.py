@@ -246,8 +246,7 @@ def heatmap(ax, values, gammas, title: str, fmt: str = "{:.2g}", cmap: str = "vi
 
     data = np.ma.masked_invalid(np.asarray(values, dtype=float))
     finite = data.compressed()
-    colormap = plt.get_cmap(cmap).copy()
-    colormap.set_bad("#d9d9d9")
+    colormap = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
     norm = None
     if center is not None and finite.size:
         norm = mcolors.TwoSlopeNorm(center, vmin=min(finite.min(), 0.5 * center),

@@ -1,0 +1,7 @@
+"""The benchmark scripts live in benchmarks/ (not a package): make them importable here."""
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))

@@ -1,0 +1,93 @@
+"""benchmarks/common.py: timing, ceilings, output files, heatmaps."""
+import csv
+import json
+import math
+
+import common
+import pytest
+import torch
+
+CPU = torch.device("cpu")
+
+
+def test_time_fn_calls_warmup_plus_repeats_and_reports_the_median():
+    calls = []
+    timing = common.time_fn(lambda: calls.append(1), CPU, warmup=2, repeats=5)
+    assert len(calls) == 7
+    assert len(timing.times) == 5 and all(t >= 0 for t in timing.times)
+    assert common.Timing((3.0, 1.0, 2.0)).median == 2.0
+    assert common.Timing((1.0, 2.0, 3.0)).spread == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"warmup": -1}, "warmup"), ({"repeats": 0}, "repeats")])
+def test_time_fn_rejects_bad_counts(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        common.time_fn(lambda: None, CPU, **kwargs)
+
+
+def test_time_interleaved_alternates_functions_and_ratios_are_per_round():
+    order = []
+    fns = [lambda: order.append("a"), lambda: order.append("b")]
+    timings = common.time_interleaved(fns, CPU, repeats=3, warmup=(0, 2))
+    assert order == ["b", "b"] + ["a", "b"] * 3
+    assert [len(t.times) for t in timings] == [3, 3]
+    num, den = common.Timing((2.0, 9.0, 4.0)), common.Timing((1.0, 3.0, 1.0))
+    assert common.ratio_median(num, den) == 3.0  # median of 2, 3, 4 (not 4/1 of the medians)
+    with pytest.raises(ValueError, match="one count per function"):
+        common.time_interleaved(fns, CPU, warmup=(1,))
+
+
+def test_ceilings_are_positive_and_finite():
+    gbps = common.copy_bandwidth_gbps(CPU, nbytes=1 << 20, repeats=2)
+    tflops = common.matmul_tflops(CPU, n=64, repeats=2)
+    assert 0 < gbps < 1e5 and 0 < tflops < 1e3
+
+
+def test_resolve_device():
+    assert common.resolve_device("cpu") == CPU
+    assert common.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="--device"):
+        common.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="is_available"):
+            common.resolve_device("cuda")
+
+
+def test_gamma_values():
+    assert common.gamma_values(0.05) == [round(0.05 * i, 10) for i in range(20)]
+    assert common.gamma_values(0.1)[-1] == 0.9 and len(common.gamma_values(0.1)) == 10
+    assert common.gamma_values(0.3) == [0.0, 0.3, 0.6, 0.9]
+    for bad in (0, 1, -0.1, True):
+        with pytest.raises(ValueError, match="--step"):
+            common.gamma_values(bad)
+
+
+def test_write_csv_takes_the_union_of_columns(tmp_path):
+    path = common.write_csv(tmp_path / "a" / "x.csv",
+                            [{"a": 1, "b": 0.5}, {"b": math.nan, "c": "z"}])
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == ["a", "b", "c"]
+    assert rows == [{"a": "1", "b": "0.5", "c": ""}, {"a": "", "b": "", "c": "z"}]
+
+
+def test_write_json_and_machine_info(tmp_path):
+    info = common.machine_info(CPU)
+    for key in ("date_utc", "cpu", "torch", "device", "cpu_count", "python"):
+        assert info[key]
+    path = common.write_json(tmp_path / "m.json", {"machine": info, "dtype": torch.float32})
+    back = json.loads(path.read_text())
+    assert back["machine"]["torch"] == torch.__version__ and back["dtype"] == "torch.float32"
+
+
+def test_heatmap_masks_invalid_cells_and_labels_the_valid_ones():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [[1.0, 2.0, 3.0], [math.nan, 4.0, 5.0], [math.nan, math.nan, 0.5]]
+    fig, ax = plt.subplots()
+    image = common.heatmap(ax, values, [0.0, 0.5, 0.9], "t", "{:.1f}", center=1.0)
+    assert int(image.get_array().mask.sum()) == 3
+    assert sorted(t.get_text() for t in ax.texts) == ["0.5", "1.0", "2.0", "3.0", "4.0", "5.0"]
+    assert image.norm(1.0) == pytest.approx(0.5)  # the centre of the diverging scale
+    plt.close(fig)
