@@ -24,6 +24,13 @@
 
 #include "sgk_kernels.h"
 
+// Every launch goes through SGK_LAUNCH so that tests/kernels/cuda_emu/ can run the kernels on the
+// CPU (it defines SGK_LAUNCH before this header). `kernel` must be a single token.
+#ifndef SGK_LAUNCH
+#define SGK_LAUNCH(kernel, grid, block, stream, ...) \
+  kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
 namespace sgk {
 
 // ---- element conversions and packed (vectorized) access -------------------------------------
@@ -146,8 +153,10 @@ inline void launch_piece_reduce(const float* part, const int32_t* seg, const T* 
   if (D == 0 || n_out == 0) return;
   const dim3 grid((unsigned)((D + kReduceCols - 1) / kReduceCols),
                   (unsigned)(n_out < 65535 ? n_out : 65535));
-  piece_reduce_kernel<T><<<grid, dim3(kReduceCols, kReduceLanes), 0, stream>>>(
-      part, seg, mult, out, M, D, rows_per_group, n_parts, n_out);
+  const dim3 block(kReduceCols, kReduceLanes);
+  auto kernel = piece_reduce_kernel<T>;
+  SGK_LAUNCH(kernel, grid, block, stream, part, seg, mult, out, M, D, rows_per_group, n_parts,
+             n_out);
 }
 
 // ---- host-side planning ---------------------------------------------------------------------

@@ -140,8 +140,9 @@ cudaError_t sgk_gated_residual_fwd(SgkDtype dt, const void* x, const void* y, co
   return dispatch_dtype(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
     dispatch_vec<vmax_of<T>()>(p.vec, [&](auto v) {
-      gated_residual_fwd_kernel<T, decltype(v)::value><<<blocks_for(M, p), p.threads, 0, stream>>>(
-          (const T*)x, (const T*)y, (const T*)gate, seg, (T*)out, M, D, p.tpr);
+      auto kernel = gated_residual_fwd_kernel<T, decltype(v)::value>;
+      SGK_LAUNCH(kernel, blocks_for(M, p), p.threads, stream, (const T*)x, (const T*)y,
+                 (const T*)gate, seg, (T*)out, M, D, p.tpr);
     });
     return cudaGetLastError();
   });
@@ -152,7 +153,8 @@ size_t sgk_gated_residual_bwd_workspace(SgkDtype, int64_t M, int64_t D, int64_t 
 }
 
 cudaError_t sgk_gated_residual_bwd(SgkDtype dt, const void* dout, const void* y,
-                                   const void* gate, const int32_t* seg, void* dy, void* dgate, float* workspace, int64_t M, int64_t D, int64_t S,
+                                   const void* gate, const int32_t* seg, void* dy, void* dgate,
+                                   float* workspace, int64_t M, int64_t D, int64_t S,
                                    cudaStream_t stream) {
   if (D <= 0 || D > SGK_MAX_ROW_DIM) return cudaErrorInvalidValue;
   const bool al = aligned16(dout) && aligned16(y) && aligned16(gate) && aligned16(dy);
@@ -162,10 +164,10 @@ cudaError_t sgk_gated_residual_bwd(SgkDtype dt, const void* dout, const void* y,
     using T = typename decltype(tag)::type;
     if (M > 0) {
       dispatch_vec_k<vmax_of<T>()>(p, [&](auto v, auto k) {
-        gated_residual_bwd_kernel<T, decltype(v)::value, decltype(k)::value>
-            <<<blocks_for(part.groups, p), p.threads, 0, stream>>>(
-                (const T*)dout, (const T*)y, (const T*)gate, seg, (T*)dy, workspace, M, D,
-                p.tpr, part.groups, part.rows_per_group);
+        auto kernel = gated_residual_bwd_kernel<T, decltype(v)::value, decltype(k)::value>;
+        SGK_LAUNCH(kernel, blocks_for(part.groups, p), p.threads, stream, (const T*)dout,
+                   (const T*)y, (const T*)gate, seg, (T*)dy, workspace, M, D, p.tpr,
+                   part.groups, part.rows_per_group);
       });
     }
     launch_piece_reduce<T>(workspace, seg, nullptr, (T*)dgate, M, D, part.rows_per_group, 0, S,
@@ -190,8 +192,9 @@ cudaError_t sgk_swiglu_fwd(SgkDtype dt, const void* a, const void* b, void* out,
   return dispatch_dtype(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
     dispatch_vec<vmax_of<T>()>(p.vec, [&](auto v) {
-      swiglu_fwd_kernel<T, decltype(v)::value><<<blocks_for(M, p), p.threads, 0, stream>>>(
-          (const T*)a, (const T*)b, (T*)out, M, H, lda, ldb, p.tpr);
+      auto kernel = swiglu_fwd_kernel<T, decltype(v)::value>;
+      SGK_LAUNCH(kernel, blocks_for(M, p), p.threads, stream, (const T*)a, (const T*)b, (T*)out,
+                 M, H, lda, ldb, p.tpr);
     });
     return cudaGetLastError();
   });
@@ -208,9 +211,9 @@ cudaError_t sgk_swiglu_bwd(SgkDtype dt, const void* dout, const void* a, const v
   return dispatch_dtype(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
     dispatch_vec<vmax_of<T>()>(p.vec, [&](auto v) {
-      swiglu_bwd_kernel<T, decltype(v)::value><<<blocks_for(M, p), p.threads, 0, stream>>>(
-          (const T*)dout, (const T*)a, (const T*)b, (T*)da, (T*)db, M, H, lda, ldb, ldda, lddb,
-          p.tpr);
+      auto kernel = swiglu_bwd_kernel<T, decltype(v)::value>;
+      SGK_LAUNCH(kernel, blocks_for(M, p), p.threads, stream, (const T*)dout, (const T*)a,
+                 (const T*)b, (T*)da, (T*)db, M, H, lda, ldb, ldda, lddb, p.tpr);
     });
     return cudaGetLastError();
   });

@@ -174,9 +174,8 @@ cudaError_t sgk_rms_norm_fwd(SgkDtype dt, const void* x, const void* w, const vo
     dispatch_vec_k<vmax_of<T>()>(p, [&](auto v, auto k) {
       constexpr int VEC = decltype(v)::value, K = decltype(k)::value;
       auto args = [&](auto kernel) {
-        kernel<<<blocks, p.threads, 0, stream>>>(
-            (const T*)x, (const T*)w, (const T*)shift, (const T*)scale, seg, (T*)y, rstd, M, D,
-            p.tpr, eps);
+        SGK_LAUNCH(kernel, blocks, p.threads, stream, (const T*)x, (const T*)w, (const T*)shift,
+                   (const T*)scale, seg, (T*)y, rstd, M, D, p.tpr, eps);
       };
       if (mod) args(rms_norm_fwd_kernel<T, VEC, K, true>);
       else args(rms_norm_fwd_kernel<T, VEC, K, false>);
@@ -230,9 +229,9 @@ cudaError_t sgk_rms_norm_bwd(SgkDtype dt, const void* dy, const void* x, const v
       dispatch_vec_k<vmax_of<T>()>(p, [&](auto v, auto k) {
         constexpr int VEC = decltype(v)::value, K = decltype(k)::value;
         auto args = [&](auto kernel) {
-          kernel<<<blocks, p.threads, 0, stream>>>(
-              (const T*)dy, (const T*)x, (const T*)w, (const T*)scale, seg, rstd, (T*)dx, part_w,
-              part_p, part_q, M, D, p.tpr, l.part.groups, l.part.rows_per_group);
+          SGK_LAUNCH(kernel, blocks, p.threads, stream, (const T*)dy, (const T*)x, (const T*)w,
+                     (const T*)scale, seg, rstd, (T*)dx, part_w, part_p, part_q, M, D, p.tpr,
+                     l.part.groups, l.part.rows_per_group);
         };
         if (mod) args(rms_norm_bwd_kernel<T, VEC, K, true>);
         else args(rms_norm_bwd_kernel<T, VEC, K, false>);

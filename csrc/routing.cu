@@ -99,7 +99,8 @@ inline cudaError_t build_inverse(const int64_t* idx, int32_t* inv, int64_t T, in
                                  cudaStream_t stream) {
   cudaError_t err = cudaMemsetAsync(inv, 0xff, (size_t)T * sizeof(int32_t), stream);  // -1
   if (err != cudaSuccess || K == 0) return err;
-  route_inverse_kernel<<<(unsigned)((K + 255) / 256), 256, 0, stream>>>(idx, inv, T, K);
+  auto kernel = route_inverse_kernel;
+  SGK_LAUNCH(kernel, (unsigned)((K + 255) / 256), 256, stream, idx, inv, T, K);
   return cudaGetLastError();
 }
 
@@ -115,8 +116,8 @@ cudaError_t sgk_route_gather(const void* x, const int64_t* idx, void* out, int64
     using U = decltype(u);
     const int64_t n = row_bytes / (int64_t)sizeof(U);
     const RowPlan p = plan_rows(n, 1, false, /*keep_in_registers=*/false);
-    route_gather_kernel<U><<<blocks_for(K, p), p.threads, 0, stream>>>(
-        (const U*)x, idx, (U*)out, T, K, n, p.tpr);
+    auto kernel = route_gather_kernel<U>;
+    SGK_LAUNCH(kernel, blocks_for(K, p), p.threads, stream, (const U*)x, idx, (U*)out, T, K, n, p.tpr);
   });
   return cudaGetLastError();
 }
@@ -132,8 +133,8 @@ cudaError_t sgk_route_scatter(const void* base, const void* y, const int64_t* id
     using U = decltype(u);
     const int64_t n = row_bytes / (int64_t)sizeof(U);
     const RowPlan p = plan_rows(n, 1, false, /*keep_in_registers=*/false);
-    route_scatter_kernel<U><<<blocks_for(T, p), p.threads, 0, stream>>>(
-        (const U*)base, (const U*)y, inv, (U*)out, T, n, p.tpr);
+    auto kernel = route_scatter_kernel<U>;
+    SGK_LAUNCH(kernel, blocks_for(T, p), p.threads, stream, (const U*)base, (const U*)y, inv, (U*)out, T, n, p.tpr);
   });
   return cudaGetLastError();
 }
@@ -149,8 +150,8 @@ cudaError_t sgk_route_scatter_bwd(const void* dout, const int64_t* idx, void* db
     using U = decltype(u);
     const int64_t n = row_bytes / (int64_t)sizeof(U);
     const RowPlan p = plan_rows(n, 1, false, /*keep_in_registers=*/false);
-    route_scatter_bwd_kernel<U><<<blocks_for(T, p), p.threads, 0, stream>>>(
-        (const U*)dout, inv, (U*)dbase, (U*)dy, T, n, p.tpr);
+    auto kernel = route_scatter_bwd_kernel<U>;
+    SGK_LAUNCH(kernel, blocks_for(T, p), p.threads, stream, (const U*)dout, inv, (U*)dbase, (U*)dy, T, n, p.tpr);
   });
   return cudaGetLastError();
 }

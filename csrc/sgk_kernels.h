@@ -3,13 +3,16 @@
 // Plain C++ interface over raw device pointers, sizes and a stream, so that the kernel files
 // include only CUDA headers and compile alone with nvcc; csrc/ops.cpp binds them to torch.
 // All tensors are contiguous row-major except where a row stride is passed. Every launcher
-// returns the launch status (cudaGetLastError after the last launch).
+// returns the launch status (cudaGetLastError after the last launch). C linkage, so that the
+// CPU emulation tests (tests/kernels/cuda_emu/) can call them through ctypes.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
 #include <cuda_runtime.h>
+
+extern "C" {
 
 enum SgkDtype : int { SGK_F32 = 0, SGK_F16 = 1, SGK_BF16 = 2 };
 
@@ -71,3 +74,5 @@ cudaError_t sgk_route_scatter(const void* base, const void* y, const int64_t* id
 cudaError_t sgk_route_scatter_bwd(const void* dout, const int64_t* idx, void* dbase, void* dy,
                                   int32_t* inv, int64_t T, int64_t K, int64_t row_bytes,
                                   cudaStream_t stream);
+
+}  // extern "C"
