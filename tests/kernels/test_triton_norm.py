@@ -134,3 +134,37 @@ def test_public_ops_with_triton_backend(dtype, assert_matches):
         assert_matches(out, out_ref, "out")
         for i, (got, want) in enumerate(zip(grads, grads_ref)):
             assert_matches(got, want, f"grad {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_weight", [True, False])
+@pytest.mark.parametrize("total, lengths, dim", [(1, [1], 1), (12, [3, 1, 4], 72),
+                                                 (9, [2, 0, 5], 100)])
+def test_fused_route_gather_modulate_matches_composition(total, lengths, dim, dtype, has_weight,
+                                                         poisoned_empty, assert_matches):
+    """h, y, rstd and every gradient of the fused route start equal route_gather followed by
+    rms_norm_modulate (torch reference), dx scattered onto zeros."""
+    seg = _seg(lengths)
+    kept = seg.shape[0]
+    x, weight, _, shift, scale = _inputs(total, dim, dtype, segments=len(lengths))
+    gen = torch.Generator().manual_seed(5)
+    idx = torch.randperm(total, generator=gen)[:kept]
+    dy, dh = (torch.randn(kept, dim, generator=gen).to(dtype) for _ in range(2))
+    weight = weight if has_weight else None
+    h, y, rstd = norm.route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, 1e-6)
+    h_ref = reference.route_gather_fwd(x, idx)
+    y_ref, rstd_ref = reference.rms_norm_modulate_fwd(h_ref, weight, shift, scale, seg, 1e-6)
+    assert torch.equal(h, h_ref)
+    assert_matches(y, y_ref, "y")
+    assert_matches(rstd, rstd_ref, "rstd")
+    grads = norm.route_gather_rms_norm_modulate_bwd(dh, dy, h_ref, idx, weight, scale, seg,
+                                                    rstd_ref, total)
+    dh_norm, *grads_ref = reference.rms_norm_modulate_bwd(dy, h_ref, weight, scale, seg, rstd_ref)
+    dh_total = (dh_norm.float() + dh.float()).to(dtype)
+    dx_ref = torch.zeros(total, dim, dtype=dtype).index_copy(0, idx, dh_total)
+    assert_matches(grads[0], dx_ref, "dx")
+    for name, got, want in zip(("dweight", "dshift", "dscale"), grads[1:], grads_ref):
+        if want is None:
+            assert got is None, name
+        else:
+            assert_matches(got, want, name)

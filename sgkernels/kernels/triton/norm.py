@@ -15,9 +15,16 @@ order (deterministic, no atomics). Forward kernels are autotuned over BLOCK_M an
 (keyed on D); the backward launch is a fixed function of D so that the summation order, and with
 it every weight-gradient bit, is the same in every process.
 
+Fused route start (extra backend functions, not registered as ops): h = x[idx],
+y = rms_norm_modulate(h) in one pass over the K kept rows, and its backward
+dx = scatter of (dh + ∂y/∂h·dy) onto zeros at rows idx.
+
 Roofline (bytes per call, b = bytes per element, M·D elements):
     forward   read x, write y: 2·M·D·b (+ weight D·b, shift/scale 2·S·D·b, rstd 4·M)
     backward  read dy, x, write dx: 3·M·D·b (+ rstd, fp32 partials (M/R + S)·D·4 per reduction)
+    fused route start, T rows, K kept: forward read K rows, write h and y: 3·K·D·b (gather then
+    norm: 4·K·D·b); backward read dy, h, dh, write dx: (3·K + T)·D·b (the zero rows included;
+    unfused: norm backward, dh accumulation and scatter onto zeros: (7·K + T)·D·b)
 """
 import torch
 import triton
@@ -28,17 +35,14 @@ from .residual import (INTERPRET, ast_spec, column_sum, rows_per_item, segment_p
 
 
 @triton.jit
-def _normalize(X, W, rows, cols, M, D, stride_x, eps, HAS_WEIGHT: tl.constexpr):
-    """Rows `rows` of X -> (x̂ [BLOCK_M, BLOCK_D] fp32, n = x̂·w, rstd [BLOCK_M], mask)."""
-    mask = (rows < M)[:, None] & (cols < D)[None, :]
-    x = tl.load(X + rows[:, None].to(tl.int64) * stride_x + cols[None, :], mask=mask,
-                other=0.0).to(tl.float32)
+def _normalize(x, W, cols, D, eps, HAS_WEIGHT: tl.constexpr):
+    """x [BLOCK_M, BLOCK_D] (0 outside the rows) -> fp32 (n = x̂·w [BLOCK_M, BLOCK_D], rstd)."""
+    x = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
-    xhat = x * rstd[:, None]
-    n = xhat
+    n = x * rstd[:, None]
     if HAS_WEIGHT:
-        n = xhat * tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
-    return xhat, n, rstd, mask
+        n = n * tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    return n, rstd
 
 
 @triton.jit
@@ -46,32 +50,63 @@ def _rms_norm_fwd_kernel(X, W, Y, RSTD, M, D, stride_x, stride_y, eps,
                          HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    _, n, rstd, mask = _normalize(X, W, rows, cols, M, D, stride_x, eps, HAS_WEIGHT)
+    mask = (rows < M)[:, None] & (cols < D)[None, :]
+    x = tl.load(X + rows[:, None].to(tl.int64) * stride_x + cols[None, :], mask=mask, other=0.0)
+    n, rstd = _normalize(x, W, cols, D, eps, HAS_WEIGHT)
     tl.store(RSTD + rows, rstd, mask=rows < M)
     tl.store(Y + rows[:, None].to(tl.int64) * stride_y + cols[None, :], n.to(Y.dtype.element_ty),
              mask=mask)
 
 
 @triton.jit
-def _rms_norm_modulate_fwd_kernel(X, W, SHIFT, SCALE, SEG, Y, RSTD, M, D, stride_x, stride_y,
-                                  stride_s, eps, HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
-                                  BLOCK_D: tl.constexpr):
+def _modulate_fwd(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, M, D, stride_x, stride_h, stride_y,
+                  stride_s, eps, HAS_WEIGHT: tl.constexpr, GATHER: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows of y = rms_norm(x)·(1 + scale[seg]) + shift[seg]; with GATHER, row k reads x[IDX[k]]
+    and also writes it to H[k]."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    _, n, rstd, mask = _normalize(X, W, rows, cols, M, D, stride_x, eps, HAS_WEIGHT)
-    s = tl.load(SEG + rows, mask=rows < M, other=0)
+    row_ok = rows < M
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    src = rows.to(tl.int64)
+    if GATHER:
+        src = tl.load(IDX + rows, mask=row_ok, other=0)
+    x = tl.load(X + src[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    if GATHER:
+        tl.store(H + rows[:, None].to(tl.int64) * stride_h + cols[None, :], x, mask=mask)
+    n, rstd = _normalize(x, W, cols, D, eps, HAS_WEIGHT)
+    s = tl.load(SEG + rows, mask=row_ok, other=0)
     mod = s[:, None] * stride_s + cols[None, :]
     shift = tl.load(SHIFT + mod, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(SCALE + mod, mask=mask, other=0.0).to(tl.float32)
-    tl.store(RSTD + rows, rstd, mask=rows < M)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
     tl.store(Y + rows[:, None].to(tl.int64) * stride_y + cols[None, :],
              (n * (1.0 + scale) + shift).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _rms_norm_bwd_rows(DY, X, W, RSTD, DX, rows, cols, end, D, stride_dy, stride_x, stride_dx,
-                       one_plus_scale, HAS_WEIGHT: tl.constexpr, MODULATE: tl.constexpr):
-    """dx of `rows` (< end); returns (dy, x̂, n, dn) fp32 for the caller's column sums."""
+def _rms_norm_modulate_fwd_kernel(X, W, SHIFT, SCALE, SEG, Y, RSTD, M, D, stride_x, stride_y,
+                                  stride_s, eps, HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                  BLOCK_D: tl.constexpr):
+    _modulate_fwd(X, SEG, W, SHIFT, SCALE, SEG, Y, Y, RSTD, M, D, stride_x, stride_y, stride_y,
+                  stride_s, eps, HAS_WEIGHT, False, BLOCK_M, BLOCK_D)
+
+
+@triton.jit
+def _route_gather_rms_norm_modulate_fwd_kernel(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, K, D,
+                                               stride_x, stride_h, stride_y, stride_s, eps,
+                                               HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                               BLOCK_D: tl.constexpr):
+    _modulate_fwd(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, K, D, stride_x, stride_h, stride_y,
+                  stride_s, eps, HAS_WEIGHT, True, BLOCK_M, BLOCK_D)
+
+
+@triton.jit
+def _rms_norm_bwd_rows(DY, X, W, RSTD, DX, IDX, DH, rows, cols, end, D, stride_dy, stride_x,
+                       stride_dx, stride_dh, one_plus_scale, HAS_WEIGHT: tl.constexpr,
+                       MODULATE: tl.constexpr, GATHER: tl.constexpr):
+    """dx of `rows` (< end); returns (dy, x̂, n, dn) fp32 for the caller's column sums.
+    With GATHER, row k's gradient plus DH[k] goes to DX row IDX[k]."""
     row_ok = rows < end
     mask = row_ok[:, None] & (cols < D)[None, :]
     r64 = rows[:, None].to(tl.int64)
@@ -90,7 +125,11 @@ def _rms_norm_bwd_rows(DY, X, W, RSTD, DX, rows, cols, end, D, stride_dy, stride
         n = xhat * w
     c = tl.sum(g * xhat, axis=1) / D
     dx = (g - xhat * c[:, None]) * rstd[:, None]
-    tl.store(DX + r64 * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    dst = r64
+    if GATHER:
+        dx += tl.load(DH + r64 * stride_dh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dst = tl.load(IDX + rows, mask=row_ok, other=0)[:, None]
+    tl.store(DX + dst * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
     return dy, xhat, n, dn
 
 
@@ -105,18 +144,19 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, PW, M, R, D, stride_dy, stride_x, s
     acc_w = tl.zeros([BLOCK_D], dtype=tl.float32)
     for r0 in range(0, R, BLOCK_M):
         rows = start + r0 + tl.arange(0, BLOCK_M)
-        _, xhat, _, dn = _rms_norm_bwd_rows(DY, X, W, RSTD, DX, rows, cols, end, D, stride_dy,
-                                            stride_x, stride_dx, 1.0, HAS_WEIGHT, False)
+        _, xhat, _, dn = _rms_norm_bwd_rows(DY, X, W, RSTD, DX, DX, DX, rows, cols, end, D,
+                                            stride_dy, stride_x, stride_dx, stride_dx, 1.0,
+                                            HAS_WEIGHT, False, False)
         acc_w += tl.sum(dn * xhat, 0)
     if HAS_WEIGHT:
         tl.store(PW + item.to(tl.int64) * stride_p + cols, acc_w, mask=cols < D)
 
 
 @triton.jit
-def _rms_norm_modulate_bwd_kernel(DY, X, W, SCALE, RSTD, DX, PW, PMOD, ITEM_START, ITEM_END,
-                                  ITEM_SEG, R, D, stride_dy, stride_x, stride_dx, stride_s,
-                                  stride_pw, stride_pb, stride_p, HAS_WEIGHT: tl.constexpr,
-                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _modulate_bwd(DY, X, W, SCALE, RSTD, DX, IDX, DH, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
+                  D, stride_dy, stride_x, stride_dx, stride_dh, stride_s, stride_pw, stride_pb,
+                  stride_p, HAS_WEIGHT: tl.constexpr, GATHER: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Program i: rows of item i (one segment); fp32 partials of dweight in PW[i], of dshift and
     dscale in PMOD[0, i] and PMOD[1, i]."""
     item = tl.program_id(0)
@@ -132,8 +172,9 @@ def _rms_norm_modulate_bwd_kernel(DY, X, W, SCALE, RSTD, DX, PW, PMOD, ITEM_STAR
     acc_scale = tl.zeros([BLOCK_D], dtype=tl.float32)
     for r0 in range(0, R, BLOCK_M):
         rows = start + r0 + tl.arange(0, BLOCK_M)
-        dy, xhat, n, dn = _rms_norm_bwd_rows(DY, X, W, RSTD, DX, rows, cols, end, D, stride_dy,
-                                             stride_x, stride_dx, one_plus_scale, HAS_WEIGHT, True)
+        dy, xhat, n, dn = _rms_norm_bwd_rows(DY, X, W, RSTD, DX, IDX, DH, rows, cols, end, D,
+                                             stride_dy, stride_x, stride_dx, stride_dh,
+                                             one_plus_scale, HAS_WEIGHT, True, GATHER)
         acc_w += tl.sum(dn * xhat, 0)
         acc_shift += tl.sum(dy, 0)
         acc_scale += tl.sum(dy * n, 0)
@@ -142,6 +183,28 @@ def _rms_norm_modulate_bwd_kernel(DY, X, W, SCALE, RSTD, DX, PW, PMOD, ITEM_STAR
         tl.store(PW + i64 * stride_pw + cols, acc_w, mask=col_ok)
     tl.store(PMOD + i64 * stride_p + cols, acc_shift, mask=col_ok)
     tl.store(PMOD + stride_pb + i64 * stride_p + cols, acc_scale, mask=col_ok)
+
+
+@triton.jit
+def _rms_norm_modulate_bwd_kernel(DY, X, W, SCALE, RSTD, DX, PW, PMOD, ITEM_START, ITEM_END,
+                                  ITEM_SEG, R, D, stride_dy, stride_x, stride_dx, stride_s,
+                                  stride_pw, stride_pb, stride_p, HAS_WEIGHT: tl.constexpr,
+                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    _modulate_bwd(DY, X, W, SCALE, RSTD, DX, DX, DX, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
+                  D, stride_dy, stride_x, stride_dx, stride_dx, stride_s, stride_pw, stride_pb,
+                  stride_p, HAS_WEIGHT, False, BLOCK_M, BLOCK_D)
+
+
+@triton.jit
+def _route_gather_rms_norm_modulate_bwd_kernel(DY, H, W, SCALE, RSTD, DX, IDX, DH, PW, PMOD,
+                                               ITEM_START, ITEM_END, ITEM_SEG, R, D, stride_dy,
+                                               stride_h, stride_dx, stride_dh, stride_s,
+                                               stride_pw, stride_pb, stride_p,
+                                               HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                               BLOCK_D: tl.constexpr):
+    _modulate_bwd(DY, H, W, SCALE, RSTD, DX, IDX, DH, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
+                  D, stride_dy, stride_h, stride_dx, stride_dh, stride_s, stride_pw, stride_pb,
+                  stride_p, HAS_WEIGHT, True, BLOCK_M, BLOCK_D)
 
 
 def _configs(block_ms, warps):
@@ -157,6 +220,8 @@ def _prune(configs, named_args, **kwargs):
 _KEY = ["D", "HAS_WEIGHT"]
 _fwd = tuned(_rms_norm_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
 _mod_fwd = tuned(_rms_norm_modulate_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
+_gather_mod_fwd = tuned(_route_gather_rms_norm_modulate_fwd_kernel,
+                        _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
 _FIXED = {"BLOCK_M": 2, "num_warps": 4}
 
 
@@ -229,6 +294,42 @@ def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
     return dx, dweight, dshift, dscale
 
 
+def route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, eps):
+    """Fused route start: h = x[idx] and y = rms_norm_modulate(h, weight, shift, scale, seg, eps)
+    in one pass over the kept rows (x [T, D]; idx [K] int64 unique; seg [K] int32, the
+    non-decreasing segments of the kept rows). Returns (h [K, D], y [K, D], rstd [K] fp32)."""
+    kept, dim = idx.shape[0], x.shape[1]
+    h = torch.empty(kept, dim, device=x.device, dtype=x.dtype)
+    y = torch.empty_like(h)
+    rstd = torch.empty(kept, device=x.device, dtype=torch.float32)
+    _launch(_gather_mod_fwd, _row_grid(kept), x, idx, weight, shift, scale, seg, h, y, rstd, kept,
+            dim, x.stride(0), h.stride(0), y.stride(0), shift.stride(0), float(eps),
+            HAS_WEIGHT=weight is not None, BLOCK_D=triton.next_power_of_2(dim))
+    return h, y, rstd
+
+
+def route_gather_rms_norm_modulate_bwd(dh, dy, h, idx, weight, scale, seg, rstd, total):
+    """Backward of the fused route start, given dh (gradient reaching h = x[idx] from its other
+    uses) and dy: dx [total, D] holds dh + ∂y/∂h·dy at rows idx and 0 elsewhere.
+    Returns (dx, dweight | None, dshift, dscale)."""
+    kept, dim = h.shape
+    per_item = rows_per_item(kept, h.device)
+    plan = segment_plan(seg, scale.shape[0], per_item)
+    items = plan["start"].shape[0]
+    dx = torch.zeros(total, dim, device=h.device, dtype=h.dtype)
+    pw = torch.empty(items if weight is not None else 1, dim, device=h.device, dtype=torch.float32)
+    pmod = torch.empty(2, items, dim, device=h.device, dtype=torch.float32)
+    _route_gather_rms_norm_modulate_bwd_kernel[(items,)](
+        dy, h, weight, scale, rstd, dx, idx, dh, pw, pmod, plan["start"], plan["end"],
+        plan["seg"], per_item, dim, dy.stride(0), h.stride(0), dx.stride(0), dh.stride(0),
+        scale.stride(0), pw.stride(0), pmod.stride(0), pmod.stride(1),
+        HAS_WEIGHT=weight is not None, **_bwd_config(dim))
+    dshift = segment_sum(pmod[0], plan["first"], plan["last"], h.dtype)
+    dscale = segment_sum(pmod[1], plan["first"], plan["last"], h.dtype)
+    dweight = column_sum(pw, h.dtype) if weight is not None else None
+    return dx, dweight, dshift, dscale
+
+
 def static_specs():
     """bf16, D = 1152 (SiT-XL, BLOCK_D 2048) with weight, as a real launch specializes them
     (forward: a typical autotuned config; backward: its fixed config)."""
@@ -246,12 +347,24 @@ def static_specs():
                "ITEM_SEG": "*i32", "R": i32, "D": i32, "stride_dy": i32, "stride_x": i32,
                "stride_dx": i32, "stride_s": i32, "stride_pw": i32, "stride_pb": i32,
                "stride_p": i32}
-    unaligned = {"M", "eps"}
+    gather_fwd = {"X": ptr, "IDX": "*i64", "W": ptr, "SHIFT": ptr, "SCALE": ptr, "SEG": "*i32",
+                  "H": ptr, "Y": ptr, "RSTD": "*fp32", "K": i32, "D": i32, "stride_x": i32,
+                  "stride_h": i32, "stride_y": i32, "stride_s": i32, "eps": "fp32"}
+    gather_bwd = {"DY": ptr, "H": ptr, "W": ptr, "SCALE": ptr, "RSTD": "*fp32", "DX": ptr,
+                  "IDX": "*i64", "DH": ptr, "PW": "*fp32", "PMOD": "*fp32", "ITEM_START": "*i32",
+                  "ITEM_END": "*i32", "ITEM_SEG": "*i32", "R": i32, "D": i32, "stride_dy": i32,
+                  "stride_h": i32, "stride_dx": i32, "stride_dh": i32, "stride_s": i32,
+                  "stride_pw": i32, "stride_pb": i32, "stride_p": i32}
+    unaligned = {"M", "K", "eps"}
     return [
         ast_spec(kernel, sig, {**d, "BLOCK_M": block_m}, [n for n in sig if n not in unaligned],
                  num_warps=warps)
         for kernel, sig, block_m, warps in ((_rms_norm_fwd_kernel, fwd, 4, 8),
                                             (_rms_norm_modulate_fwd_kernel, mod_fwd, 4, 8),
                                             (_rms_norm_bwd_kernel, bwd, 1, 8),
-                                            (_rms_norm_modulate_bwd_kernel, mod_bwd, 1, 8))
+                                            (_rms_norm_modulate_bwd_kernel, mod_bwd, 1, 8),
+                                            (_route_gather_rms_norm_modulate_fwd_kernel,
+                                             gather_fwd, 4, 8),
+                                            (_route_gather_rms_norm_modulate_bwd_kernel,
+                                             gather_bwd, 1, 8))
     ]
