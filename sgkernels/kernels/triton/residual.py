@@ -213,7 +213,8 @@ def static_specs():
                "stride_x": i32, "stride_y": i32, "stride_g": i32, "stride_o": i32}
     bwd_sig = {"DOUT": ptr, "Y": ptr, "GATE": ptr, "DY": ptr, "PGATE": "*fp32",
                "ITEM_START": "*i32", "ITEM_END": "*i32", "ITEM_SEG": "*i32", "R": i32, "D": i32,
-               "stride_do": i32, "stride_y": i32, "stride_g": i32, "stride_dy": i32, "stride_p": i32}
+               "stride_do": i32, "stride_y": i32, "stride_g": i32, "stride_dy": i32,
+               "stride_p": i32}
     sum_sig = {"P": "*fp32", "OUT": ptr, "FIRST": "*i32", "LAST": "*i32", "D": i32,
                "stride_p": i32, "stride_o": i32}
     return [
