@@ -11,8 +11,9 @@ from the timed steps to a `--steps` run):
 Training, per batch size: one step = flow-matching loss ‖v_θ(x_t, t, y) − (x − z)‖² on random
 data, backward, AdamW step; TREAD (train mode: the config's routes, e.g. r_{2→24} at 0.5 on
 SiT-XL/2) vs dense (gamma 0), one model and optimizer, timed round-robin. Predicted speedup =
-forward GFLOPs dense / routed (the backward costs ≈ 2× the forward in both). On CUDA: bf16
-autocast, fp32 weights, and the peak memory of one step above the resident model + optimizer.
+forward GFLOPs dense / routed (the backward costs ≈ 2× the forward in both). Precision: fp32,
+pure bf16 (CUDA default) or amp (bf16 autocast); on CUDA also the peak memory of one step above
+the resident model + optimizer.
 """
 from __future__ import annotations
 
@@ -62,26 +63,29 @@ def bench_sampling(model, batch, steps, timed, repeats, device, dtype) -> list[d
     return rows
 
 
-def bench_training(config, batch, timed, repeats, device) -> list[dict]:
-    """ms per optimizer step, dense vs TREAD-routed, on one fp32 model + AdamW, round-robin.
+def bench_training(config, batch, timed, repeats, device, precision="fp32") -> list[dict]:
+    """ms per optimizer step, dense vs TREAD-routed, on one model + AdamW, round-robin.
 
-    CUDA: also the peak memory a step allocates on top of the resident model and optimizer.
+    precision: "fp32"; "bf16" (weights, optimizer state and activations in bf16); "amp" (fp32
+    weights, bf16 autocast). CUDA: also the peak memory a step allocates on top of the
+    resident model and optimizer.
     """
     cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
-    model = RoutedDiT(config).to(device).train()
+    model = RoutedDiT(config).to(device=device, dtype=dtype).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (batch, config.in_channels, config.input_size, config.input_size)
-    x = torch.randn(shape, generator=gen, device=device)
+    x = torch.randn(shape, generator=gen, device=device).to(dtype)
     y = torch.randint(0, config.num_classes, (batch,), generator=gen, device=device)
 
     def steps(gamma):
         def run():
             for _ in range(timed):
-                z = torch.randn(shape, generator=gen, device=device)
-                t = torch.rand(batch, generator=gen, device=device)
-                with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                z = torch.randn(shape, generator=gen, device=device).to(dtype)
+                t = torch.rand(batch, generator=gen, device=device).to(dtype)
+                with torch.autocast(device.type, torch.bfloat16, enabled=precision == "amp"):
                     v = model(interpolate(x, z, t), t, y, gamma=gamma, generator=gen)
                 loss = fm_loss(v, x, z)
                 opt.zero_grad(set_to_none=True)
@@ -127,6 +131,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed calls (median; CUDA 5, CPU 3)")
     p.add_argument("--dtype", default=None, choices=common.DTYPES,
                    help="sampling dtype (CUDA bf16, CPU fp32)")
+    p.add_argument("--train-precision", default=None, choices=("fp32", "bf16", "amp"),
+                   help="training: fp32, pure bf16, or amp (bf16 autocast); CUDA bf16, CPU fp32")
     p.add_argument("--skip", nargs="*", default=[], choices=("sampling", "training"))
     p.add_argument("--out", type=Path, default=Path("outputs/bench_e2e"))
     return p.parse_args(argv)
@@ -141,6 +147,7 @@ def main(argv=None) -> list[dict]:
     timed = args.timed or (3 if cuda else 1)
     repeats = args.repeats or (5 if cuda else 3)
     dtype = common.DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
+    precision = args.train_precision or ("bf16" if cuda else "fp32")
     rows = []
     if "sampling" not in args.skip:
         torch.manual_seed(0)
@@ -151,11 +158,12 @@ def main(argv=None) -> list[dict]:
         del model
     if "training" not in args.skip:
         for batch in args.train_batches or ([32] if cuda else [8]):
-            rows += bench_training(config, batch, timed, repeats, device)
+            rows += bench_training(config, batch, timed, repeats, device, precision)
             print_table(rows[-2:])
     record = {"machine": common.machine_info(device), "model": name, "weights": "random init",
               "steps": args.steps, "timed_steps": timed, "repeats": repeats,
-              "sampling_dtype": str(dtype), "guidance_scale": SCALE,
+              "sampling_dtype": str(dtype), "training_precision": precision,
+              "guidance_scale": SCALE,
               "timing": "median over repeats of timed steps; CUDA events on GPU, wall clock on "
                         "CPU; sampling images/s extrapolated to a --steps run"}
     common.write_csv(args.out / "e2e.csv", rows)
