@@ -17,7 +17,7 @@ class TrainArgs:
     model_set: tuple[str, ...] = ()      # "field=value" overrides of the preset's ModelConfig
     data: str = "fashion-mnist"          # fashion-mnist | digits | folder | latents
     data_path: str | None = None
-    image_size: int | None = None        # default: the model's input size (times 8 with a VAE)
+    image_size: int | None = None        # default: model input size (x the VAE's downsampling)
     steps: int = 1000
     batch: int = 64                      # global batch, split evenly over the ranks
     lr: float | None = None              # default 1e-4, 1e-5 when finetuning

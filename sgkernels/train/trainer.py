@@ -115,7 +115,8 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------------------
     def _load_data(self) -> None:
         args, cfg = self.args, self.config
-        size = args.image_size or (cfg.input_size * 8 if self.vae is not None else cfg.input_size)
+        factor = 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+        size = args.image_size or cfg.input_size * factor
         channels = 3 if self.vae is not None else cfg.in_channels
         self.data = load_dataset(args.data, size, args.data_path, channels, args.latent_scale)
         if self.data.num_classes > cfg.num_classes:
