@@ -1,24 +1,13 @@
 """Sample grids during training: fixed-seed noise, labels cycling over the classes, dense model.
 
-Samples come from `sgkernels.sample` (imported lazily: train and sampling are peer layers) or,
-where that is not installed, from the plain Euler integration of dx/dt = v(x, t) from t = 0
-(noise) to t = 1 (data). Images in [-1, 1] become uint8 and are tiled into one PNG, one column
-per class.
+Samples come from `sgkernels.sampling.sample` (unguided, Euler from t = 0 noise to t = 1 data;
+imported inside the function: train and sampling are peer layers). Images in [-1, 1] become
+uint8 and are tiled into one PNG, one column per class.
 """
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-@torch.no_grad()
-def euler_sample(model, noise: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:
-    x = noise
-    dt = 1.0 / steps
-    for i in range(steps):
-        t = torch.full((x.shape[0],), i * dt, device=x.device)
-        x = x + dt * model(x, t, labels).float()
-    return x
 
 
 @torch.no_grad()
@@ -31,10 +20,8 @@ def generate(model, shape, num_classes: int, count: int, steps: int, seed: int,
     was_training = model.training
     model.eval()
     try:
-        try:
-            from sgkernels.sampling import sample
-        except ImportError:
-            return euler_sample(model, noise, labels, steps)
+        from sgkernels.sampling import sample  # lazy: train and sampling are peer layers
+
         return sample(model, noise, labels, steps=steps, solver="euler",
                       generator=torch.Generator().manual_seed(seed)).float()
     finally:

@@ -39,12 +39,9 @@ def _model_from_config(config_dict: dict) -> nn.Module:
 
 
 def build_model(args: TrainArgs) -> nn.Module:
-    """RoutedDiT from the preset, or from the finetune checkpoint (its config and weights)."""
+    """RoutedDiT from the preset, or with the finetune checkpoint's config."""
     if args.finetune:
-        ckpt = load_checkpoint(args.finetune)
-        model = _model_from_config(ckpt["args"]["model_config"])
-        model.load_state_dict(ckpt[args.finetune_weights])
-        return model
+        return _model_from_config(load_checkpoint(args.finetune)["args"]["model_config"])
     from sgkernels import presets
     from sgkernels.model import RoutedDiT
 
@@ -92,6 +89,8 @@ class Trainer:
         self.out = Path(args.out)
         torch.manual_seed(args.seed)
         model = build_model(args) if model is None else model
+        if args.finetune:
+            model.load_state_dict(load_checkpoint(args.finetune)[args.finetune_weights])
         self.config = model.config
         self.config_dict = self.config.to_dict()
         self.model = model.to(self.info.device).train()
@@ -225,11 +224,14 @@ class Trainer:
                     last = D.mean_scalar(sum(window) / len(window), info)
                     log.row(self.step, last, lr_at(args, self.step - 1), args.batch)
                     window = []
-                if end or (args.ckpt_every and self.step % args.ckpt_every == 0):
+                ckpt = end or (args.ckpt_every and self.step % args.ckpt_every == 0)
+                grid = end or (args.sample_every and self.step % args.sample_every == 0)
+                if ckpt:
                     self.save_checkpoint()
-                if end or (args.sample_every and self.step % args.sample_every == 0):
+                if grid:
                     self.save_samples()
-                D.barrier(info)
+                if ckpt or grid:  # other ranks wait for rank 0's writes
+                    D.barrier(info)
                 if end:
                     break
         finally:

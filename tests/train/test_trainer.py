@@ -114,3 +114,16 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="model_set"):
         main(["--model", "Tiny/2", "--set", "not_a_field=3", "--data", "digits", "--steps", "0",
               "--device", "cpu", "--out", "/tmp/unused"])
+
+
+def test_sample_grid_is_fixed_and_tiles_classes(tmp_path):
+    from PIL import Image
+
+    from sgkernels.train.grid import generate, save_grid
+
+    model = tiny_model()
+    a = generate(model, (1, 8, 8), 10, 20, 3, seed=5, device="cpu")
+    b = generate(model, (1, 8, 8), 10, 20, 3, seed=5, device="cpu")
+    assert a.shape == (20, 1, 8, 8) and torch.equal(a, b) and model.training
+    img = Image.open(save_grid(a, tmp_path / "g.png", ncol=10, pad=2, upscale=2))
+    assert img.size == (2 * (10 * 10 + 2), 2 * (2 * 10 + 2)) and img.mode == "L"
