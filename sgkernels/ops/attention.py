@@ -10,7 +10,7 @@ Roofline per call, T tokens, H heads, head dim Dh, segment lengths L_i (S̄ = Σ
 """
 import torch
 
-from . import dispatch, validate
+from . import amp, dispatch, validate
 
 
 @torch.library.custom_op("sgkernels::varlen_attention", mutates_args=())
@@ -67,6 +67,7 @@ _varlen_attention.register_autograd(_grad, setup_context=_setup)
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
     """softmax(scale·QKᵀ)V within each segment; q, k, v [T, H, Dh]; cu_seqlens [S+1] int32."""
     op = "varlen_attention"
+    q, k, v = amp.to_autocast_dtype(q, k, v)
     validate.floating(op, "q", q)
     validate.ndim(op, "q", q, 3)
     for name, t in (("k", k), ("v", v)):

@@ -20,6 +20,8 @@ import functools
 import importlib
 import os
 
+import torch
+
 from . import reference
 
 BACKENDS = ("torch", "triton", "cuda")
@@ -99,8 +101,25 @@ def _forced_function(name, fn_name, device):
     return fn
 
 
+def _without_autocast(fn, device_type):
+    @functools.wraps(fn)
+    def run(*args):
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args)
+
+    return run
+
+
 def get(fn_name, device):
-    """The backend function `fn_name` (e.g. "rms_norm_fwd") to run on tensors of `device`."""
+    """The backend function `fn_name` (e.g. "rms_norm_fwd") to run on tensors of `device`;
+    wrapped to run with autocast off when autocast is on (see sgkernels.ops.amp)."""
+    fn = _select(fn_name, device)
+    if torch.is_autocast_enabled(device.type):
+        return _without_autocast(fn, device.type)
+    return fn
+
+
+def _select(fn_name, device):
     name = forced_backend()
     if name is not None:
         return _forced_function(name, fn_name, device)
@@ -116,7 +135,7 @@ def get(fn_name, device):
 
 def backend_for(fn_name, device):
     """Name of the backend `get(fn_name, device)` would use (for logs, tests and benchmarks)."""
-    fn = get(fn_name, device)
+    fn = _select(fn_name, device)
     for name in BACKENDS:
         module, _ = _import(name)
         if module is not None and getattr(module, fn_name, None) is fn:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from . import dispatch, validate
+from . import amp, dispatch, validate
 
 
 @torch.library.custom_op("sgkernels::rms_norm", mutates_args=())
@@ -60,6 +60,7 @@ def rms_norm(x, weight=None, eps=1e-6):
     """RMSNorm over the last dim of `x` (any leading shape); `weight` [D] or None."""
     op = "rms_norm"
     validate.floating(op, "x", x)
+    (weight,) = amp.like(x, weight)
     if x.dim() == 0:
         raise ValueError(f"{op}: x must have at least 1 dim, got a scalar")
     if weight is not None:
@@ -126,6 +127,7 @@ def rms_norm_modulate(x, weight, shift, scale, seg, eps=1e-6):
     """adaLN RMSNorm: x [T, D]; weight [D] or None; shift, scale [S, D]; seg [T] int32 sorted."""
     op = "rms_norm_modulate"
     validate.floating(op, "x", x)
+    weight, shift, scale = amp.like(x, weight, shift, scale)
     validate.ndim(op, "x", x, 2)
     tokens, dim = x.shape
     if weight is not None:

@@ -8,7 +8,7 @@ Roofline per call, T rows of D channels, e bytes per element, S segments (seg in
 """
 import torch
 
-from . import dispatch, validate
+from . import amp, dispatch, validate
 
 
 @torch.library.custom_op("sgkernels::gated_residual", mutates_args=())
@@ -56,6 +56,7 @@ def gated_residual(x, y, gate, seg):
     """x + gate[seg] · y; x, y [T, D]; gate [S, D]; seg [T] int32 non-decreasing."""
     op = "gated_residual"
     validate.floating(op, "x", x)
+    y, gate = amp.like(x, y, gate)
     validate.ndim(op, "x", x, 2)
     validate.like(op, "y", y, "x", x)
     validate.shape(op, "y", y, x.shape, "[T, D] (the shape of x)")

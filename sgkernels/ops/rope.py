@@ -11,7 +11,7 @@ Roofline per call, e bytes per element: bytes 2·e·T·H·Dh + 8T (int32 pos); F
 """
 import torch
 
-from . import dispatch, validate
+from . import amp, dispatch, validate
 
 POS_DTYPES = (torch.int32, torch.int64, torch.float32)
 
@@ -52,6 +52,7 @@ _rope_axial.register_autograd(_grad, setup_context=_setup)
 def rope_axial(x, pos, theta=10000.0):
     """Rotate x [T, H, Dh] by axial (row, col) angles from pos [T, 2]."""
     op = "rope_axial"
+    (x,) = amp.to_autocast_dtype(x)
     validate.floating(op, "x", x)
     validate.ndim(op, "x", x, 3)
     if x.shape[-1] % 4:

@@ -13,7 +13,7 @@ Roofline per call, e bytes per element, idx of i bytes per entry:
 """
 import torch
 
-from . import dispatch, validate
+from . import amp, dispatch, validate
 
 
 @torch.library.custom_op("sgkernels::route_gather", mutates_args=())
@@ -103,6 +103,7 @@ def route_scatter(base, y, idx):
     """A copy of base [T, D] with rows idx [K] replaced by y [K, D]."""
     op = "route_scatter"
     validate.floating(op, "base", base)
+    (y,) = amp.like(base, y)
     validate.ndim(op, "base", base, 2)
     validate.like(op, "y", y, "base", base)
     idx = _check_idx(op, idx, "base", base)

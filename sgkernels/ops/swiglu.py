@@ -11,7 +11,7 @@ Roofline per call, M rows, H hidden channels, e bytes per element:
 """
 import torch
 
-from . import dispatch, validate
+from . import amp, dispatch, validate
 
 
 @torch.library.custom_op("sgkernels::swiglu", mutates_args=())
@@ -91,6 +91,7 @@ _swiglu_packed.register_autograd(_packed_grad, setup_context=_packed_setup)
 def swiglu(a, b=None):
     """silu(a) · b (any shape, a and b alike); with b None, a is [..., 2H] and b its second half."""
     op = "swiglu"
+    a, b = amp.to_autocast_dtype(a, b)
     validate.floating(op, "a", a)
     if a.dim() == 0:
         raise ValueError(f"{op}: a must have at least 1 dim, got a scalar")

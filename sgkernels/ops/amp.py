@@ -1,0 +1,30 @@
+"""Behaviour of the ops under torch.autocast.
+
+Like torch's own ops, the public wrappers cast their floating inputs before validation:
+    varlen_attention, swiglu, rope_axial     to the autocast dtype (they follow a linear layer)
+    rms_norm(_modulate), gated_residual,     to the dtype of x / base (the residual stream keeps
+    route_scatter                            its precision; shift, scale, gate, y follow it)
+The op bodies then run with autocast off (dispatch.get), so the backends see exactly the
+dtypes of the op contract and keep their fp32 statistics.
+"""
+import torch
+
+
+def enabled(device):
+    return torch.is_autocast_enabled(device.type)
+
+
+def to_autocast_dtype(*tensors):
+    """Floating tensors cast to the active autocast dtype of their device (no-op without it)."""
+    device = tensors[0].device
+    if not enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device.type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
+def like(ref, *tensors):
+    """Floating tensors cast to ref's dtype under autocast (no-op without it)."""
+    if not enabled(ref.device):
+        return tensors
+    return tuple(t.to(ref.dtype) if t is not None and t.is_floating_point() else t for t in tensors)
