@@ -224,18 +224,21 @@ inline int sm_count() {
 }
 
 // Row partition of the two-stage reductions: G groups of R consecutive rows (G * R >= M,
-// every group non-empty). At least 16 rows per group keeps the partials small next to the
-// inputs; at most 32 groups per SM. It depends only on M and the device, so the workspace size
-// (queried first) and the launch always agree.
+// every group non-empty). At least 16 rows per group keeps the partial sums small next to the
+// inputs, and G stays below about 1024 resident threads per SM worth of groups, beyond which more
+// groups add partial-sum traffic without adding parallelism. It depends only on the dtype, M, D
+// and the device (the group width is that of the 16-byte-aligned plan), so the workspace size,
+// queried first, and the launch always agree.
 struct Partition {
   int64_t groups;
   int64_t rows_per_group;
 };
 
-inline Partition partition_rows(int64_t M) {
+inline Partition partition_rows(SgkDtype dt, int64_t M, int64_t D) {
   const int64_t min_rows = 16;
+  const int tpr = plan_rows(D, vec_max_of(dt), /*aligned=*/true, /*keep_in_registers=*/true).tpr;
   int64_t g = (M + min_rows - 1) / min_rows;
-  const int64_t cap = (int64_t)sm_count() * 32;
+  const int64_t cap = (int64_t)sm_count() * 1024 / tpr;
   if (g > cap) g = cap;
   if (g < 1) g = 1;
   Partition part;

@@ -148,8 +148,8 @@ cudaError_t sgk_gated_residual_fwd(SgkDtype dt, const void* x, const void* y, co
   });
 }
 
-size_t sgk_gated_residual_bwd_workspace(SgkDtype, int64_t M, int64_t D, int64_t S) {
-  return (size_t)(partition_rows(M).groups + S) * D * sizeof(float);
+size_t sgk_gated_residual_bwd_workspace(SgkDtype dt, int64_t M, int64_t D, int64_t S) {
+  return (size_t)(partition_rows(dt, M, D).groups + S) * D * sizeof(float);
 }
 
 cudaError_t sgk_gated_residual_bwd(SgkDtype dt, const void* dout, const void* y,
@@ -159,7 +159,7 @@ cudaError_t sgk_gated_residual_bwd(SgkDtype dt, const void* dout, const void* y,
   if (D <= 0 || D > SGK_MAX_ROW_DIM) return cudaErrorInvalidValue;
   const bool al = aligned16(dout) && aligned16(y) && aligned16(gate) && aligned16(dy);
   const RowPlan p = plan_rows(D, vec_max_of(dt), al, /*keep_in_registers=*/true);
-  const Partition part = partition_rows(M);
+  const Partition part = partition_rows(dt, M, D);
   return dispatch_dtype(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (M > 0) {

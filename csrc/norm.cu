@@ -195,7 +195,7 @@ struct NormBwdLayout {
 NormBwdLayout norm_bwd_layout(SgkDtype dt, int64_t M, int64_t D, int64_t S, bool aligned) {
   NormBwdLayout l;
   l.plan = norm_plan(dt, D, aligned);
-  l.part = partition_rows(M);
+  l.part = partition_rows(dt, M, D);
   l.w_floats = (size_t)l.part.groups * D;
   l.piece_floats = S > 0 ? (size_t)(l.part.groups + S) * D : 0;
   return l;

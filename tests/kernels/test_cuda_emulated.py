@@ -210,13 +210,14 @@ def test_misaligned_pointers_take_the_scalar_path(lib, dtype, assert_matches):
 
 @pytest.mark.parametrize("sm_count", [1, 3, 64])
 def test_reductions_for_every_partition(lib, sm_count, assert_matches):
-    """Few SMs force long groups (R = 32 rows for 1000 rows on 1 SM): pieces of one segment in
-    many groups and many segments in one group must still sum to the reference."""
+    """The SM count sets the partition: 600 rows of width 1000 make 4 groups of 150 rows on 1
+    SM, 12 of 50 on 3, 38 of 16 on 64. Pieces of one segment in many groups and many segments in
+    one group must all sum to the reference."""
     lib.set_sm_count(sm_count)
     try:
-        lengths = [1, 0, 130, 2, 2, 400, 0, 5, 300, 160]
-        _check_modulate(lib, lengths, 40, torch.float32, True, assert_matches)
-        _check_gated_residual(lib, lengths, 40, torch.float32, assert_matches)
+        lengths = [1, 0, 130, 2, 2, 200, 0, 5, 100, 160]
+        _check_modulate(lib, lengths, 1000, torch.float32, True, assert_matches)
+        _check_gated_residual(lib, lengths, 1000, torch.float32, assert_matches)
     finally:
         lib.set_sm_count(4)
 
