@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from train_helpers import state_equal, tiny_args, tiny_config, tiny_model
+from train_helpers import state_equal, tiny_args, tiny_config, tiny_maskdit_config, tiny_model
 
 from sgkernels.model import from_checkpoint
 from sgkernels.train import Trainer, train
@@ -20,6 +20,14 @@ def test_loss_decreases_on_digits(tmp_path):
     assert len(rows) == 15 and summary["step"] == 150
     first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-3:]) / 3
     assert last < 0.75 * first, (first, last)
+
+
+def test_maskdit_training_learns(tmp_path):
+    args = tiny_args(tmp_path, steps=60, batch=32, lr=2e-3, warmup=10, log_every=10,
+                     maskdit_lambda=0.5)
+    train(args, tiny_model(tiny_maskdit_config()))
+    rows = read_log(tmp_path / "log.jsonl")
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], [r["loss"] for r in rows]
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
@@ -127,3 +135,14 @@ def test_sample_grid_is_fixed_and_tiles_classes(tmp_path):
     assert a.shape == (20, 1, 8, 8) and torch.equal(a, b) and model.training
     img = Image.open(save_grid(a, tmp_path / "g.png", ncol=10, pad=2, upscale=2))
     assert img.size == (2 * (10 * 10 + 2), 2 * (2 * 10 + 2)) and img.mode == "L"
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_autocast_training(tmp_path):
+    args = tiny_args(tmp_path, steps=20, batch=32, lr=2e-3, device="cuda", log_every=10)
+    trainer = Trainer(args, tiny_model())
+    summary = trainer.run()
+    assert summary["step"] == 20 and torch.isfinite(torch.tensor(summary["loss"]))
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in trainer.model.parameters())
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert "cuda" in ckpt["args"]["rng"]
