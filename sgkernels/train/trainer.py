@@ -109,7 +109,10 @@ class Trainer:
         self.ddp = self.model
         if self.info.enabled:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # a dense forward of a MaskDiT model leaves its mask token without a gradient
+            unused = self.config.maskdit and args.routing == "off"
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                           find_unused_parameters=unused)
 
     # -- set-up ---------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -132,7 +135,8 @@ class Trainer:
         return self.out / "checkpoints"
 
     def _resume(self) -> None:
-        ckpt = load_checkpoint(self.ckpt_dir / "latest.pt", map_location=self.info.device)
+        # on CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device
+        ckpt = load_checkpoint(self.ckpt_dir / "latest.pt", map_location="cpu")
         _check_resume(ckpt["args"], self.args, self.config_dict)
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
