@@ -1,0 +1,130 @@
+"""Evaluate a generated image set against a reference set.
+
+Metrics (names as in the CLI):
+    fid   Fréchet distance of Inception-v3 pool3 features (TF FID weights, see inception.py)
+    cfd   Fréchet distance of the Fashion-MNIST classifier's 128-d features (classifier.py)
+    kid   KID (unbiased cubic-kernel MMD^2 over subsets) in the chosen feature `space`
+    prdc  precision, recall, density, coverage (k-NN, Naeem et al. 2020) in the chosen `space`
+    acc   class agreement: fraction of samples the classifier assigns to their conditioning label
+
+Reference features are cached (cache.cached_features); generated features are computed once and
+every bootstrap replicate (bootstrap.py) resamples their rows, so intervals cost no extra
+network passes. The point estimate of each metric uses the full generated set.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .bootstrap import bootstrap as run_bootstrap
+from .cache import cached_features
+from .frechet import FrechetReference, gaussian_stats
+from .images import ImageSet
+from .kid import kid
+from .prdc import PRDCResampler, prdc
+
+METRICS = ("fid", "cfd", "kid", "prdc", "acc")
+SPACES = ("classifier", "inception")
+PRDC_NAMES = ("precision", "recall", "density", "coverage")
+
+
+def parse_metrics(metrics) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics))
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise ValueError(f"metrics: expected a non-empty subset of {METRICS}, got {names}")
+    return tuple(dict.fromkeys(names))
+
+
+def _check_labels(samples: ImageSet) -> np.ndarray:
+    if samples.labels is None:
+        raise ValueError(f"acc: {samples.name} has no labels (arr_1, or integer-named "
+                         "sub-folders); leave acc out of the metrics")
+    if samples.labels.min() < 0 or samples.labels.max() > 9:
+        raise ValueError(f"acc: labels must be Fashion-MNIST classes 0..9 (unconditional "
+                         f"samples have no class), got {samples.labels.min()}.."
+                         f"{samples.labels.max()}")
+    return samples.labels
+
+
+def evaluate(samples: ImageSet, reference: ImageSet, metrics=METRICS, *, space="classifier",
+             k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000,
+             bootstrap: int = 0, alpha: float = 0.05, seed: int = 0, device="cpu",
+             classifier=None, inception=None, log=print) -> dict:
+    """{"metrics": {name: {"value", and with bootstrap "low", "high", "std"}}, "info": {...}}.
+
+    `classifier` / `inception`: feature extractors (default: the cached ClassifierFeatures and
+    InceptionFeatures on `device`); they are created only when a requested metric needs them.
+    """
+    metrics = parse_metrics(metrics)
+    if space not in SPACES:
+        raise ValueError(f"space: expected one of {SPACES}, got {space!r}")
+    labels = _check_labels(samples) if "acc" in metrics else None
+    n = len(samples)
+    info = {"samples": samples.name, "num_samples": n, "reference": reference.name,
+            "num_reference": len(reference), "space": space, "k": k, "seconds": {}}
+    needs = {"inception": "fid" in metrics,
+             "classifier": bool({"cfd", "acc"} & set(metrics))}
+    needs[space] |= bool({"kid", "prdc"} & set(metrics))
+    extractors = {}
+    if needs["classifier"]:
+        if classifier is None:
+            from .classifier import ClassifierFeatures
+            classifier = ClassifierFeatures(log=log)
+        extractors["classifier"] = classifier
+        info["classifier"] = classifier.info
+    if needs["inception"]:
+        if inception is None:
+            from .inception import InceptionFeatures
+            inception = InceptionFeatures(device=device)
+        extractors["inception"] = inception
+        info["inception"] = str(getattr(inception, "path", type(inception).__name__))
+    gen, ref = {}, {}
+    for name, ex in extractors.items():
+        start = time.perf_counter()
+        ref[name] = cached_features(ex, reference.images, reference.digest())
+        mid = time.perf_counter()
+        gen[name] = ex(samples.images).astype(np.float64)
+        info["seconds"][f"{name}_reference"] = round(mid - start, 3)
+        info["seconds"][f"{name}_samples"] = round(time.perf_counter() - mid, 3)
+        log(f"{name} features: {n} samples in {time.perf_counter() - mid:.1f} s")
+
+    point, boot = [], []   # functions idx -> {metric: value}
+    for metric, name in (("fid", "inception"), ("cfd", "classifier")):
+        if metric in metrics:
+            fr = FrechetReference(ref[name]["mu"], ref[name]["sigma"])
+            feats = gen[name]
+            fn = (lambda idx, fr=fr, f=feats, m=metric: {m: fr.distance(*gaussian_stats(f[idx]))})
+            point.append(fn)
+            boot.append(fn)
+    if "kid" in metrics:
+        real, feats = ref[space]["features"].astype(np.float64), gen[space]
+        fn = (lambda idx: {"kid": kid(feats[idx], real, kid_subsets, kid_subset_size, seed,
+                                      gen_ids=idx)[0]})
+        point.append(fn)
+        boot.append(fn)
+    if "prdc" in metrics:
+        real_p, feats_p = ref[space]["features"].astype(np.float64), gen[space]
+        point.append(lambda idx: prdc(real_p, feats_p[idx], k, fake_ids=idx))
+        if bootstrap:
+            boot.append(PRDCResampler(real_p, feats_p, k))
+    if "acc" in metrics:
+        agree = (classifier.predict(samples.images) == labels).astype(np.float64)
+        fn = (lambda idx: {"acc": float(agree[idx].mean())})
+        point.append(fn)
+        boot.append(fn)
+
+    start = time.perf_counter()
+    everything = np.arange(n)
+    out = {}
+    for fn in point:
+        out.update({m: {"value": float(v)} for m, v in fn(everything).items()})
+    if bootstrap:
+        intervals = run_bootstrap(lambda idx: {m: v for fn in boot for m, v in fn(idx).items()},
+                                  n, bootstrap, seed, alpha)
+        for m, ci in intervals.items():
+            out[m].update(ci)
+        info["bootstrap"] = {"replicates": bootstrap, "alpha": alpha, "seed": seed}
+    info["seconds"]["metrics"] = round(time.perf_counter() - start, 3)
+    return {"metrics": out, "info": info}
