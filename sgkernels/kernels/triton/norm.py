@@ -8,7 +8,8 @@ Math (per row, fp32 inside the kernels; r = rsqrt(mean(x²) + eps), x̂ = x·r, 
                         dweight = Σ_rows dn·x̂,  dshift[s] = Σ_seg dy,  dscale[s] = Σ_seg dy·n
 
 A program owns whole rows (BLOCK_D = next_pow2(D) ≥ D columns, BLOCK_M rows), so the row statistic
-is one in-register reduction; rstd [M] fp32 is saved for the backward. The backward runs one
+is one in-register reduction (no register spills on sm_90 up to D = 4096; wider rows spill in
+the backward but stay correct); rstd [M] fp32 is saved for the backward. The backward runs one
 program per reduction item (≤ R rows, inside one segment for the modulated norm, see residual.py):
 it writes dx and fp32 partial rows of dweight/dshift/dscale, which a second kernel sums in a fixed
 order (deterministic, no atomics). Forward kernels are autotuned over BLOCK_M and num_warps
@@ -212,16 +213,21 @@ def _configs(block_ms, warps):
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep tiles of at most 16 Ki fp32 elements (registers) for this BLOCK_D."""
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] * kwargs["BLOCK_D"] <= 16384]
-    return kept or configs[:1]
+    """Tiles of 8..32 fp32 elements per thread: no register spills, yet wide accesses. Narrow
+    rows (< 8 per thread at best) keep their largest fitting tile, very wide rows the least
+    loaded one."""
+    def per_thread(c):
+        return c.kwargs["BLOCK_M"] * kwargs["BLOCK_D"] / (32 * c.num_warps)
+    kept = [c for c in configs if 8 <= per_thread(c) <= 32]
+    fits = [c for c in configs if per_thread(c) <= 32]
+    return kept or [max(fits, key=per_thread) if fits else min(configs, key=per_thread)]
 
 
 _KEY = ["D", "HAS_WEIGHT"]
-_fwd = tuned(_rms_norm_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
-_mod_fwd = tuned(_rms_norm_modulate_fwd_kernel, _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
-_gather_mod_fwd = tuned(_route_gather_rms_norm_modulate_fwd_kernel,
-                        _configs((1, 2, 4, 8, 16), (4, 8)), _KEY, _prune)
+_CONFIGS = _configs((1, 2, 4, 8, 16), (4, 8, 16))
+_fwd = tuned(_rms_norm_fwd_kernel, _CONFIGS, _KEY, _prune)
+_mod_fwd = tuned(_rms_norm_modulate_fwd_kernel, _CONFIGS, _KEY, _prune)
+_gather_mod_fwd = tuned(_route_gather_rms_norm_modulate_fwd_kernel, _CONFIGS, _KEY, _prune)
 _FIXED = {"BLOCK_M": 2, "num_warps": 4}
 
 
@@ -236,8 +242,9 @@ def _bwd_config(dim):
     block_d = triton.next_power_of_2(dim)
     if INTERPRET:
         return {"BLOCK_D": block_d, **_FIXED}
-    return {"BLOCK_D": block_d, "BLOCK_M": max(1, min(8, 2048 // block_d)),
-            "num_warps": 4 if block_d <= 1024 else 8}
+    block_m = max(1, min(8, 2048 // block_d))
+    return {"BLOCK_D": block_d, "BLOCK_M": block_m,
+            "num_warps": min(16, max(4, block_m * block_d // 256))}
 
 
 def _row_grid(rows):
