@@ -1,10 +1,10 @@
 """Evaluate the branches of one guided step and combine them: v = Σ_k a_k · D_k(x_t, t).
 
 Branches on the same model run in ONE packed forward: the batch of B images is repeated once
-per branch (segments of different lengths and labels), with a per-sample gamma tensor
+per branch (segments of different lengths and labels), with per-sample gamma rates (host floats, so no device sync)
 
     x_packed = [x; x; …]    t_packed = [t; t; …]    y_packed = [c or ∅ per branch]
-    gamma    = [γ_1]*B + [γ_2]*B + …                 (float64, so floor(N·γ) matches Python)
+    gamma    = [γ_1]*B + [γ_2]*B + …                 (Python floats)
 
 and the token selections are fixed by route scores drawn once per evaluation and model,
 `rand([R, K·B, N], generator)`: branch k of the packed call uses columns k·B … (k+1)·B, and
@@ -58,14 +58,13 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
         config = module.config
         null = torch.full_like(labels, config.num_classes)
         ys = [labels if terms[k][0].cond == "cond" else null for k in index]
-        gammas = [torch.full((batch,), terms[k][0].gamma, dtype=torch.float64, device=x.device)
-                  for k in index]
+        gammas = [[float(terms[k][0].gamma)] * batch for k in index]   # host floats: no sync
         scores = draw_route_scores(config, len(index) * batch, generator, x.device)
         tt = torch.full((batch,), t, dtype=acc, device=x.device)
         if packed:
             n = len(index)
             out = module(x.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), torch.cat(ys),
-                         gamma=torch.cat(gammas), route_scores=scores)
+                         gamma=sum(gammas, []), route_scores=scores)
             chunks = out.split(batch)
         else:
             chunks = [module(x, tt, ys[j], gamma=gammas[j],

@@ -20,6 +20,8 @@ def per_sample_gamma(gamma, batch):
         return torch.zeros(batch, dtype=torch.float64)
     if isinstance(gamma, torch.Tensor):
         return gamma.to(torch.float64).cpu()
+    if isinstance(gamma, (list, tuple)):
+        return torch.tensor(gamma, dtype=torch.float64)
     return torch.full((batch,), float(gamma), dtype=torch.float64)
 
 
