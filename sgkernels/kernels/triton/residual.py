@@ -119,7 +119,8 @@ def segment_sum(partials, first, last, dtype):
 
 def column_sum(partials, dtype):
     """partials [W, D] fp32 -> [D] `dtype`: Σ over all rows, deterministic."""
-    bounds = torch.tensor([0, partials.shape[0]], device=partials.device, dtype=torch.int32)
+    # [0, W] made on device: no host-to-device copy, so no sync and CUDA-graph capturable
+    bounds = torch.arange(2, device=partials.device, dtype=torch.int32) * partials.shape[0]
     return segment_sum(partials, bounds[:1], bounds[1:], dtype)[0]
 
 
