@@ -44,9 +44,11 @@ def _sdpa(q, k, v, cu_seqlens, scale):
     return out
 
 
-def _check(lengths, heads, dim, dtype, assert_matches, seed=0, spread=1.0, max_seqlen=None):
+def _check(lengths, heads, dim, dtype, assert_matches, seed=0, spread=1.0, max_seqlen=None,
+           scale=None):
     q, k, v, do = _inputs(lengths, heads, dim, dtype, seed, spread=spread)
-    cu, scale = _cu(lengths), dim ** -0.5
+    cu = _cu(lengths)
+    scale = dim ** -0.5 if scale is None else scale
     max_seqlen = max(lengths) if max_seqlen is None else max_seqlen
     o, lse = attention.varlen_attention_fwd(q, k, v, cu, max_seqlen, scale)
     o_ref, lse_ref = reference.varlen_attention_fwd(q, k, v, cu, max_seqlen, scale)
@@ -83,6 +85,13 @@ def test_large_scores_and_oversized_max_seqlen(poisoned_empty, assert_matches):
     """Scores of magnitude ~100 (exp overflows without the running max, and rows need rescaling
     across key tiles) and a max_seqlen larger than every segment (idle programs must exit)."""
     _check([45, 3], 2, 64, torch.float32, assert_matches, seed=2, spread=12.0, max_seqlen=70)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+def test_negative_and_zero_scale(scale, poisoned_empty, assert_matches):
+    """A negative scale flips which key is the row maximum; scale 0 is uniform attention."""
+    _check([20, 7], 1, 64, torch.float32, assert_matches, seed=10, spread=4.0, scale=scale)
 
 
 @pytest.mark.interpret

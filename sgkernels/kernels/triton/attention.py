@@ -69,7 +69,7 @@ def static_specs():
         mma = {**shape, "DOT_PRECISION": "tf32"}
         tag = f"d{head_dim}"
         specs += [
-            _spec(_attn_fwd_kernel, fwd, mma, FWD_CONFIGS[0], tag),
+            _spec(_attn_fwd_kernel, fwd, {**mma, "NEGATE_Q": False}, FWD_CONFIGS[0], tag),
             _spec(_attn_bwd_preprocess_kernel, pre, shape,
                   ({"BLOCK_R": PREPROCESS_ROWS}, 4, 1), tag),
             _spec(_attn_bwd_dkdv_kernel, {**dkdv, **tail}, mma, DKDV_CONFIGS[0], tag),

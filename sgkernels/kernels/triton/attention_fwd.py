@@ -60,7 +60,7 @@ def dot_precision(dtype):
 FWD_CONFIGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 4),
-    ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 2),
+    ({"BLOCK_M": 128, "BLOCK_N": 32}, 8, 3),
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3),
 ]
 # fp32 (3xTF32): the fewest spills found at Dh 128 (a few bytes; fp32 is not a speed target).
@@ -72,11 +72,46 @@ FWD_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 
 
 @triton.jit
+def _attn_fwd_tiles(
+    acc, l_i, m_i, q, K, V, base, stride_t, n_lo, n_hi, seqlen, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
+):
+    """Online-softmax update over the key tiles starting in [n_lo, n_hi). Only the PARTIAL tile
+    (the segment's last, shorter one) pays for masking keys at or past `seqlen`."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        kv_offs = base + (n0 + offs_n)[:, None] * stride_t + offs_d[None, :]
+        kv_mask = (offs_d < HEAD_DIM)[None, :]
+        if PARTIAL:
+            n_mask = (n0 + offs_n) < seqlen
+            kv_mask = kv_mask & n_mask[:, None]
+        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if PARTIAL:
+            s = tl.where(n_mask[None, :], s * qk_scale_log2, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.exp2(s - m_new[:, None])
+        else:
+            # c = qk_scale_log2 >= 0 (the host negates q for a negative scale), so the row max
+            # of the scaled scores is the scaled row max and p = 2^(s·c − m) is one FMA + exp2.
+            m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale_log2)
+            p = tl.exp2(s * qk_scale_log2 - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU_SEQLENS,
     stride_t, n_tokens, qk_scale_log2,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NEGATE_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     seg = tl.program_id(1)
@@ -87,34 +122,26 @@ def _attn_fwd_kernel(
         return
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
     m_mask = offs_m < seqlen
     base = start.to(tl.int64) * stride_t + head * HEAD_DIM
-    row_mask = m_mask[:, None] & d_mask[None, :]
+    row_mask = m_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     q = tl.load(Q + base + offs_m[:, None] * stride_t + offs_d[None, :], mask=row_mask, other=0.0)
+    if NEGATE_Q:
+        q = -q
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, seqlen, BLOCK_N):
-        n_mask = (n0 + offs_n) < seqlen
-        kv_offs = base + (n0 + offs_n)[:, None] * stride_t + offs_d[None, :]
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        # Column 0 of every segment is valid, so m_new is finite from the first tile on.
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
-
-    o = acc / l_i[:, None]
+    full_end = seqlen - seqlen % BLOCK_N
+    acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, base, stride_t, 0, full_end, seqlen,
+                                    qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION, BLOCK_N,
+                                    PARTIAL=False)
+    acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, base, stride_t, full_end, seqlen,
+                                    seqlen, qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION,
+                                    BLOCK_N, PARTIAL=True)
+    # Every row saw key 0 of its segment, so m_i is finite and l_i >= 1.
+    o = acc * (1.0 / l_i)[:, None]
     tl.store(O + base + offs_m[:, None] * stride_t + offs_d[None, :], o.to(O.dtype.element_ty),
              mask=row_mask)
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # ln 2: back to natural log
@@ -140,7 +167,8 @@ def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
 
     _attn_fwd[q.dtype == torch.float32][grid](
         q, k, v, o, lse, cu_seqlens,
-        heads * head_dim, total, float(scale) * LOG2E,
+        heads * head_dim, total, abs(float(scale)) * LOG2E,
         HEAD_DIM=head_dim, BLOCK_D=width, DOT_PRECISION=dot_precision(q.dtype),
+        NEGATE_Q=float(scale) < 0,
     )
     return o, lse
