@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default=_default("model"), help="preset name (sgkernels.presets.names())")
-    a("--set", dest="model_set", nargs="+", default=(), metavar="FIELD=VALUE",
+    a("--set", dest="model_set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
       help="override ModelConfig fields of the preset, e.g. patch_size=4 'routes=[[1,2,0.5]]'")
     a("--data", default=_default("data"), choices=DATASETS)
     a("--data-path", default=None, help="folder for --data folder|latents (or Fashion-MNIST idx dir)")
