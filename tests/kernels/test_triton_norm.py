@@ -17,23 +17,24 @@ SETTINGS = settings(max_examples=10, deadline=None,
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def _seg(lengths):
+def _seg(lengths, device="cpu"):
     counts = torch.tensor(lengths, dtype=torch.int64)
-    return torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), counts)
+    seg = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), counts)
+    return seg.to(device)
 
 
-def _inputs(rows, dim, dtype, segments=1, seed=0):
+def _inputs(rows, dim, dtype, segments=1, seed=0, device="cpu"):
+    """x, weight, dy, shift, scale (x offset from 0 so that rms_norm's scale matters)."""
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(rows, dim, generator=gen) * 3 + 0.5).to(dtype)
-    weight = torch.randn(dim, generator=gen).to(dtype)
-    dy = torch.randn(rows, dim, generator=gen).to(dtype)
-    shift = torch.randn(segments, dim, generator=gen).to(dtype)
-    scale = torch.randn(segments, dim, generator=gen).to(dtype)
-    return x, weight, dy, shift, scale
+    x = torch.randn(rows, dim, generator=gen) * 3 + 0.5
+    weight = torch.randn(dim, generator=gen)
+    dy = torch.randn(rows, dim, generator=gen)
+    shift, scale = (torch.randn(segments, dim, generator=gen) for _ in range(2))
+    return tuple(t.to(device=device, dtype=dtype) for t in (x, weight, dy, shift, scale))
 
 
-def _check_rms_norm(rows, dim, dtype, has_weight, eps, assert_matches):
-    x, weight, dy, _, _ = _inputs(rows, dim, dtype)
+def _check_rms_norm(rows, dim, dtype, has_weight, eps, assert_matches, device="cpu"):
+    x, weight, dy, _, _ = _inputs(rows, dim, dtype, device=device)
     weight = weight if has_weight else None
     y, rstd = norm.rms_norm_fwd(x, weight, eps)
     y_ref, rstd_ref = reference.rms_norm_fwd(x, weight, eps)
@@ -48,9 +49,11 @@ def _check_rms_norm(rows, dim, dtype, has_weight, eps, assert_matches):
         assert dweight is None
 
 
-def _check_modulate(lengths, dim, dtype, has_weight, eps, assert_matches):
-    seg = _seg(lengths)
-    x, weight, dy, shift, scale = _inputs(seg.shape[0], dim, dtype, segments=len(lengths))
+def _check_modulate(lengths, dim, dtype, has_weight, eps, assert_matches, device="cpu"):
+    """Compare forward and backward with the reference; returns the Triton gradients."""
+    seg = _seg(lengths, device)
+    x, weight, dy, shift, scale = _inputs(seg.shape[0], dim, dtype, segments=len(lengths),
+                                          device=device)
     weight = weight if has_weight else None
     y, rstd = norm.rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps)
     y_ref, rstd_ref = reference.rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps)
@@ -63,6 +66,7 @@ def _check_modulate(lengths, dim, dtype, has_weight, eps, assert_matches):
             assert got is None, name
         else:
             assert_matches(got, want, name)
+    return grads
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -136,20 +140,15 @@ def test_public_ops_with_triton_backend(dtype, assert_matches):
             assert_matches(got, want, f"grad {i}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("has_weight", [True, False])
-@pytest.mark.parametrize("total, lengths, dim", [(1, [1], 1), (12, [3, 1, 4], 72),
-                                                 (9, [2, 0, 5], 100)])
-def test_fused_route_gather_modulate_matches_composition(total, lengths, dim, dtype, has_weight,
-                                                         poisoned_empty, assert_matches):
+def _check_fused(total, lengths, dim, dtype, has_weight, assert_matches, device="cpu"):
     """h, y, rstd and every gradient of the fused route start equal route_gather followed by
     rms_norm_modulate (torch reference), dx scattered onto zeros."""
-    seg = _seg(lengths)
+    seg = _seg(lengths, device)
     kept = seg.shape[0]
-    x, weight, _, shift, scale = _inputs(total, dim, dtype, segments=len(lengths))
+    x, weight, _, shift, scale = _inputs(total, dim, dtype, segments=len(lengths), device=device)
     gen = torch.Generator().manual_seed(5)
-    idx = torch.randperm(total, generator=gen)[:kept]
-    dy, dh = (torch.randn(kept, dim, generator=gen).to(dtype) for _ in range(2))
+    idx = torch.randperm(total, generator=gen)[:kept].to(device)
+    dy, dh = (torch.randn(kept, dim, generator=gen).to(device, dtype) for _ in range(2))
     weight = weight if has_weight else None
     h, y, rstd = norm.route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, 1e-6)
     h_ref = reference.route_gather_fwd(x, idx)
@@ -161,10 +160,34 @@ def test_fused_route_gather_modulate_matches_composition(total, lengths, dim, dt
                                                     rstd_ref, total)
     dh_norm, *grads_ref = reference.rms_norm_modulate_bwd(dy, h_ref, weight, scale, seg, rstd_ref)
     dh_total = (dh_norm.float() + dh.float()).to(dtype)
-    dx_ref = torch.zeros(total, dim, dtype=dtype).index_copy(0, idx, dh_total)
+    dx_ref = torch.zeros(total, dim, dtype=dtype, device=device).index_copy(0, idx, dh_total)
     assert_matches(grads[0], dx_ref, "dx")
     for name, got, want in zip(("dweight", "dshift", "dscale"), grads[1:], grads_ref):
         if want is None:
             assert got is None, name
         else:
             assert_matches(got, want, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_weight", [True, False])
+@pytest.mark.parametrize("total, lengths, dim", [(1, [1], 1), (12, [3, 1, 4], 72),
+                                                 (9, [2, 0, 5], 100)])
+def test_fused_route_gather_modulate_matches_composition(total, lengths, dim, dtype, has_weight,
+                                                         poisoned_empty, assert_matches):
+    _check_fused(total, lengths, dim, dtype, has_weight, assert_matches)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(norm.INTERPRET, reason="kernels were imported for the interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_kernels_on_gpu(dtype, poisoned_empty, assert_matches):
+    """Compiled (autotuned) kernels on CUDA at model widths match the reference, and the weight
+    gradients are bitwise equal over repeated calls."""
+    _check_rms_norm(300, 2048, dtype, True, 1e-6, assert_matches, device="cuda")
+    lengths = [5, 0, 130, 64, 1]
+    first = _check_modulate(lengths, 1152, dtype, True, 1e-6, assert_matches, device="cuda")
+    again = _check_modulate(lengths, 1152, dtype, True, 1e-6, assert_matches, device="cuda")
+    for got, repeat in zip(first[1:], again[1:]):
+        assert torch.equal(got, repeat)
+    _check_fused(400, lengths, 1152, dtype, True, assert_matches, device="cuda")
