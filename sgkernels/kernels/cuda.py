@@ -25,10 +25,20 @@ import torch
 MAX_ROW_DIM = 4096
 
 __all__ = [
-    "available", "unavailable_reason", "MAX_ROW_DIM",
-    "rms_norm_fwd", "rms_norm_bwd", "rms_norm_modulate_fwd", "rms_norm_modulate_bwd",
-    "gated_residual_fwd", "gated_residual_bwd", "swiglu_fwd", "swiglu_bwd",
-    "route_gather_fwd", "route_scatter_fwd", "route_scatter_bwd",
+    "MAX_ROW_DIM",
+    "available",
+    "gated_residual_bwd",
+    "gated_residual_fwd",
+    "rms_norm_bwd",
+    "rms_norm_fwd",
+    "rms_norm_modulate_bwd",
+    "rms_norm_modulate_fwd",
+    "route_gather_fwd",
+    "route_scatter_bwd",
+    "route_scatter_fwd",
+    "swiglu_bwd",
+    "swiglu_fwd",
+    "unavailable_reason",
 ]
 
 

@@ -7,11 +7,13 @@ groups, and the reference fallback above MAX_ROW_DIM. Outputs are allocated from
 poisoned with NaN, so an element a kernel never writes fails; weight / segment gradients must be
 bitwise reproducible. GPU tests are skipped without CUDA (tests/conftest.py)."""
 import inspect
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
-import sgkernels.ops as ops
+from sgkernels import ops
 from sgkernels.kernels import cuda
 from sgkernels.ops import reference
 
@@ -20,18 +22,20 @@ DEV = "cuda"
 BACKEND_FUNCTIONS = [name for name in cuda.__all__ if name.endswith(("_fwd", "_bwd"))]
 
 
-def _poison_cache():
-    """Leave the CUDA caching allocator's free blocks filled with NaN (small pool: 2 MiB
-    segments of two 1 MiB blocks; large pool: 20 MiB segments and one 64 MiB block), so
-    tensors the C++ ops allocate next start as NaN."""
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    blocks = [torch.full((n,), float("nan"), device=DEV)
-              for n in [1 << 18] * 16 + [1 << 19] * 10 + [1 << 24]]
-    del blocks
-    probe = torch.empty(1000, device=DEV)
-    assert bool(probe.isnan().all()), "the allocator did not hand out poisoned memory"
-    del probe
+def _poisoned(fn, *args):
+    """fn(*args) with every CUDA allocation served from a fresh private memory pool whose memory
+    was first filled with NaN (small blocks: 2 MiB segments of two 1 MiB blocks; large: a 20 MiB
+    segment of 2 MiB blocks and a 64 MiB block), so an output element the C++ op never writes
+    stays NaN and fails the comparison."""
+    pool = torch.cuda.MemPool()
+    with torch.cuda.use_mem_pool(pool):
+        blocks = [torch.full((n,), float("nan"), device=DEV)
+                  for n in [1 << 18] * 16 + [1 << 19] * 10 + [1 << 24]]
+        del blocks
+        probe = torch.empty(1000, device=DEV)
+        assert bool(probe.isnan().all()), "the memory pool did not hand out poisoned memory"
+        del probe
+        return fn(*args)
 
 
 def _seg(lengths):
@@ -58,6 +62,11 @@ def test_backend_functions_have_reference_signatures(name):
     assert inspect.signature(getattr(cuda, name)) == inspect.signature(getattr(reference, name))
 
 
+def test_max_row_dim_matches_the_kernels():
+    header = (Path(__file__).resolve().parents[2] / "csrc" / "sgk_kernels.h").read_text()
+    assert int(re.search(r"SGK_MAX_ROW_DIM = (\d+);", header).group(1)) == cuda.MAX_ROW_DIM
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_unavailable_without_cuda_names_the_reason():
     assert cuda.available() is False
@@ -78,13 +87,11 @@ def _check_rms_norm(rows, dim, dtype, has_weight, assert_matches, misalign=False
     dy = _randn(rows, dim, dtype=dtype, gen=gen)
     if misalign:
         x, dy = _misaligned(x), _misaligned(dy)
-    _poison_cache()
-    y, rstd = cuda.rms_norm_fwd(x, weight, eps)
+    y, rstd = _poisoned(cuda.rms_norm_fwd, x, weight, eps)
     y_ref, rstd_ref = reference.rms_norm_fwd(x, weight, eps)
     assert_matches(y, y_ref, "y")
     assert_matches(rstd, rstd_ref, "rstd")
-    _poison_cache()
-    dx, dweight = cuda.rms_norm_bwd(dy, x, weight, rstd_ref)
+    dx, dweight = _poisoned(cuda.rms_norm_bwd, dy, x, weight, rstd_ref)
     dx_ref, dweight_ref = reference.rms_norm_bwd(dy, x, weight, rstd_ref)
     assert_matches(dx, dx_ref, "dx")
     if has_weight:
@@ -103,13 +110,11 @@ def _check_modulate(lengths, dim, dtype, has_weight, assert_matches, misalign=Fa
     dy = _randn(rows, dim, dtype=dtype, gen=gen)
     if misalign:
         x, dy, shift = _misaligned(x), _misaligned(dy), _misaligned(shift)
-    _poison_cache()
-    y, rstd = cuda.rms_norm_modulate_fwd(x, weight, shift, scale, seg, 1e-6)
+    y, rstd = _poisoned(cuda.rms_norm_modulate_fwd, x, weight, shift, scale, seg, 1e-6)
     y_ref, rstd_ref = reference.rms_norm_modulate_fwd(x, weight, shift, scale, seg, 1e-6)
     assert_matches(y, y_ref, "y")
     assert_matches(rstd, rstd_ref, "rstd")
-    _poison_cache()
-    grads = cuda.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref)
+    grads = _poisoned(cuda.rms_norm_modulate_bwd, dy, x, weight, scale, seg, rstd_ref)
     grads_ref = reference.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref)
     for name, got, want in zip(("dx", "dweight", "dshift", "dscale"), grads, grads_ref):
         if want is None:
@@ -177,11 +182,9 @@ def _check_gated_residual(lengths, dim, dtype, assert_matches):
     seg = _seg(lengths)
     x, y, dout = (_randn(seg.shape[0], dim, dtype=dtype, gen=gen) for _ in range(3))
     gate = _randn(len(lengths), dim, dtype=dtype, gen=gen)
-    _poison_cache()
-    assert_matches(cuda.gated_residual_fwd(x, y, gate, seg),
+    assert_matches(_poisoned(cuda.gated_residual_fwd, x, y, gate, seg),
                    reference.gated_residual_fwd(x, y, gate, seg), "out")
-    _poison_cache()
-    dx, dy, dgate = cuda.gated_residual_bwd(dout, y, gate, seg)
+    dx, dy, dgate = _poisoned(cuda.gated_residual_bwd, dout, y, gate, seg)
     _, dy_ref, dgate_ref = reference.gated_residual_bwd(dout, y, gate, seg)
     assert dx is dout
     assert_matches(dy, dy_ref, "dy")
@@ -210,8 +213,7 @@ def _check_swiglu(rows, hidden, dtype, halves, assert_matches, spare):
     a, b = (ab[:, :hidden], ab[:, hidden:]) if halves else (ab[:, :hidden].clone(),
                                                            ab[:, hidden:].clone())
     dout = _randn(rows, hidden, dtype=dtype, gen=gen)
-    _poison_cache()
-    assert_matches(cuda.swiglu_fwd(a, b), reference.swiglu_fwd(a, b), "out")
+    assert_matches(_poisoned(cuda.swiglu_fwd, a, b), reference.swiglu_fwd(a, b), "out")
     # Gradients land in the halves of one NaN buffer, `spare` columns wider than needed: every
     # element of da, db must be written and the spare columns never touched.
     grad = torch.full((rows, 2 * hidden + spare), float("nan"), dtype=dtype, device=DEV)
@@ -244,13 +246,11 @@ def test_routing_matches_reference_exactly(total, kept, dim, dtype):
     x, dout = (_randn(total, dim, dtype=dtype, gen=gen) for _ in range(2))
     y = _randn(kept, dim, dtype=dtype, gen=gen)
     for x_, y_ in ((x, y), (_misaligned(x), _misaligned(y))):
-        _poison_cache()
-        assert torch.equal(cuda.route_gather_fwd(x_, idx), reference.route_gather_fwd(x_, idx))
-        _poison_cache()
-        assert torch.equal(cuda.route_scatter_fwd(x_, y_, idx),
+        assert torch.equal(_poisoned(cuda.route_gather_fwd, x_, idx),
+                           reference.route_gather_fwd(x_, idx))
+        assert torch.equal(_poisoned(cuda.route_scatter_fwd, x_, y_, idx),
                            reference.route_scatter_fwd(x_, y_, idx))
-    _poison_cache()
-    for got, want in zip(cuda.route_scatter_bwd(dout, idx),
+    for got, want in zip(_poisoned(cuda.route_scatter_bwd, dout, idx),
                          reference.route_scatter_bwd(dout, idx)):
         assert torch.equal(got, want)
 
