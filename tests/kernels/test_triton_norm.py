@@ -9,8 +9,9 @@ import sgkernels.ops as ops
 from sgkernels.kernels.triton import norm
 from sgkernels.ops import reference
 
-pytestmark = [pytest.mark.interpret,
-              pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
+# `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
+# TRITON_INTERPRET=1); `gpu` tests run them compiled on CUDA (with TRITON_INTERPRET=0).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
 SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -69,6 +70,7 @@ def _check_modulate(lengths, dim, dtype, has_weight, eps, assert_matches, device
     return grads
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("has_weight", [True, False])
 @pytest.mark.parametrize("rows, dim, eps", [(1, 1, 1e-6), (7, 72, 1e-6), (5, 100, 0.5),
@@ -78,6 +80,7 @@ def test_rms_norm_matches_reference(rows, dim, eps, dtype, has_weight, poisoned_
     _check_rms_norm(rows, dim, dtype, has_weight, eps, assert_matches)
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("has_weight", [True, False])
 @pytest.mark.parametrize("lengths, dim", [([1], 1), ([7], 72), ([3, 1, 4], 100),
@@ -87,6 +90,7 @@ def test_rms_norm_modulate_matches_reference(lengths, dim, dtype, has_weight, po
     _check_modulate(lengths, dim, dtype, has_weight, 1e-6, assert_matches)
 
 
+@pytest.mark.interpret
 @SETTINGS
 @given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5).filter(lambda ls: sum(ls) > 0),
        dim=st.integers(1, 80), has_weight=st.booleans())
@@ -94,12 +98,14 @@ def test_modulate_hypothesis_segments(lengths, dim, has_weight, poisoned_empty, 
     _check_modulate(lengths, dim, torch.float32, has_weight, 1e-6, assert_matches)
 
 
+@pytest.mark.interpret
 @SETTINGS
 @given(rows=st.integers(1, 12), dim=st.integers(1, 80), has_weight=st.booleans())
 def test_rms_norm_hypothesis_shapes(rows, dim, has_weight, poisoned_empty, assert_matches):
     _check_rms_norm(rows, dim, torch.float32, has_weight, 1e-6, assert_matches)
 
 
+@pytest.mark.interpret
 def test_weight_gradients_are_deterministic():
     """Bitwise-equal dweight / dshift / dscale on repeated calls (two-stage sums, no atomics)."""
     lengths = [5, 1, 11, 0, 6]
@@ -122,6 +128,7 @@ def _autograd(fn, backend, inputs, dy):
     return out.detach(), [t.grad for t in leaves if t.requires_grad]
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_public_ops_with_triton_backend(dtype, assert_matches):
     """sgkernels.ops.rms_norm (3-D input) and rms_norm_modulate forced to Triton match the torch
@@ -169,6 +176,7 @@ def _check_fused(total, lengths, dim, dtype, has_weight, assert_matches, device=
             assert_matches(got, want, name)
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("has_weight", [True, False])
 @pytest.mark.parametrize("total, lengths, dim", [(1, [1], 1), (12, [3, 1, 4], 72),

@@ -9,8 +9,9 @@ import sgkernels.ops as ops
 from sgkernels.kernels.triton import residual
 from sgkernels.ops import reference
 
-pytestmark = [pytest.mark.interpret,
-              pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
+# `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
+# TRITON_INTERPRET=1); `gpu` tests run them compiled on CUDA (with TRITON_INTERPRET=0).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
 SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -38,6 +39,7 @@ def _check(lengths, dim, dtype, assert_matches, seed=0):
     return dgate
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lengths, dim", [([1], 1), ([7], 72), ([3, 1, 4], 100), ([2, 0, 5], 72),
                                           ([1] * 7, 40), ([13, 0], 16)])
@@ -45,12 +47,14 @@ def test_gated_residual_matches_reference(lengths, dim, dtype, poisoned_empty, a
     _check(lengths, dim, dtype, assert_matches)
 
 
+@pytest.mark.interpret
 @SETTINGS
 @given(lengths=SEGMENTS, dim=st.integers(1, 80))
 def test_gated_residual_hypothesis_segments(lengths, dim, poisoned_empty, assert_matches):
     _check(lengths, dim, torch.float32, assert_matches)
 
 
+@pytest.mark.interpret
 def test_dgate_is_deterministic(assert_matches):
     lengths = [9, 1, 0, 14, 3]
     assert torch.equal(_check(lengths, 33, torch.float32, assert_matches),
@@ -78,6 +82,7 @@ def test_segment_plan_covers_each_segment_once(lengths, rows):
         assert torch.equal(((item_seg == s) & (end > start)).nonzero().flatten(), items)
 
 
+@pytest.mark.interpret
 def test_segment_sum_adds_the_items_of_each_segment(poisoned_empty):
     partials = torch.randn(7, 20)
     first = torch.tensor([0, 3, 3, 6], dtype=torch.int32)
@@ -89,6 +94,7 @@ def test_segment_sum_adds_the_items_of_each_segment(poisoned_empty):
                                partials.sum(0).half())
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_public_op_with_triton_backend(dtype, assert_matches):
     gen = torch.Generator().manual_seed(3)

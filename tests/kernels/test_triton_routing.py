@@ -9,8 +9,9 @@ import sgkernels.ops as ops
 from sgkernels.kernels.triton import routing
 from sgkernels.ops import reference
 
-pytestmark = [pytest.mark.interpret,
-              pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
+# `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
+# TRITON_INTERPRET=1); `gpu` tests run them compiled on CUDA (with TRITON_INTERPRET=0).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
 SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -29,12 +30,14 @@ def _check(total, kept, dim, dtype, seed=0):
         assert torch.equal(got, want)
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("total, kept, dim", [(1, 1, 1), (7, 3, 72), (9, 9, 100), (13, 1, 40)])
 def test_routing_matches_reference(total, kept, dim, dtype, poisoned_empty):
     _check(total, kept, dim, dtype)
 
 
+@pytest.mark.interpret
 @SETTINGS
 @given(data=st.data(), total=st.integers(1, 20), dim=st.integers(1, 80))
 def test_routing_hypothesis_shapes(data, total, dim, poisoned_empty):
@@ -42,6 +45,7 @@ def test_routing_hypothesis_shapes(data, total, dim, poisoned_empty):
            seed=data.draw(st.integers(0, 1000)))
 
 
+@pytest.mark.interpret
 def test_public_ops_with_triton_backend():
     """A route round trip through the public ops, forced to Triton, matches the torch backend."""
     gen = torch.Generator().manual_seed(2)

@@ -9,8 +9,9 @@ import sgkernels.ops as ops
 from sgkernels.kernels.triton import swiglu
 from sgkernels.ops import reference
 
-pytestmark = [pytest.mark.interpret,
-              pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]
+# `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
+# TRITON_INTERPRET=1); `gpu` tests run them compiled on CUDA (with TRITON_INTERPRET=0).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
 SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -35,6 +36,7 @@ def _check(rows, hidden, dtype, halves, poison, assert_matches, seed=0):
     assert bool(grad[:, -1].isnan().all()), "swiglu_bwd wrote outside da, db"
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("halves", [True, False])
 @pytest.mark.parametrize("rows, hidden", [(1, 1), (7, 72), (5, 100), (3, 40)])
@@ -43,12 +45,14 @@ def test_swiglu_matches_reference(rows, hidden, dtype, halves, poison, poisoned_
     _check(rows, hidden, dtype, halves, poison, assert_matches)
 
 
+@pytest.mark.interpret
 @SETTINGS
 @given(rows=st.integers(1, 9), hidden=st.integers(1, 90), halves=st.booleans())
 def test_swiglu_hypothesis_shapes(rows, hidden, halves, poison, poisoned_empty, assert_matches):
     _check(rows, hidden, torch.float32, halves, poison, assert_matches)
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_public_op_with_triton_backend(dtype, assert_matches):
     """ops.swiglu(a) on a fused [..., 2H] input, forced to Triton, matches the torch backend."""
