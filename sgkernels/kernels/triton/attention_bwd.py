@@ -20,7 +20,7 @@ DKDV_CONFIGS = [
     ({"BLOCK_M": 32, "BLOCK_N": 128}, 8, 3),
     ({"BLOCK_M": 32, "BLOCK_N": 128}, 8, 2),
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 8, 2),
-    ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 1),
+    ({"BLOCK_M": 64, "BLOCK_N": 64}, 8, 3),
 ]
 # fp32 (3xTF32, not a speed target): fit shared memory at Dh 128; dK/dV spill ~0.5 KB there.
 DKDV_FP32_CONFIGS = [
@@ -59,6 +59,42 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
+def _attn_bwd_dkdv_tiles(
+    dk, dv, k, v, Q, DO, stats, deltas, base, stride_t, m_lo, m_hi, seqlen, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, PARTIAL: tl.constexpr,
+):
+    """dK, dV contributions of the query tiles starting in [m_lo, m_hi); only the PARTIAL tile
+    (the segment's last, shorter one) masks queries at or past `seqlen`."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    for m0 in range(m_lo, m_hi, BLOCK_M):
+        rows = m0 + offs_m
+        q_offs = base + rows[:, None] * stride_t + offs_d[None, :]
+        q_mask = (offs_d < HEAD_DIM)[None, :]
+        if PARTIAL:
+            m_mask = rows < seqlen
+            q_mask = q_mask & m_mask[:, None]
+            lse_log2 = tl.load(stats + rows, mask=m_mask, other=0.0) * 1.4426950408889634
+            delta = tl.load(deltas + rows, mask=m_mask, other=0.0)
+        else:
+            lse_log2 = tl.load(stats + rows) * 1.4426950408889634
+            delta = tl.load(deltas + rows)
+        q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
+        # Transposed scores sᵀ [BLOCK_N, BLOCK_M]: rows are this program's keys.
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        p_t = tl.exp2(s_t * qk_scale_log2 - lse_log2[None, :])
+        if PARTIAL:
+            p_t = tl.where(m_mask[None, :], p_t, 0.0)
+        do = tl.load(DO + q_offs, mask=q_mask, other=0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU_SEQLENS,
     stride_t, n_tokens, sm_scale, qk_scale_log2,
@@ -74,12 +110,11 @@ def _attn_bwd_dkdv_kernel(
         return
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
     base = start.to(tl.int64) * stride_t + head * HEAD_DIM
     kv_offs = base + offs_n[:, None] * stride_t + offs_d[None, :]
-    kv_mask = (offs_n < seqlen)[:, None] & d_mask[None, :]
+    kv_mask = (offs_n < seqlen)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    # Keys past the segment load as zeros; their rows of dK/dV are garbage and never stored.
     k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
     v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
     stats = LSE + head * n_tokens + start
@@ -87,25 +122,43 @@ def _attn_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for m0 in range(0, seqlen, BLOCK_M):
-        m_mask = (m0 + offs_m) < seqlen
-        q_offs = base + (m0 + offs_m)[:, None] * stride_t + offs_d[None, :]
-        q_mask = m_mask[:, None] & d_mask[None, :]
-        q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
-        lse_log2 = tl.load(stats + m0 + offs_m, mask=m_mask, other=0.0) * 1.4426950408889634
-        # Transposed scores sᵀ [BLOCK_N, BLOCK_M]: rows are this program's keys.
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-        p_t = tl.exp2(s_t * qk_scale_log2 - lse_log2[None, :])
-        p_t = tl.where(m_mask[None, :], p_t, 0.0)
-        do = tl.load(DO + q_offs, mask=q_mask, other=0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-        delta = tl.load(deltas + m0 + offs_m, mask=m_mask, other=0.0)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
-
+    full_end = seqlen - seqlen % BLOCK_M
+    dk, dv = _attn_bwd_dkdv_tiles(dk, dv, k, v, Q, DO, stats, deltas, base, stride_t, 0, full_end,
+                                  seqlen, qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION, BLOCK_M,
+                                  PARTIAL=False)
+    dk, dv = _attn_bwd_dkdv_tiles(dk, dv, k, v, Q, DO, stats, deltas, base, stride_t, full_end,
+                                  seqlen, seqlen, qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION,
+                                  BLOCK_M, PARTIAL=True)
     tl.store(DK + kv_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + kv_offs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_tiles(
+    dq, q, do, lse_log2, delta, K, V, base, stride_t, n_lo, n_hi, seqlen, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
+):
+    """dQ contributions of the key tiles starting in [n_lo, n_hi); only the PARTIAL tile masks
+    keys at or past `seqlen` (their zero scores would give p = 2^(−lse), which may overflow)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        kv_offs = base + (n0 + offs_n)[:, None] * stride_t + offs_d[None, :]
+        kv_mask = (offs_d < HEAD_DIM)[None, :]
+        if PARTIAL:
+            n_mask = (n0 + offs_n) < seqlen
+            kv_mask = kv_mask & n_mask[:, None]
+        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p = tl.exp2(s * qk_scale_log2 - lse_log2[:, None])
+        if PARTIAL:
+            p = tl.where(n_mask[None, :], p, 0.0)
+        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
 
 
 @triton.jit
@@ -124,13 +177,12 @@ def _attn_bwd_dq_kernel(
         return
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
     m_mask = offs_m < seqlen
     base = start.to(tl.int64) * stride_t + head * HEAD_DIM
     q_offs = base + offs_m[:, None] * stride_t + offs_d[None, :]
-    q_mask = m_mask[:, None] & d_mask[None, :]
+    q_mask = m_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    # Queries past the segment load as zeros (finite p); their rows of dQ are never stored.
     q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
     do = tl.load(DO + q_offs, mask=q_mask, other=0.0)
     row = head * n_tokens + start + offs_m
@@ -138,20 +190,13 @@ def _attn_bwd_dq_kernel(
     delta = tl.load(DELTA + row, mask=m_mask, other=0.0)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, seqlen, BLOCK_N):
-        n_mask = (n0 + offs_n) < seqlen
-        kv_offs = base + (n0 + offs_n)[:, None] * stride_t + offs_d[None, :]
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        # Padded keys are zero, so their s = 0 and 2^(−lse) could overflow: mask p explicitly.
-        p = tl.exp2(s * qk_scale_log2 - lse_log2[:, None])
-        p = tl.where(n_mask[None, :], p, 0.0)
-        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-
+    full_end = seqlen - seqlen % BLOCK_N
+    dq = _attn_bwd_dq_tiles(dq, q, do, lse_log2, delta, K, V, base, stride_t, 0, full_end, seqlen,
+                            qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION, BLOCK_N,
+                            PARTIAL=False)
+    dq = _attn_bwd_dq_tiles(dq, q, do, lse_log2, delta, K, V, base, stride_t, full_end, seqlen,
+                            seqlen, qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION, BLOCK_N,
+                            PARTIAL=True)
     tl.store(DQ + q_offs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
