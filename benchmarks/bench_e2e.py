@@ -133,6 +133,8 @@ def parse_args(argv=None):
                    help="sampling dtype (CUDA bf16, CPU fp32)")
     p.add_argument("--train-precision", default=None, choices=("fp32", "bf16", "amp"),
                    help="training: fp32, pure bf16, or amp (bf16 autocast); CUDA bf16, CPU fp32")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
     p.add_argument("--skip", nargs="*", default=[], choices=("sampling", "training"))
     p.add_argument("--out", type=Path, default=Path("outputs/bench_e2e"))
     return p.parse_args(argv)
@@ -142,6 +144,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = common.resolve_device(args.device)
     cuda = device.type == "cuda"
+    threads = common.configure_threads(args.threads, device)
     name = args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2")
     config = presets.get(name)
     timed = args.timed or (3 if cuda else 1)
@@ -163,6 +166,7 @@ def main(argv=None) -> list[dict]:
     record = {"machine": common.machine_info(device), "model": name, "weights": "random init",
               "steps": args.steps, "timed_steps": timed, "repeats": repeats,
               "sampling_dtype": str(dtype), "training_precision": precision,
+              "cpu_threads": threads,
               "guidance_scale": SCALE,
               "timing": "median over repeats of timed steps; CUDA events on GPU, wall clock on "
                         "CPU; sampling images/s extrapolated to a --steps run"}

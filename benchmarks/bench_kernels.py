@@ -331,6 +331,8 @@ def parse_args(argv=None):
                    help="time torch.compile of the reference (default: on CUDA only)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new cases after this many seconds")
     p.add_argument("--quick", action="store_true",
@@ -343,6 +345,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = common.resolve_device(args.device)
     cuda = device.type == "cuda"
+    threads = common.configure_threads(args.threads, device)
     quick = args.quick
     dims = args.dims or ([128] if quick else [1152, 2048])
     heads = args.heads or (4 if quick else 16)
@@ -378,7 +381,7 @@ def main(argv=None) -> list[dict]:
         print_rows(new)
     record = {"machine": common.machine_info(device), "ceilings": ceil,
               "args": {k: str(v) for k, v in vars(args).items()}, "dtype": str(dtype),
-              "warmup": warmup, "repeats": repeats, "seconds": time.perf_counter() - start}
+              "cpu_threads": threads, "warmup": warmup, "repeats": repeats, "seconds": time.perf_counter() - start}
     common.write_csv(args.out / "kernels.csv", rows)
     common.write_json(args.out / "kernels.json", record)
     print(f"wrote {args.out}/kernels.csv and kernels.json ({record['seconds']:.0f} s)")

@@ -49,6 +49,25 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def configure_threads(threads: int | None, device: torch.device) -> int:
+    """Set torch's CPU threads for a CPU benchmark and return the count in use.
+
+    threads None: torch's default, except on an oversubscribed machine (1-minute load average
+    above the core count), where 1 thread is used: a multi-threaded op waits at every parallel
+    barrier for a descheduled thread, which makes small ops many times slower and noisy.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be a positive int, got {threads}")
+        torch.set_num_threads(threads)
+    elif device.type == "cpu" and hasattr(os, "getloadavg") and \
+            os.getloadavg()[0] > (os.cpu_count() or 1):
+        print(f"load average {os.getloadavg()[0]:.1f} > {os.cpu_count()} cores: timing with 1 "
+              "CPU thread (pass --threads to override)")
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -45,9 +45,11 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="images per step (CUDA 64, CPU 8)")
     p.add_argument("--steps", type=int, default=40, help="steps of the run throughput refers to")
     p.add_argument("--step", type=float, default=None,
-                   help="grid step (0.05: the paper's 20×20 grid); default 0.05 CUDA, 0.1 CPU")
+                   help="grid step (0.05: the paper's 20×20 grid); default 0.05 CUDA, 0.2 CPU")
     p.add_argument("--timed", type=int, default=None, help="timed sampler steps per call")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (median)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
     p.add_argument("--backend", default="auto", choices=("auto", *ops.dispatch.BACKENDS))
     p.add_argument("--dtype", default=None, choices=common.DTYPES, help="CUDA bf16, CPU fp32")
     p.add_argument("--separate", action="store_true",
@@ -87,10 +89,10 @@ def settings(args, device: torch.device) -> dict:
     return {
         "model": model,
         "batch": args.batch or (64 if cuda else 4 if args.quick else 8),
-        "step": args.step or (0.25 if args.quick else 0.05 if cuda else 0.1),
+        "step": args.step or (0.25 if args.quick else 0.05 if cuda else 0.2),
         "timed": args.timed or (2 if cuda else 1),
         "repeats": args.repeats or ((3 if args.quick else 5) if cuda else (1 if args.quick else 3)),
-        "warmup": 1,
+        "warmup": 1 if cuda else 0,  # per cell; new shapes autotune Triton kernels on CUDA
         "dtype": common.DTYPES[args.dtype or ("bf16" if cuda else "fp32")],
     }
 
@@ -100,7 +102,7 @@ def per_step(t: common.Timing, timed: int) -> common.Timing:
 
 
 def interleaved(model, guidances, s, device, packed_flags, warmup) -> list[common.Timing]:
-    """Per-step timings of sampling with each guidance, timed round-robin (common.time_interleaved)."""
+    """Per-step timings of sampling with each guidance, timed round-robin."""
     fns = [common.sampling_fn(model, g, s["batch"], s["timed"], device, s["dtype"], packed=p)
            for g, p in zip(guidances, packed_flags)]
     timings = common.time_interleaved(fns, device, s["repeats"], warmup)
@@ -122,7 +124,7 @@ def run_grid(model, s, device, separate: bool, steps: int,
     cfg_guidance, sg_flops = CFG(SCALE), SparseGuidance(SCALE, *SG_FLOPS)
     gflops_cfg = sampling_gflops(cfg, cfg_guidance, steps)
     t_cfg, t_unguided, t_sg_flops = interleaved(
-        model, [cfg_guidance, None, sg_flops], s, device, [packed] * 3, (w, w, w))
+        model, [cfg_guidance, None, sg_flops], s, device, [packed] * 3, (1, 1, 1))
     cfg_times = list(t_cfg.times)
     rows = []
     for i, g_s in enumerate(gammas):
@@ -195,7 +197,8 @@ def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
                "magma", None),
               ("speedup_vs_cfg", f"(c) speedup over CFG (unguided "
                                  f"{ref_u['speedup_vs_cfg']:.2f}×)", "{:.2f}", "viridis", None),
-              ("realized_fraction", "(d) measured / FLOP-predicted speedup", "{:.2f}", "RdYlGn", 1.0)]
+              ("realized_fraction", "(d) measured / FLOP-predicted speedup", "{:.2f}", "RdYlGn",
+               1.0)]
     if separate:
         panels.append(("packed_gain", "(e) t(separate) / t(packed)", "{:.2f}", "RdYlGn", 1.0))
     cols = 3 if separate else 2
@@ -207,11 +210,13 @@ def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
     m = record["machine"]
     where = m.get("gpu") or m["cpu"]
     mode = "separate forwards" if separate else "packed forward"
+    threads = "" if m["device"] != "cpu" else f", {record['cpu_threads']} threads"
     fig.suptitle(
         f"Sparse Guidance γ grid — {record['model']}, batch {s['batch']}, {record['dtype']}, "
-        f"backend {record['backend']}, {mode}\n{where} ({m['device']}), {m['date_utc']} UTC — "
-        f"time per step: median of {s['repeats']} × {s['timed']} timed steps, throughput "
-        f"extrapolated to a {steps}-step run; grey: γ_strong > γ_weak (invalid)", fontsize=10)
+        f"backend {record['backend']}, {mode}\n{where} ({m['device']}{threads}), "
+        f"{m['date_utc']} UTC — per cell {s['repeats']} rounds of {s['timed']} timed step(s), "
+        f"round-robin with CFG; throughput extrapolated to a {steps}-step run; "
+        "grey: γ_strong > γ_weak (invalid)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -222,6 +227,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = common.resolve_device(args.device)
     s = settings(args, device)
+    threads = common.configure_threads(args.threads, device)
     torch.manual_seed(0)
     model = common.build_model(s["model"], args.ckpt, device, s["dtype"])
     backend = args.backend
@@ -237,10 +243,11 @@ def main(argv=None) -> dict:
         else "random init", "model_config": model.config.to_dict(),
         "batch": s["batch"], "dtype": str(s["dtype"]).removeprefix("torch."),
         "backend": backend, "packed": not args.separate, "guidance_scale": SCALE,
-        "solver": "euler", "steps": args.steps, "grid_step": s["step"],
+        "cpu_threads": threads, "solver": "euler", "steps": args.steps, "grid_step": s["step"],
         "gammas": common.gamma_values(s["step"]),
-        "timing": (f"median over {s['repeats']} timed calls of {s['timed']} sampler step(s) "
-                   f"after {s['warmup']} warm-up call; "
+        "timing": (f"per cell {s['repeats']} rounds of CFG and SG timed round-robin, "
+                   f"{s['timed']} sampler step(s) per call, {s['warmup']} warm-up call(s); "
+                   "medians, speedups the median of per-round ratios; "
                    + ("CUDA events" if device.type == "cuda" else "wall clock")
                    + f"; images/s extrapolated to a {args.steps}-step run"),
         "flops_convention": "paper (linear-layer MACs; attention products excluded)",
