@@ -22,6 +22,7 @@ CUDA when torch has it), Liger-Kernel's RMSNorm / SwiGLU when installed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import math
 import time
@@ -165,11 +166,9 @@ def natives(op: str, device: torch.device) -> dict:
         found["torch:rms_norm"] = lambda i: F.rms_norm(i["x"], i["x"].shape[-1:], i["weight"], 1e-6)
     if op == "varlen_attention":
         found["torch:sdpa_grouped"] = sdpa_grouped
-        try:
+        varlen = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+        if varlen and device.type == "cuda":
             from torch.nn.attention.varlen import varlen_attn
-        except ImportError:
-            varlen_attn = None
-        if varlen_attn is not None and device.type == "cuda":
             found["torch:varlen_attn"] = lambda i: varlen_attn(
                 i["q"], i["k"], i["v"], i["cu_seqlens"], i["cu_seqlens"], i["max_seqlen"],
                 i["max_seqlen"])
@@ -186,13 +185,9 @@ def natives(op: str, device: torch.device) -> dict:
     return found
 
 
-def nbytes(t) -> int:
-    return t.numel() * t.element_size() if torch.is_tensor(t) else 0
-
-
 def traffic(op: str, mode: str, i: dict) -> int:
     """Bytes moved by one call (see the roofline in each op's docstring)."""
-    size = {k: nbytes(v) for k, v in i.items()}
+    size = {k: v.numel() * v.element_size() for k, v in i.items() if torch.is_tensor(v)}
     if op in ("rms_norm", "rms_norm_modulate"):
         x, rows = size["x"], i["x"].shape[0]
         w, sc = size["weight"], size.get("scale", 0)
