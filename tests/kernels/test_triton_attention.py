@@ -180,7 +180,7 @@ def test_gpu_matches_fp32_oracle(dtype, dim):
     grads32 = reference.varlen_attention_bwd(fp32[3], *fp32[:3], o32, lse32, cu, 300, scale)
     o_ref, _ = reference.varlen_attention_fwd(q, k, v, cu, 300, scale)
     o, lse = attention.varlen_attention_fwd(q, k, v, cu, 300, scale)
-    assert _gpu_error(o, o32) <= 3 * _gpu_error(o_ref, o32) + 4 * ulp
+    assert _gpu_error(o, o32) <= 3 * _gpu_error(o_ref, o32) + 4 * ulp * o32.abs().max().item()
     assert _gpu_error(lse, lse32) <= 1e-3
     grads = attention.varlen_attention_bwd(do, q, k, v, o, lse, cu, 300, scale)
     grads_ref = reference.varlen_attention_bwd(do, q, k, v, o, lse, cu, 300, scale)

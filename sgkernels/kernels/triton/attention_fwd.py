@@ -11,14 +11,14 @@ Head dims that are not a power of two (72 in SiT-XL) are padded to BLOCK_D insid
 masked loads (zeros contribute nothing to q·kᵀ or p·v); memory keeps the packed [T, H, Dh] layout.
 """
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .residual import INTERPRET
+
 LOG2E = math.log2(math.e)
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_HEAD_DIM = 128
 
 
