@@ -1,11 +1,14 @@
 """Forward kernel of varlen attention (FlashAttention-2 tiling); the math is in attention.py.
 
 One program owns BLOCK_M query rows of one segment and one head. It streams the segment's keys
-and values in BLOCK_N tiles and keeps the online-softmax state in fp32 registers, in base 2:
+and values in BLOCK_N tiles and keeps the online-softmax state in fp32 registers, in base 2
+(c = |scale|·log2 e; a negative scale negates q instead, so that c ≥ 0 and max commutes with ·c):
 
-    s   = (q·kᵀ)·scale·log2(e)            m' = max(m, rowmax s)      p = 2^(s − m')
-    l   = l·2^(m − m') + rowsum p         acc = acc·2^(m − m') + p·v
+    s   = q·kᵀ                            m' = max(m, c·rowmax s)    p = 2^(c·s − m')  (one FMA)
+    l   = l·2^(m − m') + rowsum p         acc = acc·2^(m − m') + p·v  (p cast to v's dtype)
     o   = acc / l                         lse = (m + log2 l)·ln 2    (natural log, saved)
+
+Full key tiles run unmasked; only a segment's last, partial tile masks keys (score −inf).
 
 Head dims that are not a power of two (72 in SiT-XL) are padded to BLOCK_D inside the kernel with
 masked loads (zeros contribute nothing to q·kᵀ or p·v); memory keeps the packed [T, H, Dh] layout.
