@@ -178,13 +178,17 @@ def main(argv=None) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     """Markdown table of one batch size."""
-    ref = "speedup_vs_cfg" if rows[0]["part"] == "sampling" else "speedup_vs_dense"
+    sampling = rows[0]["part"] == "sampling"
+    ref = "speedup_vs_cfg" if sampling else "speedup_vs_dense"
+    extra = "separate / packed" if sampling else "step peak GiB"
     print(f"\n| {rows[0]['part']} B={rows[0]['batch']} | ms/step | img/s | measured × | "
-          "FLOP-predicted × | realized |\n|---|---|---|---|---|---|")
+          f"FLOP-predicted × | realized | {extra} |\n|---|---|---|---|---|---|---|")
     for r in rows:
+        value = r.get("packed_gain" if sampling else "step_peak_mem_gib")
         print(f"| {r['method']} | {r['ms_per_step']:.1f} | {r['images_per_s']:.3g} | "
               f"{r.get(ref, 1.0):.2f} | {r.get('predicted_speedup', 1.0):.2f} | "
-              f"{r.get('realized_fraction', 1.0):.0%} |")
+              f"{r.get('realized_fraction', 1.0):.0%} | "
+              f"{'-' if value is None else format(value, '.2f')} |")
 
 
 if __name__ == "__main__":
