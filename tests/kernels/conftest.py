@@ -1,9 +1,12 @@
-"""Shared set-up of the Triton kernel tests: kernels run on CPU tensors under TRITON_INTERPRET=1.
+"""Shared set-up of the Triton kernel tests: without a GPU, kernels run on CPU tensors in the
+Triton interpreter (TRITON_INTERPRET=1); on a machine with CUDA they run compiled.
 
 `triton.jit` picks the interpreter when a kernel is *decorated* (module import), so the variable
-is set here, before any test module imports sgkernels.kernels.triton. Tests marked
-`@pytest.mark.interpret` are skipped when that was too late (the kernels were imported compiled
-first) or when TRITON_INTERPRET was set to something other than 1.
+is set here, before any test module imports sgkernels.kernels.triton, and only when it is unset
+and no CUDA device is present (on a GPU machine the rest of the session, e.g. the GPU op tests,
+must keep compiled kernels; set TRITON_INTERPRET=1 yourself to interpret there too).
+Tests marked `@pytest.mark.interpret` are skipped unless the kernels are interpreted: they were
+imported compiled first, or TRITON_INTERPRET is not 1.
 
 Fixtures:
     poison            poison(t): fill t with NaN (ints: -1) in place and return it
@@ -15,14 +18,15 @@ Fixtures:
 import os
 import sys
 
+import pytest
+import torch
+
 _COMPILED_EARLY = os.environ.get("TRITON_INTERPRET") != "1" and any(
     name.startswith("sgkernels.kernels.triton") for name in sys.modules)
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-INTERPRETING = os.environ["TRITON_INTERPRET"] == "1" and not _COMPILED_EARLY
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1" and not _COMPILED_EARLY
 
 # (rtol, atol relative to max |expected|): the kernels compute in fp32 and round once on store;
 # the interpreter truncates fp32 -> bf16/fp16 stores (1 ulp) where the reference rounds (1/2 ulp).
