@@ -1,8 +1,10 @@
-"""The routed DiT: config, packed token batches, routing, blocks, MaskDiT decoder, checkpoints."""
+"""The routed DiT: config, packed token batches, routing, blocks, MaskDiT decoder, text
+conditioning (T2I), checkpoints."""
 from .checkpoint import from_checkpoint
 from .config import ModelConfig, Route, keep_count
 from .dit import RoutedDiT
+from .text import TextBatch
 from .tokens import TokenBatch, patchify, unpatchify
 
-__all__ = ["ModelConfig", "Route", "RoutedDiT", "TokenBatch", "from_checkpoint", "keep_count",
-           "patchify", "unpatchify"]
+__all__ = ["ModelConfig", "Route", "RoutedDiT", "TextBatch", "TokenBatch", "from_checkpoint",
+           "keep_count", "patchify", "unpatchify"]

@@ -76,7 +76,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     time_freq_dim: int = 256
     time_scale: float = 1000.0
-    # Text conditioning (T2I): carried by the config, consumed by the text-conditioning module.
+    # Text conditioning (T2I, model/text.py): text_dim = width E of the frozen encoder's token
+    # features, text_layers = trainable refiner layers on them, text_len = caption tokens the
+    # FLOP counter assumes per image (the longest caption the encoder keeps).
     text_conditioned: bool = False
     text_dim: int = 0
     text_len: int = 0
@@ -107,6 +109,8 @@ class ModelConfig:
         for a, b in zip(self.routes, self.routes[1:]):
             if b.start <= a.end:
                 raise ValueError(f"routes must be sorted and disjoint, got {a} then {b}")
+        if self.text_conditioned:
+            _check_text(self)
         if self.decoder_depth < 0:
             raise ValueError(f"ModelConfig.decoder_depth must be >= 0, got {self.decoder_depth}")
         if self.decoder_depth:
@@ -168,6 +172,21 @@ class ModelConfig:
             Route(**r) if isinstance(r, dict) else Route(int(r[0]), int(r[1]), float(r[2]))
             for r in routes)
         return cls(**d)
+
+
+def _check_text(c: ModelConfig) -> None:
+    for name in ("text_dim", "text_len"):
+        value = getattr(c, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"text-conditioned ModelConfig.{name} must be a positive int, "
+                             f"got {value!r}")
+    if not isinstance(c.text_layers, int) or c.text_layers < 0:
+        raise ValueError(f"ModelConfig.text_layers must be an int >= 0, got {c.text_layers!r}")
+    if c.num_classes:
+        raise ValueError(f"a text-conditioned model takes captions, not classes: num_classes "
+                         f"must be 0, got {c.num_classes}")
+    if c.decoder_depth:
+        raise ValueError("text conditioning is not supported in MaskDiT mode (decoder_depth > 0)")
 
 
 def _check_heads(dim_name: str, dim: int, heads_name: str, heads: int, flavour: str) -> None:

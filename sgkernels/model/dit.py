@@ -1,12 +1,17 @@
 """RoutedDiT: a DiT/SiT or Llama-style diffusion transformer with TREAD routes or MaskDiT masking.
 
     model(x [B,C,H,W], t [B], y [B], gamma=None, generator=None, route_scores=None,
-          return_keep=False) -> velocity [B, C, H, W]   (+ keep [R, B, N] bool if return_keep)
+          return_keep=False, text=None) -> velocity [B, C, H, W]   (+ keep [R, B, N] bool)
 
 Pipeline: patch embed (+ fixed sin-cos positions for sit) -> packed TokenBatch of B segments with
 cond = t_emb(t) + y_emb(y) -> blocks, where the blocks of route r run on the tokens kept at that
 route's rate (routing.py) -> (MaskDiT: decoder over every position) -> final layer -> unpatchify.
 With learn_sigma the final layer predicts 2C channels and the velocity is the first C.
+
+Text-conditioned models (config.text_conditioned, T2I) take y=None and text=TextBatch with one
+caption per image (model/text.py): refined caption tokens are joined with each image's tokens in
+its segment, never routed, and the pooled caption vector is added to cond. route_scores and keep
+still index image tokens only ([R, B, N]); forward_tokens returns the image-token rows.
 
 Rates: gamma=None uses the config's route rates (mask_ratio in MaskDiT mode) in train mode and is
 dense in eval mode; a float or a [B] tensor forces that per-sample rate on every route. Route r
@@ -22,11 +27,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sgkernels import ops
+
 from . import routing
 from .blocks import DiTBlock, FinalLayer
 from .config import ModelConfig, check_gamma
 from .embedders import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d
 from .maskdit import MaskDecoder
+from .text import TextBatch, TextConditioner, join
 from .tokens import TokenBatch, dense_batch, grid_pos, unpatchify
 
 Gamma = None | float | Sequence[float] | torch.Tensor
@@ -42,6 +50,7 @@ class RoutedDiT(nn.Module):
         self.patch_embed = PatchEmbed(c.in_channels, c.dim, c.patch_size, bias=c.bias)
         self.t_embedder = TimestepEmbedder(c.dim, c.time_freq_dim, c.time_scale, bias=c.bias)
         self.y_embedder = LabelEmbedder(c.num_classes, c.dim) if c.num_classes > 0 else None
+        self.text = TextConditioner(c) if c.text_conditioned else None
         self.blocks = nn.ModuleList(DiTBlock(c, c.dim, c.heads, c.dim) for _ in range(c.depth))
         self.decoder = MaskDecoder(c) if c.maskdit else None
         out_width = c.decoder_dim if c.maskdit else c.dim
@@ -79,7 +88,21 @@ class RoutedDiT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ----------------------------------------------------------------------------- inputs
-    def _check_inputs(self, x, t, y) -> None:
+    def _check_text(self, text, b: int) -> None:
+        if self.text is None:
+            if text is not None:
+                raise ValueError("text must be None for a model without text conditioning "
+                                 "(config.text_conditioned=False)")
+            return
+        if not isinstance(text, TextBatch):
+            raise TypeError(f"text must be a sgkernels.model.TextBatch of {b} captions for a "
+                            f"text-conditioned model, got {type(text).__name__}")
+        if text.num_segments != b or text.dim != self.config.text_dim:
+            raise ValueError(f"text must hold {b} captions of width text_dim "
+                             f"{self.config.text_dim}, got {text.num_segments} of width "
+                             f"{text.dim}")
+
+    def _check_inputs(self, x, t, y, text=None) -> None:
         c = self.config
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got "
@@ -93,6 +116,7 @@ class RoutedDiT(nn.Module):
             raise TypeError("t must be a floating-point tensor [B]")
         if tuple(t.shape) != (b,):
             raise ValueError(f"t must be [B] = [{b}], got {list(t.shape)}")
+        self._check_text(text, b)
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("y must be None for a model without classes (num_classes=0)")
@@ -140,8 +164,11 @@ class RoutedDiT(nn.Module):
         return [active] * self.num_routes
 
     # ----------------------------------------------------------------------------- forward
-    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> TokenBatch:
-        """Patch tokens (+ sin-cos positions for sit) and cond of each image, as a TokenBatch."""
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+              text: TextBatch | None = None) -> TokenBatch:
+        """Patch tokens (+ sin-cos positions for sit) and cond of each image, as a TokenBatch;
+        with text, segment b is [refined caption b; image tokens b] and cond adds the pooled
+        caption vector."""
         tokens = self.patch_embed(x)
         g = self.config.grid_size
         pos = grid_pos(g, g, x.device)
@@ -150,7 +177,10 @@ class RoutedDiT(nn.Module):
         cond = self.t_embedder(t)
         if self.y_embedder is not None:
             cond = cond + self.y_embedder(y)
-        return dense_batch(tokens, pos, cond.to(tokens.dtype))
+        if text is None:
+            return dense_batch(tokens, pos, cond.to(tokens.dtype))
+        words, pooled = self.text(text)
+        return join(words, text.lengths, tokens, pos, (cond + pooled).to(tokens.dtype))
 
     def forward_tokens(self, batch: TokenBatch, gamma: Gamma = None,
                        route_scores: torch.Tensor | None = None,
@@ -158,6 +188,8 @@ class RoutedDiT(nn.Module):
         """Packed forward: TokenBatch -> output tokens [T, p*p*C_out] (+ keep [R, T] bool).
 
         gamma: None, a float, or one rate per segment; route_scores: [R, T] float or None.
+        With text tokens (batch.text_lengths) the rates act on image tokens, text rows of
+        route_scores are ignored, and out / keep hold the image-token rows only.
         """
         s, t = batch.num_segments, batch.x.shape[0]
         gammas = self._segment_gammas(gamma, s)
@@ -169,16 +201,18 @@ class RoutedDiT(nn.Module):
             route_scores = torch.rand((r, t), generator=generator, device=batch.x.device)
         plans = [routing.plan_route(batch, g, route_scores[i]) if g is not None else None
                  for i, g in enumerate(gammas)]
-        out = self._run(batch, plans)
+        rows = batch.image_rows() if batch.text_lengths else None
+        out = self._run(batch, plans, rows)
         if not return_keep:
             return out
         keep = torch.ones((r, t), dtype=torch.bool, device=batch.x.device)
         for i, plan in enumerate(plans):
             if plan is not None:
                 keep[i] = plan.keep
-        return out, keep
+        return out, (keep if rows is None else keep[:, rows])
 
-    def _run(self, batch: TokenBatch, plans: list[routing.RoutePlan | None]) -> torch.Tensor:
+    def _run(self, batch: TokenBatch, plans: list[routing.RoutePlan | None],
+             image_rows: torch.Tensor | None = None) -> torch.Tensor:
         counts: list[int] = []
         if self.config.maskdit:
             b = routing.gather(batch, plans[0]) if plans[0] is not None else batch
@@ -201,12 +235,15 @@ class RoutedDiT(nn.Module):
                     b = saved.replace(x=routing.scatter(saved.x, b.x, plans[active]))
                     saved, active = None, None
         self.route_counts = counts
+        if image_rows is not None:                         # decode the image tokens only
+            b = b.replace(x=ops.route_gather(b.x, image_rows), seg=b.seg[image_rows])
         return self.final(b)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 gamma: Gamma = None, generator: torch.Generator | None = None,
-                route_scores: torch.Tensor | None = None, return_keep: bool = False):
-        self._check_inputs(x, t, y)
+                route_scores: torch.Tensor | None = None, return_keep: bool = False,
+                text: TextBatch | None = None):
+        self._check_inputs(x, t, y, text)
         c = self.config
         bsz, n = x.shape[0], c.num_tokens
         if route_scores is not None:
@@ -214,7 +251,10 @@ class RoutedDiT(nn.Module):
                 raise ValueError(f"route_scores must be [R, B, N] = [{self.num_routes}, {bsz}, "
                                  f"{n}], got {list(route_scores.shape)}")
             route_scores = route_scores.reshape(self.num_routes, bsz * n)
-        batch = self.embed(x, t, y)
+        batch = self.embed(x, t, y, text)
+        if route_scores is not None and batch.text_lengths:   # image scores at image rows
+            full = route_scores.new_zeros((self.num_routes, batch.x.shape[0]))
+            route_scores = full.index_copy(1, batch.image_rows(), route_scores)
         out = self.forward_tokens(batch, gamma, route_scores, generator, return_keep)
         if return_keep:
             out, keep = out

@@ -10,6 +10,10 @@ and K = sum(k) is known on the host.
 A route gathers the kept rows of x, pos and seg into a smaller packed batch (new cu_seqlens from
 the host keep counts), runs its blocks there, then scatters the rows back into the batch saved
 before the route: dropped tokens re-enter with their pre-route activations (TREAD).
+
+Text tokens (T2I, `TokenBatch.text_lengths`) are never routed: a segment of L_s text and N image
+tokens keeps L_s + keep(N, gamma) tokens, and the text rows get score -inf, so they are always
+among the kept ones whatever scores the caller passes; gamma acts on the image tokens only.
 """
 from __future__ import annotations
 
@@ -65,7 +69,12 @@ def select_tokens(scores: torch.Tensor, seg: torch.Tensor, cu_seqlens: torch.Ten
 
 def plan_route(batch: TokenBatch, gammas: Sequence[float], scores: torch.Tensor) -> RoutePlan:
     """Select the tokens batch keeps when segment s is routed at gammas[s]."""
-    keeps = keep_counts(batch.segment_lengths(), gammas)
+    lengths = batch.segment_lengths()
+    text = batch.text_lengths or (0,) * len(lengths)
+    image = keep_counts([n - m for n, m in zip(lengths, text)], gammas)
+    keeps = tuple(m + k for m, k in zip(text, image))
+    if batch.text_lengths:
+        scores = scores.masked_fill(batch.text_mask(), float("-inf"))
     idx, keep = select_tokens(scores, batch.seg, batch.cu_seqlens, keeps)
     return RoutePlan(idx, keep, keeps, cu_seqlens_from_lengths(keeps, batch.x.device))
 

@@ -9,6 +9,8 @@ A `TokenBatch` holds the tokens of S segments concatenated along one axis:
     max_seqlen int       longest segment
     cond       [S, Dc]   per-segment conditioning vector (feeds adaLN)
     lengths    tuple     host copy of the segment lengths (avoids a device sync when routing)
+    text_lengths tuple   T2I only: the first text_lengths[s] tokens of segment s are text tokens
+                         (never routed, not decoded), the rest its image tokens; None: no text
 
 Patches: an image [C, H, W] with patch size p becomes N = (H/p)(W/p) tokens in row-major order;
 patchify lays a patch out as (p_row, p_col, C), the layout of the final linear layer's output.
@@ -30,6 +32,7 @@ class TokenBatch:
     max_seqlen: int
     cond: torch.Tensor
     lengths: tuple[int, ...] | None = None
+    text_lengths: tuple[int, ...] | None = None
 
     @property
     def num_segments(self) -> int:
@@ -40,6 +43,23 @@ class TokenBatch:
         if self.lengths is not None:
             return self.lengths
         return tuple(torch.diff(self.cu_seqlens).tolist())
+
+    def text_mask(self) -> torch.Tensor:
+        """[T] bool, True at text tokens (all False without text); no device sync."""
+        t = self.x.shape[0]
+        if not self.text_lengths:
+            return torch.zeros(t, dtype=torch.bool, device=self.x.device)
+        tlen = torch.tensor(self.text_lengths, dtype=torch.int64, device=self.x.device)
+        seg = self.seg.long()
+        return torch.arange(t, device=self.x.device) - self.cu_seqlens.long()[seg] < tlen[seg]
+
+    def image_rows(self) -> torch.Tensor:
+        """int64 rows of the image tokens, in order (all rows without text); no device sync."""
+        t = self.x.shape[0]
+        if not self.text_lengths:
+            return torch.arange(t, device=self.x.device)
+        order = torch.argsort(self.text_mask().to(torch.int8), stable=True)   # image rows first
+        return order[: t - sum(self.text_lengths)]
 
     def replace(self, **changes) -> TokenBatch:
         return dataclasses.replace(self, **changes)
@@ -57,6 +77,9 @@ class TokenBatch:
             segs.append(b.seg + offset)
             offset += b.num_segments
         device = batches[0].x.device
+        text = None
+        if any(b.text_lengths for b in batches):
+            text = sum((b.text_lengths or (0,) * b.num_segments for b in batches), ())
         return TokenBatch(
             x=torch.cat([b.x for b in batches]),
             pos=torch.cat([b.pos for b in batches]),
@@ -65,6 +88,7 @@ class TokenBatch:
             max_seqlen=max(lengths),
             cond=torch.cat([b.cond for b in batches]),
             lengths=tuple(lengths),
+            text_lengths=text,
         )
 
 
