@@ -8,7 +8,8 @@ DEFAULT_LR, DEFAULT_FINETUNE_LR = 1e-4, 1e-5
 # Arguments that change the sequence of updates: a resumed run must keep them.
 RESUME_KEYS = ("batch", "seed", "data", "data_path", "image_size", "t_sampling", "t_loc",
                "t_scale", "label_dropout", "maskdit_lambda", "routing", "lr", "betas",
-               "weight_decay", "grad_clip", "ema_decay", "warmup", "vae", "latent_scale")
+               "weight_decay", "grad_clip", "ema_decay", "ema_warmup", "warmup", "vae",
+               "latent_scale")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class TrainArgs:
     grad_clip: float = 0.0               # 0: off
     warmup: int = 0                      # linear lr warm-up steps
     ema_decay: float = 0.9999
+    ema_warmup: bool = True              # decay min(ema_decay, (1 + s) / (10 + s))
     label_dropout: float = 0.1
     t_sampling: str = "uniform"
     t_loc: float = 0.0

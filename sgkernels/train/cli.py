@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     a("--grad-clip", type=float, default=_default("grad_clip"), help="max grad norm; 0: off")
     a("--warmup", type=int, default=_default("warmup"), help="linear lr warm-up steps")
     a("--ema-decay", type=float, default=_default("ema_decay"))
+    a("--no-ema-warmup", dest="ema_warmup", action="store_false",
+      help="constant EMA decay (default: min(decay, (1 + step) / (10 + step)))")
     a("--label-dropout", type=float, default=_default("label_dropout"))
     a("--t-sampling", default=_default("t_sampling"), choices=("uniform", "logit-normal"))
     a("--t-loc", type=float, default=_default("t_loc"), help="logit-normal mean")

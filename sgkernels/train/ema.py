@@ -1,7 +1,9 @@
-"""Exponential moving average of model weights: e <- decay * e + (1 - decay) * w.
+"""Exponential moving average of model weights: e <- d_s * e + (1 - d_s) * w after step s.
 
-Floating-point parameters and buffers are averaged (in fp32 shadows); integer buffers are
-copied. `ema.model` is a frozen copy of the model used for sampling and saved as "ema".
+d_s = decay, or with warm-up d_s = min(decay, (1 + s) / (10 + s)): early averages forget the
+initial weights quickly, so short runs (a few thousand steps) get a useful EMA model. Floating-point
+parameters and buffers are averaged in their own dtype; integer buffers are copied. `ema.model` is
+a frozen copy of the model, used for sampling and saved as "ema".
 """
 import copy
 
@@ -10,19 +12,24 @@ from torch import nn
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = False):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay: expected a value in [0, 1], got {decay}")
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int = 0) -> None:
+        """Fold in the weights after optimizer step `step` (0-based)."""
+        decay = self.decay_at(step)
         src = model.state_dict()
         for name, shadow in self.model.state_dict().items():
             value = src[name].detach()
             if shadow.is_floating_point():
-                shadow.lerp_(value.to(shadow.dtype), 1.0 - self.decay)
+                shadow.lerp_(value.to(shadow.dtype), 1.0 - decay)
             else:
                 shadow.copy_(value)
 

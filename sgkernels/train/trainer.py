@@ -94,7 +94,7 @@ class Trainer:
         self.config = model.config
         self.config_dict = self.config.to_dict()
         self.model = model.to(self.info.device).train()
-        self.ema = EMA(self.model, args.ema_decay)
+        self.ema = EMA(self.model, args.ema_decay, args.ema_warmup)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.effective_lr,
                                      betas=args.betas, weight_decay=args.weight_decay)
         self.step = 0
@@ -174,7 +174,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(args, self.step)
         self.opt.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.step)
         self.step += 1
         value = loss.item()
         if not math.isfinite(value):

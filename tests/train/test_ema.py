@@ -32,3 +32,16 @@ def test_ema_update_formula():
 def test_ema_rejects_bad_decay():
     with pytest.raises(ValueError, match="decay"):
         EMA(nn.Linear(2, 2), decay=1.5)
+
+
+def test_ema_warmup_decay_schedule():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.99, warmup=True)
+    assert ema.decay_at(0) == 0.1 and ema.decay_at(10) == 11 / 20 and ema.decay_at(10_000) == 0.99
+    start = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.mul_(3)
+    ema.update(model, step=0)
+    torch.testing.assert_close(ema.model.weight, 0.1 * start + 0.9 * model.weight)
+    assert EMA(model, decay=0.99).decay_at(0) == 0.99
