@@ -30,6 +30,11 @@
 #define SGK_LAUNCH(kernel, grid, block, stream, ...) \
   kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
 #endif
+// Alignment of every vector access: free on the GPU build; the CPU emulation defines it to flag
+// the misaligned access that a GPU would fault on (and a CPU would silently accept).
+#ifndef SGK_CHECK_ALIGNED
+#define SGK_CHECK_ALIGNED(ptr, bytes)
+#endif
 
 namespace sgk {
 
@@ -49,6 +54,7 @@ template <typename T, int N> struct alignas(sizeof(T) * N) Pack { T v[N]; };
 
 template <int N, typename T>
 __device__ __forceinline__ void load_f(const T* p, float (&out)[N]) {
+  SGK_CHECK_ALIGNED(p, sizeof(Pack<T, N>));
   const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
 #pragma unroll
   for (int i = 0; i < N; ++i) out[i] = to_f(pk.v[i]);
@@ -56,6 +62,7 @@ __device__ __forceinline__ void load_f(const T* p, float (&out)[N]) {
 
 template <int N, typename T>
 __device__ __forceinline__ void store_f(T* p, const float (&in)[N]) {
+  SGK_CHECK_ALIGNED(p, sizeof(Pack<T, N>));
   Pack<T, N> pk;
 #pragma unroll
   for (int i = 0; i < N; ++i) pk.v[i] = from_f<T>(in[i]);
@@ -66,6 +73,7 @@ __device__ __forceinline__ void store_f(T* p, const float (&in)[N]) {
 template <int N>
 __device__ __forceinline__ void store_f32(float* p, const float (&v)[N]) {
   constexpr int P = N < 4 ? N : 4;
+  SGK_CHECK_ALIGNED(p, sizeof(Pack<float, P>));
 #pragma unroll
   for (int i = 0; i < N; i += P) {
     Pack<float, P> pk;

@@ -13,11 +13,14 @@ namespace sgk {
 template <typename U>
 __device__ __forceinline__ void copy_row(U* __restrict__ dst, const U* __restrict__ src,
                                          int64_t n, int lane, int tpr) {
+  SGK_CHECK_ALIGNED(dst, sizeof(U));
+  SGK_CHECK_ALIGNED(src, sizeof(U));
   for (int64_t c = lane; c < n; c += tpr) dst[c] = src[c];
 }
 
 template <typename U>
 __device__ __forceinline__ void zero_row(U* __restrict__ dst, int64_t n, int lane, int tpr) {
+  SGK_CHECK_ALIGNED(dst, sizeof(U));
   const U z{};
   for (int64_t c = lane; c < n; c += tpr) dst[c] = z;
 }

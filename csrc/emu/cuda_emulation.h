@@ -6,9 +6,10 @@
 // round-robin by a scheduler; __syncthreads waits for every live thread of the block and
 // __shfl_xor_sync for every live lane of the warp, each exchanging through a per-block slot
 // array. A barrier that can never complete (threads waiting at different barriers, e.g. a
-// shuffle under divergent control flow) aborts with a message instead of hanging. Shared memory
-// (`__shared__` locals) is a static per kernel instantiation, which is per block since blocks do
-// not overlap.
+// shuffle under divergent control flow) aborts with a message instead of hanging. A misaligned
+// vector access (SGK_CHECK_ALIGNED), which a GPU faults on and a CPU accepts, makes the launcher
+// return cudaErrorMisalignedAddress. Shared memory (`__shared__` locals) is a static per kernel
+// instantiation, which is per block since blocks do not overlap.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -36,7 +37,18 @@
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 
+// Sticky error of the emulated device, returned (and cleared) by cudaGetLastError (runtime.cpp).
+extern "C" int sgk_emu_error;
+
 namespace sgk_emu {
+
+// A vector access the GPU would fault on: remember it as cudaErrorMisalignedAddress.
+inline void check_aligned(const void* ptr, size_t bytes, const char* file, int line) {
+  if (reinterpret_cast<uintptr_t>(ptr) % bytes == 0 || sgk_emu_error != 0) return;
+  std::fprintf(stderr, "cuda_emulation: %zu-byte access at %p is misaligned (%s:%d)\n", bytes,
+               ptr, file, line);
+  sgk_emu_error = cudaErrorMisalignedAddress;
+}
 
 enum State { kRunnable, kAtWarpBarrier, kAtBlockBarrier, kDone };
 
@@ -177,6 +189,9 @@ inline V __shfl_xor_sync(unsigned, V value, int lane_mask) {
 
 inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
 inline float __expf(float v) { return std::exp(v); }
+
+#define SGK_CHECK_ALIGNED(ptr, bytes) \
+  ::sgk_emu::check_aligned((ptr), (bytes), __FILE__, __LINE__)
 
 #define SGK_LAUNCH(kernel, grid, block, stream, ...) \
   ((void)(stream), ::sgk_emu::launch(kernel, dim3(grid), dim3(block), __VA_ARGS__))

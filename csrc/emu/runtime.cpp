@@ -11,9 +11,15 @@ int g_sm_count = 4;
 
 extern "C" {
 
+int sgk_emu_error = 0;  // see cuda_emulation.h
+
 void sgk_emu_set_sm_count(int n) { g_sm_count = n; }
 
-cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+cudaError_t cudaGetLastError(void) {
+  const int err = sgk_emu_error;
+  sgk_emu_error = 0;
+  return static_cast<cudaError_t>(err);
+}
 
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
