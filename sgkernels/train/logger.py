@@ -1,4 +1,5 @@
-"""Rank-0 training log: tqdm bar (loss, step rate), JSONL and CSV rows, a loss-curve PNG.
+"""Rank-0 training log: tqdm bar (steps/s; loss and images/s of the last row), JSONL and CSV
+rows, a loss-curve PNG.
 
 Each row: step, loss (mean over the steps since the last row, averaged over ranks), lr,
 steps_per_s, images_per_s (global batch / step time), elapsed_s. On resume the files are
@@ -31,10 +32,9 @@ class TrainLog:
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
-    def step(self, loss: float) -> None:
+    def step(self) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def row(self, step: int, loss: float, lr: float, global_batch: int) -> dict:
         now = time.perf_counter()
@@ -42,6 +42,8 @@ class TrainLog:
         self._tlast, self._slast = now, step
         rec = {"step": step, "loss": loss, "lr": lr, "steps_per_s": rate,
                "images_per_s": rate * global_batch, "elapsed_s": now - self._t0}
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rec['images_per_s']:.0f}")
         if self.enabled:
             with open(self.jsonl, "a") as f:
                 f.write(json.dumps(rec) + "\n")

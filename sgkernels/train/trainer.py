@@ -160,7 +160,8 @@ class Trainer:
                              args.t_scale)
         return x, y, draws.to(dev)
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the detached loss (no device sync here)."""
         args, dev = self.args, self.info.device
         x, y, draws = self.batch(self.step)
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)
@@ -176,10 +177,7 @@ class Trainer:
         self.opt.step()
         self.ema.update(self.model, self.step)
         self.step += 1
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss is {value} at step {self.step}")
-        return value
+        return loss.detach()
 
     # -- outputs ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
@@ -222,10 +220,12 @@ class Trainer:
         try:
             while self.step < args.steps:
                 window.append(self.train_step())
-                log.step(window[-1])
+                log.step()
                 end = self.step == args.steps or self._out_of_time(t0)
                 if end or (args.log_every and self.step % args.log_every == 0):
-                    last = D.mean_scalar(sum(window) / len(window), info)
+                    last = D.mean_scalar(torch.stack(window).mean().item(), info)
+                    if not math.isfinite(last):
+                        raise FloatingPointError(f"loss is {last} at step {self.step}")
                     log.row(self.step, last, lr_at(args, self.step - 1), args.batch)
                     window = []
                 ckpt = end or (args.ckpt_every and self.step % args.ckpt_every == 0)

@@ -68,7 +68,7 @@ def test_resume_rejects_changed_arguments(tmp_path):
 
 
 def test_run_outputs(tmp_path):
-    args = tiny_args(tmp_path, steps=4, ckpt_every=2, sample_every=4, log_every=2)
+    args = tiny_args(tmp_path, steps=4, ckpt_every=2, sample_every=4, log_every=2, progress=True)
     trainer = Trainer(args, tiny_model())
     trainer.run()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
