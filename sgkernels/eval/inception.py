@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,9 @@ class InceptionFeatures:
                              f"`{INSTALL_HINT}`")
         self.key = f"{sha1}|{PREPROCESS}"
         self.device, self.batch_size = torch.device(device), batch_size
-        self.model = torch.jit.load(str(self.path), map_location=self.device).eval()
+        with warnings.catch_warnings():      # torch.jit is deprecated, but the file is TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.model = torch.jit.load(str(self.path), map_location=self.device).eval()
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
