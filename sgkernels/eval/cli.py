@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr)   # noqa: E731  (progress to stderr)
     try:
         metrics = parse_metrics(args.metrics)
-        samples = load_reference(args.samples).head(args.num)
+        samples = load_reference(args.samples, "samples").head(args.num)
         reference = load_reference(args.ref).head(args.ref_num)
     except (ValueError, FileNotFoundError) as e:
         print(f"sgkernels eval: {e}", file=sys.stderr)

@@ -116,16 +116,17 @@ def load_images(path) -> ImageSet:
     return _read_npz(path)
 
 
-def load_reference(spec: str) -> ImageSet:
-    """A named reference (one of REFERENCES) or a path read by `load_images`."""
+def load_reference(spec: str, arg: str = "ref") -> ImageSet:
+    """A named reference (one of REFERENCES) or a path read by `load_images`; `arg` names the
+    argument in error messages."""
     if spec in REFERENCES:
         root = os.environ.get("SGKERNELS_FMNIST", FASHION_MNIST_DIR)
         data = fashion_mnist(28, split=REFERENCES[spec], root=root)
         u8 = ((data.x + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         return ImageSet(u8, data.y.numpy(), spec)
     if not Path(spec).exists():
-        raise ValueError(f"ref: expected one of {sorted(REFERENCES)} or an existing path, got "
-                         f"{spec!r}")
+        raise ValueError(f"{arg}: expected one of {sorted(REFERENCES)} or an existing .npz or "
+                         f"image folder, got {spec!r}")
     return load_images(spec)
 
 
