@@ -32,8 +32,8 @@ from sgkernels import ops, presets
 from sgkernels.flops import sampling_gflops
 from sgkernels.guidance import CFG, SparseGuidance
 
-SCALE = 2.0  # guidance weight ω (does not change the cost)
-SG_FLOPS = (0.5, 0.9)  # the paper's SG_FLOPS setting, always timed as a reference
+SG_FLOPS = (0.5, 0.9)
+QUALITY_METRICS = ("fid", "cfd", "kid", "acc")  # scalar metrics of sgkernels.eval.evaluate  # the paper's SG_FLOPS setting, always timed as a reference
 
 
 def parse_args(argv=None):
@@ -54,8 +54,14 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=common.DTYPES, help="CUDA bf16, CPU fp32")
     p.add_argument("--separate", action="store_true",
                    help="evaluate branches as separate forwards (and compare with packed)")
-    p.add_argument("--metric", default=None,
-                   help="with --ckpt: quality heatmap on a coarse grid (needs sgkernels.eval)")
+    p.add_argument("--scale", type=float, default=2.0,
+                   help="guidance weight ω of SG and CFG (does not change the cost)")
+    p.add_argument("--metric", default=None, choices=QUALITY_METRICS,
+                   help="with --ckpt: quality heatmap on a coarse grid (sgkernels.eval)")
+    p.add_argument("--metric-step", type=float, default=0.2, help="grid step of --metric")
+    p.add_argument("--metric-num", type=int, default=1000, help="images per --metric cell")
+    p.add_argument("--ref", default="fashion-mnist-test",
+                   help="--metric reference: a sgkernels.eval reference name or image path")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop timing new cells after this many seconds (the rest stay empty)")
     p.add_argument("--quick", action="store_true",
@@ -67,12 +73,11 @@ def parse_args(argv=None):
             p.error("--metric needs --ckpt: image quality of random weights is meaningless")
         if importlib.util.find_spec("sgkernels.eval") is None:
             p.error(f"--metric {args.metric!r} needs sgkernels.eval (the [eval] metrics), which "
-                    "this version of sgkernels does not have yet")
-        p.error("--metric: sgkernels.eval exists but gamma_grid.py does not call it yet")
-    for name in ("batch", "steps", "timed", "repeats"):
+                    "this installation of sgkernels does not have")
+    for name in ("batch", "steps", "timed", "repeats", "metric_num"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            p.error(f"--{name} must be a positive int, got {value}")
+            p.error(f"--{name.replace('_', '-')} must be a positive int, got {value}")
     return args
 
 
@@ -94,6 +99,7 @@ def settings(args, device: torch.device) -> dict:
         "repeats": args.repeats or ((3 if args.quick else 5) if cuda else (1 if args.quick else 3)),
         "warmup": 1 if cuda else 0,  # per cell; new shapes autotune Triton kernels on CUDA
         "dtype": common.DTYPES[args.dtype or ("bf16" if cuda else "fp32")],
+        "scale": args.scale,
     }
 
 
@@ -121,7 +127,7 @@ def run_grid(model, s, device, separate: bool, steps: int,
     cfg, w = model.config, s["warmup"]
     gammas = common.gamma_values(s["step"])
     packed = not separate
-    cfg_guidance, sg_flops = CFG(SCALE), SparseGuidance(SCALE, *SG_FLOPS)
+    cfg_guidance, sg_flops = CFG(s["scale"]), SparseGuidance(s["scale"], *SG_FLOPS)
     gflops_cfg = sampling_gflops(cfg, cfg_guidance, steps)
     t_cfg, t_unguided, t_sg_flops = interleaved(
         model, [cfg_guidance, None, sg_flops], s, device, [packed] * 3, (1, 1, 1))
@@ -131,7 +137,7 @@ def run_grid(model, s, device, separate: bool, steps: int,
         for g_w in gammas[i:]:
             if time.perf_counter() > deadline:
                 break
-            guidance = SparseGuidance(SCALE, g_s, g_w)
+            guidance = SparseGuidance(s["scale"], g_s, g_w)
             flags = [packed, packed] + ([True] if separate else [])
             t_c, t, *t_packed = interleaved(model, [cfg_guidance] + [guidance] * (len(flags) - 1),
                                             s, device, flags, (0,) + (w,) * (len(flags) - 1))
@@ -170,6 +176,66 @@ def reference_values(s, steps, t: common.Timing, speedup, gflops, gflops_cfg) ->
             "images_per_s": s["batch"] / (steps * t.median),
             "gflops_per_image_step": gflops, "speedup_vs_cfg": speedup,
             "predicted_speedup": predicted, "realized_fraction": speedup / predicted}
+
+
+def quality_grid(model, args, s, device) -> tuple[list[dict], dict]:
+    """`--metric` of `--metric-num` images sampled with full `--steps` runs per cell of the
+    coarse grid (`--metric-step`), plus CFG and unguided; labels cycle through the classes."""
+    import numpy as np
+
+    import sgkernels
+    from sgkernels.eval import ImageSet, evaluate, load_reference
+    from sgkernels.sampling.io import IMAGE_CHANNELS, to_uint8
+
+    cfg = model.config
+    if cfg.in_channels not in IMAGE_CHANNELS or cfg.num_classes < 1:
+        raise ValueError(f"--metric needs a class-conditional model sampling images with "
+                         f"{IMAGE_CHANNELS} channels, got {cfg.in_channels}-channel samples")
+    reference = load_reference(args.ref)
+    labels = torch.arange(args.metric_num) % cfg.num_classes
+
+    def score(guidance) -> float:
+        gen = torch.Generator(device=device).manual_seed(0)
+        images = []
+        for chunk in labels.split(s["batch"]):
+            shape = (len(chunk), cfg.in_channels, cfg.input_size, cfg.input_size)
+            noise = torch.randn(shape, generator=gen, device=device, dtype=s["dtype"])
+            x = sgkernels.sample(model, noise, chunk.to(device), steps=args.steps,
+                                 guidance=guidance, generator=gen)
+            images.append(to_uint8(x))
+        samples = ImageSet(np.concatenate(images), labels.numpy(), "gamma_grid")
+        result = evaluate(samples, reference, (args.metric,), device=str(device))
+        return result["metrics"][args.metric]["value"]
+
+    gammas = common.gamma_values(args.metric_step)
+    rows = []
+    for i, g_s in enumerate(gammas):
+        for g_w in gammas[i:]:
+            value = score(SparseGuidance(s["scale"], g_s, g_w))
+            rows.append({"gamma_strong": g_s, "gamma_weak": g_w, args.metric: value})
+            print(f"γ_s {g_s:4.2f} γ_w {g_w:4.2f}: {args.metric} {value:.4g}", flush=True)
+    reference_values = {"cfg": score(CFG(s["scale"])), "unguided": score(None)}
+    return rows, reference_values
+
+
+def plot_quality(rows, reference, args, record, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gammas = common.gamma_values(args.metric_step)
+    fig, ax = plt.subplots(figsize=(7, 6.5))
+    higher = args.metric == "acc"  # the other metrics are distances: lower is better
+    common.heatmap(ax, grid_array(rows, gammas, args.metric), gammas,
+                   f"{args.metric} vs {args.ref}, {'higher' if higher else 'lower'} is better\n"
+                   f"(CFG {reference['cfg']:.4g}, unguided {reference['unguided']:.4g})",
+                   "{:.3g}", "viridis" if higher else "viridis_r")
+    fig.suptitle(f"SG quality — {args.ckpt}, ω {args.scale}, {args.metric_num} images per cell, "
+                 f"{args.steps} Euler steps\n{record['machine']['date_utc']} UTC", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def grid_array(rows, gammas, key):
@@ -242,7 +308,7 @@ def main(argv=None) -> dict:
         "model": s["model"], "ckpt": args.ckpt, "weights": "checkpoint EMA" if args.ckpt
         else "random init", "model_config": model.config.to_dict(),
         "batch": s["batch"], "dtype": str(s["dtype"]).removeprefix("torch."),
-        "backend": backend, "packed": not args.separate, "guidance_scale": SCALE,
+        "backend": backend, "packed": not args.separate, "guidance_scale": s["scale"],
         "cpu_threads": threads, "solver": "euler", "steps": args.steps, "grid_step": s["step"],
         "gammas": common.gamma_values(s["step"]),
         "timing": (f"per cell {s['repeats']} rounds of CFG and SG timed round-robin, "
@@ -259,6 +325,14 @@ def main(argv=None) -> dict:
     common.write_csv(args.out / "gamma_grid.csv", rows)
     png = plot(rows, reference, s, record, args.steps, args.separate, args.out / "gamma_grid.png")
     common.write_json(args.out / "gamma_grid.json", record)
+    if args.metric:
+        q_rows, q_ref = quality_grid(model, args, s, device)
+        record["quality"] = {"metric": args.metric, "reference_set": args.ref,
+                             "images_per_cell": args.metric_num, "grid_step": args.metric_step,
+                             "cfg": q_ref["cfg"], "unguided": q_ref["unguided"], "cells": q_rows}
+        common.write_csv(args.out / "quality.csv", q_rows)
+        plot_quality(q_rows, q_ref, args, record, args.out / "quality.png")
+        common.write_json(args.out / "gamma_grid.json", record)
     c, u, sg = reference["cfg"], reference["unguided"], reference["sg_flops_0.5_0.9"]
     print(f"CFG {c['images_per_s']:.3g} img/s, unguided {u['images_per_s']:.3g} img/s; "
           f"SG 0.5/0.9 {sg['images_per_s']:.3g} img/s = {sg['speedup_vs_cfg']:.2f}× CFG "

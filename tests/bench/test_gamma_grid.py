@@ -85,10 +85,52 @@ def test_budget_leaves_cells_out(tmp_path):
     assert record["cells"] == 0 and record["cells_valid"] == 3
 
 
-def test_metric_needs_a_checkpoint_and_the_eval_package(capsys):
+def test_metric_needs_a_checkpoint(capsys):
     with pytest.raises(SystemExit):
-        gamma_grid.parse_args(["--metric", "fid"])
+        gamma_grid.parse_args(["--metric", "cfd"])
     assert "--metric needs --ckpt" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gamma_grid.parse_args(["--metric", "fid", "--ckpt", "model.pt"])
-    assert "sgkernels.eval" in capsys.readouterr().err
+
+
+def test_quality_heatmap_from_a_checkpoint(tmp_path, monkeypatch):
+    """--ckpt --metric: sampled images reach sgkernels.eval and land in quality.csv / .png.
+
+    The classifier is an untrained FashionCNN (no training run in a test) and the reference a
+    small random image set; the cache goes to tmp_path.
+    """
+    import numpy as np
+    import torch
+
+    import sgkernels.eval.classifier as classifier
+    from sgkernels import RoutedDiT
+
+    monkeypatch.setenv("SGKERNELS_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    untrained = classifier.FashionCNN().eval()
+    monkeypatch.setattr(classifier, "load_classifier",
+                        lambda seed=0, log=None: (untrained, {"arch": "untrained"}))
+    config = presets.get("Tiny/2")
+    model = RoutedDiT(config)
+    with torch.no_grad():  # leave adaLN-Zero init: a zero velocity would make every cell equal
+        for param in model.parameters():
+            param.normal_(0.0, 0.05)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "opt": {},
+                "args": {"model_config": config.to_dict()}, "step": 0}, ckpt)
+    rng = np.random.default_rng(0)
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64))
+    record = gamma_grid.main(["--device", "cpu", "--ckpt", str(ckpt), "--batch", "8",
+                              "--repeats", "1", "--steps", "2", "--step", "0.5",
+                              "--metric", "cfd", "--metric-step", "0.5", "--metric-num", "16",
+                              "--ref", str(ref), "--out", str(tmp_path / "out")])
+    quality = record["quality"]
+    assert quality["metric"] == "cfd" and quality["images_per_cell"] == 16
+    cells = {(c["gamma_strong"], c["gamma_weak"]): c["cfd"] for c in quality["cells"]}
+    assert set(cells) == {(0.0, 0.0), (0.0, 0.5), (0.5, 0.5)}
+    assert all(math.isfinite(v) and v >= 0 for v in [*cells.values(), quality["cfg"]])
+    # (0, 0) is one dense conditional branch: the same images as unguided sampling
+    assert cells[0.0, 0.0] == pytest.approx(quality["unguided"], rel=1e-6)
+    assert cells[0.0, 0.5] != pytest.approx(cells[0.0, 0.0], rel=1e-6)
+    assert (tmp_path / "out" / "quality.png").stat().st_size > 10_000
+    with open(tmp_path / "out" / "quality.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
