@@ -14,6 +14,8 @@ report, next to the dense references unguided D(c) and CFG D(∅) + ω(D(c) − 
 On the diagonal γ_strong = γ_weak both branches are one branch (merged) and cost one forward.
 `--separate` evaluates the branches as separate forwards for (a)–(d) and also times the packed
 forward, adding panel (e): t_step(separate) / t_step(packed), what packing buys.
+`--ckpt --metric {fid,cfd,kid,acc}` adds quality.png: the sgkernels.eval metric of
+`--metric-num` images per cell of a coarse grid (`--metric-step`), full `--steps` runs.
 Timing: CUDA events after warm-up on GPU, wall clock on CPU; medians over repeats.
 """
 from __future__ import annotations
@@ -68,6 +70,9 @@ def parse_args(argv=None):
                    help="coarse grid (step 0.25), fewer repeats, CPU batch 4")
     p.add_argument("--out", type=Path, default=Path("outputs/gamma_grid"))
     args = p.parse_args(argv)
+    if args.model and presets.get(args.model).text_conditioned:
+        p.error(f"--model {args.model!r} is text conditioned; gamma_grid.py samples "
+                "class-conditional presets")
     if args.metric is not None:
         if not args.ckpt:
             p.error("--metric needs --ckpt: image quality of random weights is meaningless")
@@ -84,13 +89,7 @@ def parse_args(argv=None):
 def settings(args, device: torch.device) -> dict:
     """Fill the device-dependent defaults."""
     cuda = device.type == "cuda"
-    if args.ckpt:
-        model = "checkpoint"
-    else:
-        model = args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2")
-        if presets.get(model).text_conditioned:
-            raise ValueError(f"--model {model!r} is text conditioned; gamma_grid.py samples "
-                             "class-conditional presets")
+    model = "checkpoint" if args.ckpt else args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2")
     return {
         "model": model,
         "batch": args.batch or (64 if cuda else 4 if args.quick else 8),
