@@ -69,21 +69,23 @@ class Shape:
         return self.dim // self.heads
 
     @property
-    def hidden(self) -> int:
-        """SwiGLU hidden width of a Llama block: 8/3·D rounded up to a multiple of 64."""
+    def hidden(self) -> int:  # SwiGLU width of a Llama block: 8/3·D rounded up to 64
         return 64 * math.ceil(int(self.dim * 8 / 3) / 64)
 
 
 def make_inputs(op: str, s: Shape, gen: torch.Generator) -> dict:
-    """Inputs of `op` on shape `s` (float tensors random normal, indices valid)."""
+    """Inputs of `op` on shape `s`: float tensors random normal (drawn on the device: large
+    shapes), indices valid; `gen` (CPU) draws the indices and seeds the device generator."""
     lengths = s.lengths
+    dgen = torch.Generator(device=s.device).manual_seed(
+        int(torch.randint(2 ** 62, (1,), generator=gen)))
     total, nseg = sum(lengths), len(lengths)
     lens = torch.tensor(lengths)
     seg = torch.repeat_interleave(torch.arange(nseg), lens).to(torch.int32)
     cu = torch.cat([torch.zeros(1, dtype=torch.int64), lens.cumsum(0)]).to(torch.int32)
 
     def rand(*shape):
-        return torch.randn(*shape, generator=gen).to(s.dtype)
+        return torch.randn(*shape, generator=dgen, device=s.device).to(s.dtype)
 
     if op == "rms_norm":
         d = {"x": rand(total, s.dim), "weight": rand(s.dim)}
@@ -173,11 +175,10 @@ def natives(op: str, device: torch.device) -> dict:
                 i["q"], i["k"], i["v"], i["cu_seqlens"], i["cu_seqlens"], i["max_seqlen"],
                 i["max_seqlen"])
     if device.type == "cuda" and op in ("rms_norm", "swiglu"):
-        try:
-            from liger_kernel.ops.rms_norm import LigerRMSNormFunction
-            from liger_kernel.ops.swiglu import LigerSiLUMulFunction
-        except ImportError:
+        if importlib.util.find_spec("liger_kernel") is None:
             return found
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
         if op == "rms_norm":
             found["liger"] = lambda i: LigerRMSNormFunction.apply(i["x"], i["weight"], 1e-6)
         else:
