@@ -7,7 +7,7 @@ standard deviation is reported as the bootstrap standard error.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

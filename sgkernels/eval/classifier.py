@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .cache import atomic_write, cache_dir
 from .images import check_images, fit_to, load_reference, to_gray
@@ -67,7 +67,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = EPOCH
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(x.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(x.shape[0], generator=gen)

@@ -65,7 +65,7 @@ def format_table(result: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    log = lambda msg: print(msg, file=sys.stderr)   # noqa: E731  (progress to stderr)
+    log = lambda msg: print(msg, file=sys.stderr)
     try:
         metrics = parse_metrics(args.metrics)
         samples = load_reference(args.samples, "samples").head(args.num)

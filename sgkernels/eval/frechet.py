@@ -7,7 +7,8 @@ eigenvalues), so tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i(A)). Everything is done
 `eigh`: one eigendecomposition of the (fixed) reference covariance gives S1^(1/2), after which
 each distance costs one symmetric eigenvalue problem. Eigenvalues below the round-off level of
 the eigensolver (D · eps · lambda_max) are set to 0 before the square root, so the null space of
-a rank-deficient covariance (N <= D) adds nothing instead of sqrt(round-off) per direction. Covariances use the unbiased (N - 1) normalisation, as every FID tool does.
+a rank-deficient covariance (N <= D) adds nothing instead of sqrt(round-off) per direction.
+Covariances use the unbiased (N - 1) normalisation, as every FID tool does.
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class ImageSet:
     def __len__(self):
         return self.images.shape[0]
 
-    def head(self, num: int | None) -> "ImageSet":
+    def head(self, num: int | None) -> ImageSet:
         """The first `num` images (all when None); asking for more than there are is an error."""
         if num is None:
             return self
@@ -77,7 +77,7 @@ def _read_npz(path: Path) -> ImageSet:
         if "arr_0" not in f:
             raise ValueError(f"path: {path} has no arr_0 (expected uint8 images [N, H, W, C])")
         images = f["arr_0"]
-        labels = f["arr_1"] if "arr_1" in f else None
+        labels = f.get("arr_1")
     if images.ndim == 3:
         images = images[..., None]
     return ImageSet(check_images(images, f"{path}:arr_0"), labels, path.name)
@@ -140,7 +140,7 @@ def to_gray(images: np.ndarray) -> np.ndarray:
 
 def fit_to(images: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop an even margin (the trainer's padding) or resize [N, H, W, C] to size x size."""
-    n, h, w, c = check_images(images).shape
+    _, h, w, _ = check_images(images).shape
     if (h, w) == (size, size):
         return images
     if h == w and size < h < 2 * size and (h - size) % 2 == 0:

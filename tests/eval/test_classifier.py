@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from eval_helpers import blobs
 
 from sgkernels.eval import classifier as clf
 from sgkernels.eval.images import ImageSet, load_reference
-
-from eval_helpers import blobs
 
 
 def _labelled_blobs(n, seed=0):

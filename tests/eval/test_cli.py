@@ -2,11 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from eval_helpers import blobs, random_classifier, save_stand_in_inception
 
 from sgkernels.eval import classifier as clf
 from sgkernels.eval.cli import main
-
-from eval_helpers import blobs, random_classifier, save_stand_in_inception
 
 
 @pytest.fixture

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from eval_helpers import add_noise, blobs, random_classifier, save_stand_in_inception
 
 from sgkernels.eval.evaluate import evaluate, parse_metrics
 from sgkernels.eval.images import ImageSet
 from sgkernels.eval.inception import InceptionFeatures
-
-from eval_helpers import add_noise, blobs, random_classifier, save_stand_in_inception
 
 
 @pytest.fixture(scope="module")

