@@ -40,7 +40,9 @@ FAILED=()
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 say() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
 
-# step NAME CAP_S CMD...: run CMD with a timeout of min(CAP_S, time left - 5); log its output.
+# step NAME CAP_S CMD...: run CMD with a timeout of min(CAP_S, time left - 5) and log its
+# output. An argument @BUDGET@ becomes that limit minus 45 s (the script's own --budget-s, so it
+# stops timing and writes its files before the timeout).
 step() {
   local name=$1 cap=$2; shift 2
   local limit; limit=$(left)
@@ -49,9 +51,11 @@ step() {
     say "SKIP $name: only $(left) s left"
     return 0
   fi
-  say "START $name (limit ${limit}s): $*"
+  local args=() a
+  for a in "$@"; do args+=("${a/@BUDGET@/$(( limit > 60 ? limit - 45 : 15 ))}"); done
+  say "START $name (limit ${limit}s): ${args[*]}"
   local rc=0
-  timeout --signal=TERM --kill-after=5 "$limit" "$@" >> "$LOG" 2>&1 || rc=$?
+  timeout --signal=TERM --kill-after=5 "$limit" "${args[@]}" >> "$LOG" 2>&1 || rc=$?
   if [ "$rc" -eq 0 ]; then
     say "PASS $name"
   else
@@ -62,14 +66,14 @@ step() {
 
 if [ "$SMOKE" -eq 1 ]; then
   DEVICE=cpu
-  KERNELS=(--quick --device cpu --repeats 1 --warmup 0)
-  GRID=(--quick --device cpu --model Tiny/2 --batch 2)
+  KERNELS=(--quick --device cpu --repeats 1 --warmup 0 --budget-s @BUDGET@)
+  GRID=(--quick --device cpu --model Tiny/2 --batch 2 --budget-s @BUDGET@)
   E2E=(--device cpu --model Tiny/2 --batches 2 --train-batches 2 --repeats 1)
   TESTS=(tests/ops/test_ops_gpu.py)
 else
   DEVICE=cuda
-  KERNELS=(--device cuda --dims 1152 2048 --batches 16 256 --budget-s 150)
-  GRID=(--quick --device cuda --model SiT-XL/2 --batch 64 --budget-s 100)
+  KERNELS=(--device cuda --dims 1152 2048 --batches 16 256 --budget-s @BUDGET@)
+  GRID=(--quick --device cuda --model SiT-XL/2 --batch 64 --budget-s @BUDGET@)
   E2E=(--device cuda --model SiT-XL/2 --batches 16 64 --train-batches 32 --repeats 3)
   TESTS=(tests)
 fi
@@ -98,7 +102,7 @@ if [ "$SMOKE" -eq 0 ] && [ -f benchmarks/gpu_check_cuda.sh ]; then
 fi
 step gpu_tests 120 env TRITON_INTERPRET=0 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu \
   "${TESTS[@]}"
-step bench_kernels 180 "$PYTHON" benchmarks/bench_kernels.py "${KERNELS[@]}" --out "$DEST"
+step bench_kernels 190 "$PYTHON" benchmarks/bench_kernels.py "${KERNELS[@]}" --out "$DEST"
 step gamma_grid 130 "$PYTHON" benchmarks/gamma_grid.py "${GRID[@]}" --out "$DEST"
 if [ "$(left)" -gt 60 ]; then
   step bench_e2e $(( $(left) - 10 )) "$PYTHON" benchmarks/bench_e2e.py "${E2E[@]}" --out "$DEST"
