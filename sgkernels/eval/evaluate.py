@@ -48,6 +48,53 @@ def _check_labels(samples: ImageSet) -> np.ndarray:
     return samples.labels
 
 
+def _statistics(metrics, gen, ref, space, k, kid_subsets, kid_subset_size, seed, agree,
+                bootstrap):
+    """(point, boot): functions idx -> {metric: value} for the estimate and the replicates."""
+    point, boot = [], []
+    for metric, name in (("fid", "inception"), ("cfd", "classifier")):
+        if metric in metrics:
+            fr = FrechetReference(ref[name]["mu"], ref[name]["sigma"])
+            fn = (lambda idx, fr=fr, f=gen[name], m=metric:
+                  {m: fr.distance(*gaussian_stats(f[idx]))})
+            point.append(fn)
+            boot.append(fn)
+    if {"kid", "prdc"} & set(metrics):
+        real, feats = ref[space]["features"].astype(np.float64), gen[space]
+    if "kid" in metrics:
+        fn = (lambda idx: {"kid": kid(feats[idx], real, kid_subsets, kid_subset_size, seed,
+                                      gen_ids=idx)[0]})
+        point.append(fn)
+        boot.append(fn)
+    if "prdc" in metrics:
+        point.append(lambda idx: prdc(real, feats[idx], k, fake_ids=idx))
+        if bootstrap:
+            boot.append(PRDCResampler(real, feats, k))
+    if "acc" in metrics:
+        fn = (lambda idx: {"acc": float(agree[idx].mean())})
+        point.append(fn)
+        boot.append(fn)
+    return point, boot
+
+
+def _extractors(metrics, space, classifier, inception, device, log) -> dict:
+    """The feature extractors the metrics need, by space name, created only when needed."""
+    needs = {"inception": "fid" in metrics, "classifier": bool({"cfd", "acc"} & set(metrics))}
+    needs[space] |= bool({"kid", "prdc"} & set(metrics))
+    out = {}
+    if needs["classifier"]:
+        if classifier is None:
+            from .classifier import ClassifierFeatures
+            classifier = ClassifierFeatures(log=log)
+        out["classifier"] = classifier
+    if needs["inception"]:
+        if inception is None:
+            from .inception import InceptionFeatures
+            inception = InceptionFeatures(device=device)
+        out["inception"] = inception
+    return out
+
+
 def evaluate(samples: ImageSet, reference: ImageSet, metrics=METRICS, *, space="classifier",
              k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000,
              bootstrap: int = 0, alpha: float = 0.05, seed: int = 0, device="cpu",
@@ -64,22 +111,11 @@ def evaluate(samples: ImageSet, reference: ImageSet, metrics=METRICS, *, space="
     n = len(samples)
     info = {"samples": samples.name, "num_samples": n, "reference": reference.name,
             "num_reference": len(reference), "space": space, "k": k, "seconds": {}}
-    needs = {"inception": "fid" in metrics,
-             "classifier": bool({"cfd", "acc"} & set(metrics))}
-    needs[space] |= bool({"kid", "prdc"} & set(metrics))
-    extractors = {}
-    if needs["classifier"]:
-        if classifier is None:
-            from .classifier import ClassifierFeatures
-            classifier = ClassifierFeatures(log=log)
-        extractors["classifier"] = classifier
-        info["classifier"] = classifier.info
-    if needs["inception"]:
-        if inception is None:
-            from .inception import InceptionFeatures
-            inception = InceptionFeatures(device=device)
-        extractors["inception"] = inception
-        info["inception"] = str(getattr(inception, "path", type(inception).__name__))
+    extractors = _extractors(metrics, space, classifier, inception, device, log)
+    if "classifier" in extractors:
+        info["classifier"] = extractors["classifier"].info
+    if "inception" in extractors:
+        info["inception"] = str(getattr(extractors["inception"], "path", "custom"))
     gen, ref = {}, {}
     for name, ex in extractors.items():
         start = time.perf_counter()
@@ -89,31 +125,11 @@ def evaluate(samples: ImageSet, reference: ImageSet, metrics=METRICS, *, space="
         info["seconds"][f"{name}_reference"] = round(mid - start, 3)
         info["seconds"][f"{name}_samples"] = round(time.perf_counter() - mid, 3)
         log(f"{name} features: {n} samples in {time.perf_counter() - mid:.1f} s")
-
-    point, boot = [], []   # functions idx -> {metric: value}
-    for metric, name in (("fid", "inception"), ("cfd", "classifier")):
-        if metric in metrics:
-            fr = FrechetReference(ref[name]["mu"], ref[name]["sigma"])
-            feats = gen[name]
-            fn = (lambda idx, fr=fr, f=feats, m=metric: {m: fr.distance(*gaussian_stats(f[idx]))})
-            point.append(fn)
-            boot.append(fn)
-    if "kid" in metrics:
-        real, feats = ref[space]["features"].astype(np.float64), gen[space]
-        fn = (lambda idx: {"kid": kid(feats[idx], real, kid_subsets, kid_subset_size, seed,
-                                      gen_ids=idx)[0]})
-        point.append(fn)
-        boot.append(fn)
-    if "prdc" in metrics:
-        real_p, feats_p = ref[space]["features"].astype(np.float64), gen[space]
-        point.append(lambda idx: prdc(real_p, feats_p[idx], k, fake_ids=idx))
-        if bootstrap:
-            boot.append(PRDCResampler(real_p, feats_p, k))
+    agree = None
     if "acc" in metrics:
-        agree = (classifier.predict(samples.images) == labels).astype(np.float64)
-        fn = (lambda idx: {"acc": float(agree[idx].mean())})
-        point.append(fn)
-        boot.append(fn)
+        agree = (extractors["classifier"].predict(samples.images) == labels).astype(np.float64)
+    point, boot = _statistics(metrics, gen, ref, space, k, kid_subsets, kid_subset_size, seed,
+                              agree, bootstrap)
 
     start = time.perf_counter()
     everything = np.arange(n)
