@@ -253,7 +253,7 @@ def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     gammas = common.gamma_values(s["step"])
-    ref_u, ref_c = reference["unguided"], reference["cfg"]
+    ref_u, ref_c, ref_sg = reference["unguided"], reference["cfg"], reference["sg_flops_0.5_0.9"]
     panels = [("images_per_s", f"(a) images/s (CFG {ref_c['images_per_s']:.3g}, "
                                f"unguided {ref_u['images_per_s']:.3g})", "{:.3g}", "viridis", None),
               ("gflops_per_image_step", f"(b) GFLOPs/image/step (CFG "
@@ -261,8 +261,11 @@ def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
                                         f"{ref_u['gflops_per_image_step']:.3g})", "{:.3g}",
                "magma", None),
               ("speedup_vs_cfg", f"(c) speedup over CFG (unguided "
-                                 f"{ref_u['speedup_vs_cfg']:.2f}×)", "{:.2f}", "viridis", None),
-              ("realized_fraction", "(d) measured / FLOP-predicted speedup", "{:.2f}", "RdYlGn",
+                                 f"{ref_u['speedup_vs_cfg']:.2f}×; SG 0.5/0.9 "
+                                 f"{ref_sg['speedup_vs_cfg']:.2f}×)", "{:.2f}", "viridis", None),
+              ("realized_fraction", f"(d) measured / FLOP-predicted speedup (SG 0.5/0.9: "
+                                    f"{ref_sg['speedup_vs_cfg']:.2f} / "
+                                    f"{ref_sg['predicted_speedup']:.2f})", "{:.2f}", "RdYlGn",
                1.0)]
     if separate:
         panels.append(("packed_gain", "(e) t(separate) / t(packed)", "{:.2f}", "RdYlGn", 1.0))
@@ -278,11 +281,11 @@ def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
     threads = "" if m["device"] != "cpu" else f", {record['cpu_threads']} threads"
     fig.suptitle(
         f"Sparse Guidance γ grid — {record['model']}, batch {s['batch']}, {record['dtype']}, "
-        f"backend {record['backend']}, {mode}\n{where} ({m['device']}{threads}), "
-        f"{m['date_utc']} UTC — per cell {s['repeats']} rounds of {s['timed']} timed step(s), "
-        f"round-robin with CFG; throughput extrapolated to a {steps}-step run; "
-        "grey: γ_strong > γ_weak (invalid)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+        f"backend {record['backend']}, {mode}, ω {s['scale']}\n{where} ({m['device']}{threads}), "
+        f"{m['date_utc']} UTC\nper cell {s['repeats']} round(s) of {s['timed']} timed step(s), "
+        f"round-robin with CFG; throughput extrapolated to a {steps}-step run; grey: "
+        "γ_strong > γ_weak (invalid)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
