@@ -34,8 +34,8 @@ from sgkernels import ops, presets
 from sgkernels.flops import sampling_gflops
 from sgkernels.guidance import CFG, SparseGuidance
 
-SG_FLOPS = (0.5, 0.9)
-QUALITY_METRICS = ("fid", "cfd", "kid", "acc")  # scalar metrics of sgkernels.eval.evaluate  # the paper's SG_FLOPS setting, always timed as a reference
+SG_FLOPS = (0.5, 0.9)  # the paper's SG_FLOPS setting, always timed as a reference
+QUALITY_METRICS = ("fid", "cfd", "kid", "acc")  # scalar metrics of sgkernels.eval.evaluate
 
 
 def parse_args(argv=None):
@@ -89,7 +89,8 @@ def parse_args(argv=None):
 def settings(args, device: torch.device) -> dict:
     """Fill the device-dependent defaults."""
     cuda = device.type == "cuda"
-    model = "checkpoint" if args.ckpt else args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2")
+    model = (f"checkpoint {Path(args.ckpt).name}" if args.ckpt
+             else args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2"))
     return {
         "model": model,
         "batch": args.batch or (64 if cuda else 4 if args.quick else 8),
