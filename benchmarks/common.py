@@ -2,7 +2,10 @@
 
 Timing (`time_fn`): `warmup` untimed calls, then `repeats` timed calls; the result is the median.
 On CUDA every call is bracketed by a pair of `torch.cuda.Event`s (GPU time of the queued work);
-on CPU it is wall clock (`time.perf_counter`) around the call.
+on CPU it is wall clock (`time.perf_counter`) around the call. `time_interleaved` times several
+callables round-robin and `ratio_median` takes speedups per round, so load drifts cancel;
+`sampling_fn` wraps a few steps of `sgkernels.sample` for that; `configure_threads` picks the CPU
+thread count (1 on an oversubscribed machine).
 
 Ceilings, measured in the same run as the numbers they bound (a roofline with two roofs):
     copy bandwidth   B = 2·n / t        a device-to-device copy of an n-byte tensor reads and
