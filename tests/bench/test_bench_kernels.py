@@ -119,9 +119,14 @@ def test_rejects_shapes_the_ops_cannot_take(tmp_path):
         bk.main(["--quick", "--tokens", "10", "--out", str(tmp_path)])
 
 
-def test_pytest_benchmark_rms_norm_tiny(benchmark):
-    """A pytest-benchmark case on a tiny shape (run with --benchmark-only to compare)."""
+@pytest.mark.parametrize("op, baseline", [("rms_norm", "torch:rms_norm"),
+                                          ("varlen_attention", "torch:sdpa_grouped"),
+                                          ("swiglu", "eager"), ("route_scatter", "eager")])
+def test_pytest_benchmark_tiny(benchmark, op, baseline):
+    """pytest-benchmark cases on tiny shapes (`--benchmark-only` to compare runs); the timed
+    result must equal a baseline outside sgkernels."""
     pytest.importorskip("pytest_benchmark")
-    i = bk.make_inputs("rms_norm", shape("dense"), torch.Generator().manual_seed(4))
-    out = benchmark.pedantic(bk.sg_call, args=("rms_norm", i), rounds=3, iterations=1)
-    torch.testing.assert_close(out, torch.nn.functional.rms_norm(i["x"], (32,), i["weight"], 1e-6))
+    i = bk.make_inputs(op, shape("packed"), torch.Generator().manual_seed(4))
+    out = benchmark.pedantic(bk.sg_call, args=(op, i), rounds=3, iterations=1)
+    expected = bk.implementations(op, CPU, compile_ref=False)[baseline](i)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
