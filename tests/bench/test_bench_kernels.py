@@ -125,7 +125,6 @@ def test_rejects_shapes_the_ops_cannot_take(tmp_path):
 def test_pytest_benchmark_tiny(benchmark, op, baseline):
     """pytest-benchmark cases on tiny shapes (`--benchmark-only` to compare runs); the timed
     result must equal a baseline outside sgkernels."""
-    pytest.importorskip("pytest_benchmark")
     i = bk.make_inputs(op, shape("packed"), torch.Generator().manual_seed(4))
     out = benchmark.pedantic(bk.sg_call, args=(op, i), rounds=3, iterations=1)
     expected = bk.implementations(op, CPU, compile_ref=False)[baseline](i)
