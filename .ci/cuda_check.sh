@@ -5,6 +5,8 @@
 #   (b) in a second virtualenv (.venv-cuda, reused when its torch is right) with a CUDA build of
 #       torch, `pip install --no-build-isolation .` builds and links sgkernels._C, and
 #       `import sgkernels._C` succeeds from outside the source tree (importing needs no GPU).
+#   (c) the kernels' CPU-emulation tests (tests/kernels/test_cuda_emulated.py) again, built with
+#       AddressSanitizer, in the test venv (.venv, or TEST_PYTHON).
 # Environment: NVCC (default: nvcc on PATH, else $CUDA_HOME/bin/nvcc), CUDA_HOME
 # (default /usr/local/cuda), CUDA_TORCH (default torch==2.14.1), MAX_JOBS (default 2).
 set -euo pipefail
@@ -95,4 +97,23 @@ print(f"   cuda.available() = {cuda.available()} ({cuda.unavailable_reason()})")
 EOF
 )
 echo "   (b) done in $(since "$tb") s"
+
+echo "-- (c) kernels on the CPU emulation under AddressSanitizer (out-of-bounds accesses)"
+tc=$(date +%s)
+test_python=${TEST_PYTHON:-$root/.venv/bin/python}
+libasan=$(gcc -print-file-name=libasan.so)
+if [ ! -x "$test_python" ] || [ ! -e "$libasan" ]; then
+  echo "   skipped: needs the test venv ($test_python) and gcc's libasan"
+else
+  if ! SGK_EMU_ASAN=1 LD_PRELOAD="$libasan" ASAN_OPTIONS="detect_leaks=0:log_path=$tmp/asan" \
+      "$test_python" -m pytest -q -p no:cacheprovider tests/kernels/test_cuda_emulated.py \
+      > "$tmp/asan_pytest.log" 2>&1; then
+    tail -20 "$tmp/asan_pytest.log"
+    cat "$tmp"/asan.* 2>/dev/null | head -60
+    echo "FAIL: the emulated kernel tests failed under AddressSanitizer"
+    exit 1
+  fi
+  tail -1 "$tmp/asan_pytest.log" | sed 's/^/   /'
+  echo "   (c) done in $(since "$tc") s"
+fi
 echo "-- CUDA checks passed in $(since "$t0") s"

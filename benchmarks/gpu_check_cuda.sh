@@ -32,7 +32,12 @@ if ! "$PYTHON" setup.py -q build_ext --inplace > "$log/cuda_build.log" 2>&1; the
   echo "[cuda] FAIL: the extension did not build"
   exit 1
 fi
-so=$(ls sgkernels/_C*.so)
+so=$(ls sgkernels/_C*.so 2>/dev/null || true)
+if [ -z "$so" ]; then
+  grep -h "^sgkernels:" "$log/cuda_build.log" || true
+  echo "[cuda] FAIL: setup.py did not build sgkernels._C (reason above)"
+  exit 1
+fi
 echo "[cuda] built $so in $(since "$t0") s"
 if command -v cuobjdump > /dev/null; then
   echo "[cuda] registers / stack / local memory per kernel (cuobjdump -res-usage):"

@@ -32,10 +32,16 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    """Build csrc/*.cu + csrc/emu/runtime.cpp for the host (about 20 s on 2 cores)."""
+    """Build csrc/*.cu + csrc/emu/runtime.cpp for the host (about 20 s on 2 cores).
+
+    SGK_EMU_ASAN=1 adds AddressSanitizer, which turns an out-of-bounds access (a fault or silent
+    corruption on the GPU) into a report; run pytest with
+    LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0."""
     out = tmp_path_factory.mktemp("cuda_emu") / "libsgk_emu.so"
     sources = sorted(str(p) for p in (ROOT / "csrc").glob("*.cu"))
-    cmd = ["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
+    asan = ["-g", "-fsanitize=address", "-fno-omit-frame-pointer"] \
+        if os.environ.get("SGK_EMU_ASAN") == "1" else []
+    cmd = ["g++", "-std=c++17", "-O1", *asan, "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
            f"-I{CUDA_HOME / 'include'}", f"-I{ROOT / 'csrc'}",
            "-include", str(ROOT / "csrc" / "emu" / "cuda_emulation.h"), "-x", "c++", *sources,
            "-x", "none", str(ROOT / "csrc" / "emu" / "runtime.cpp"), "-o", str(out)]
