@@ -10,6 +10,7 @@ docs/contracts.md for signatures, dtypes and errors.
     gated_residual(x, y, gate, seg)
     swiglu(a, b=None)
     route_gather(x, idx), route_scatter(base, y, idx)
+    route_gather_rms_norm_modulate(x, idx, weight, shift, scale, seg, eps=1e-6) -> (x[idx], y)
     varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=None)
     rope_axial(x, pos, theta=10000.0)
     use_backend(name)      context manager forcing "torch", "triton" or "cuda"
@@ -19,6 +20,7 @@ from .dispatch import use_backend
 from .norm import rms_norm, rms_norm_modulate
 from .residual import gated_residual
 from .rope import rope_axial
+from .route_norm import route_gather_rms_norm_modulate
 from .routing import route_gather, route_scatter
 from .swiglu import swiglu
 
@@ -28,6 +30,7 @@ __all__ = [
     "rms_norm_modulate",
     "rope_axial",
     "route_gather",
+    "route_gather_rms_norm_modulate",
     "route_scatter",
     "swiglu",
     "use_backend",

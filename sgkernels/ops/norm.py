@@ -123,13 +123,10 @@ def _rms_norm_modulate_grad(ctx, dy, _drstd):
 _rms_norm_modulate.register_autograd(_rms_norm_modulate_grad, setup_context=_rms_norm_modulate_setup)
 
 
-def rms_norm_modulate(x, weight, shift, scale, seg, eps=1e-6):
-    """adaLN RMSNorm: x [T, D]; weight [D] or None; shift, scale [S, D]; seg [T] int32 sorted."""
-    op = "rms_norm_modulate"
-    validate.floating(op, "x", x)
-    weight, shift, scale = amp.like(x, weight, shift, scale)
-    validate.ndim(op, "x", x, 2)
-    tokens, dim = x.shape
+def check_modulation(op, x, weight, shift, scale, seg, rows, rows_name):
+    """Validate the adaLN arguments of an op on x [*, D] whose seg has `rows` entries (`rows_name`
+    spells that count, e.g. "T"); returns (weight, shift, scale, seg) contiguous."""
+    dim = x.shape[1]
     if weight is not None:
         validate.like(op, "weight", weight, "x", x)
         validate.shape(op, "weight", weight, (dim,), "[D]")
@@ -140,7 +137,15 @@ def rms_norm_modulate(x, weight, shift, scale, seg, eps=1e-6):
     validate.like(op, "scale", scale, "x", x)
     validate.shape(op, "scale", scale, shift.shape, "[S, D] (the shape of shift)")
     validate.index(op, "seg", seg, "x", x, dtypes=(torch.int32,))
-    validate.shape(op, "seg", seg, (tokens,), "[T]")
-    return _rms_norm_modulate(
-        x.contiguous(), weight, shift.contiguous(), scale.contiguous(), seg.contiguous(), float(eps)
-    )[0]
+    validate.shape(op, "seg", seg, (rows,), f"[{rows_name}]")
+    return weight, shift.contiguous(), scale.contiguous(), seg.contiguous()
+
+
+def rms_norm_modulate(x, weight, shift, scale, seg, eps=1e-6):
+    """adaLN RMSNorm: x [T, D]; weight [D] or None; shift, scale [S, D]; seg [T] int32 sorted."""
+    op = "rms_norm_modulate"
+    validate.floating(op, "x", x)
+    weight, shift, scale = amp.like(x, weight, shift, scale)
+    validate.ndim(op, "x", x, 2)
+    weight, shift, scale, seg = check_modulation(op, x, weight, shift, scale, seg, x.shape[0], "T")
+    return _rms_norm_modulate(x.contiguous(), weight, shift, scale, seg, float(eps))[0]

@@ -16,6 +16,8 @@ Math (xf = x in fp32, r = rsqrt(mean(xf²) + eps), x̂ = xf·r, w = weight or 1)
                         db = dout·silu(a);  da = dout·b·σ·(1 + a·(1 − σ))
     route_gather        out = x[idx]
     route_scatter       out = base; out[idx] = y;  dbase = dout with rows idx zeroed, dy = dout[idx]
+    route_gather_rms_norm_modulate   h = route_gather(x, idx), y = rms_norm_modulate(h)  (composed)
+                        dx = route_scatter of (dh + rms_norm_modulate's dx) onto zeros
     varlen_attention    per segment: S = scale·QKᵀ, lse = logsumexp_row(S), P = exp(S − lse), O = PV
                         dV = PᵀdO, dP = dO Vᵀ, D = rowsum(dO∘O), dS = P∘(dP − D),
                         dQ = scale·dS K, dK = scale·dSᵀQ
@@ -130,6 +132,21 @@ def route_scatter_bwd(dout, idx):
     return dout.index_fill(0, idx.long(), 0), dout.index_select(0, idx)
 
 
+def route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, eps):
+    """(h = x[idx], y = rms_norm_modulate(h), rstd) by composition; seg [K] are h's segments."""
+    h = route_gather_fwd(x, idx)
+    return (h, *rms_norm_modulate_fwd(h, weight, shift, scale, seg, eps))
+
+
+def route_gather_rms_norm_modulate_bwd(dh, dy, h, idx, weight, scale, seg, rstd, total):
+    """dx [total, D]: dh plus the norm's gradient at rows idx (summed as autograd would), 0
+    elsewhere; and the norm's (dweight | None, dshift, dscale)."""
+    dh_norm, dweight, dshift, dscale = rms_norm_modulate_bwd(dy, h, weight, scale, seg, rstd)
+    dh_total = (dh.float() + dh_norm.float()).to(h.dtype)
+    dx = route_scatter_fwd(h.new_zeros(total, h.shape[1]), dh_total, idx)
+    return dx, dweight, dshift, dscale
+
+
 def _length_groups(cu_seqlens):
     """Yield (L, token index [G, L] int64) for each distinct non-zero segment length L.
 
@@ -193,15 +210,20 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
     return dq, dk, dv
 
 
+def rope_frequencies(theta, head_dim, device):
+    """f_j = theta^(-2j/h) for j in [0, h/2), h = Dh/2: [Dh/4] fp32, rounded from fp64 on the
+    host (every backend rotates by these exact values)."""
+    j = torch.arange(head_dim // 4, dtype=torch.float64)
+    return (float(theta) ** (-2.0 * j / (head_dim // 2))).to(device=device, dtype=torch.float32)
+
+
 def _rope(x, pos, theta, sign):
     """Rotate x [T, H, Dh] by sign·angle; channels [0, h) by pos[:, 0], [h, Dh) by pos[:, 1].
 
     Inside each half of size h, channel j pairs with j + h/2 at frequency theta^(-2j/h).
     """
-    dim = x.shape[-1]
-    half, quarter = dim // 2, dim // 4
-    j = torch.arange(quarter, device=x.device, dtype=torch.float64)
-    freqs = (float(theta) ** (-2.0 * j / half)).to(torch.float32)         # [h/2]
+    quarter = x.shape[-1] // 4
+    freqs = rope_frequencies(theta, x.shape[-1], x.device)                # [h/2]
     angles = pos.float()[:, :, None] * freqs                              # [T, 2, h/2]
     cos = torch.cos(angles)[:, None]                                      # [T, 1, 2, h/2]
     sin = torch.sin(angles)[:, None] * sign

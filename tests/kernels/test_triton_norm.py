@@ -5,8 +5,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sgkernels.ops as ops
 from sgkernels.kernels.triton import norm
+from sgkernels.kernels.triton.launch import INTERPRET
 from sgkernels.ops import reference
 
 # `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
@@ -120,36 +120,9 @@ def test_weight_gradients_are_deterministic():
                        norm.rms_norm_bwd(dy, x, weight, rstd)[1])
 
 
-def _autograd(fn, backend, inputs, dy):
-    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
-    with ops.use_backend(backend):
-        out = fn(*leaves)
-        out.backward(dy)
-    return out.detach(), [t.grad for t in leaves if t.requires_grad]
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_public_ops_with_triton_backend(dtype, assert_matches):
-    """sgkernels.ops.rms_norm (3-D input) and rms_norm_modulate forced to Triton match the torch
-    backend in output and every gradient."""
-    x, weight, dy, shift, scale = _inputs(10, 24, dtype, segments=3)
-    seg = _seg([4, 1, 5])
-    cases = [(lambda x, w: ops.rms_norm(x, w, eps=1e-5), [x.reshape(2, 5, 24), weight],
-              dy.reshape(2, 5, 24)),
-             (lambda x, w, sh, sc: ops.rms_norm_modulate(x, w, sh, sc, seg),
-              [x, weight, shift, scale], dy)]
-    for fn, inputs, grad in cases:
-        out, grads = _autograd(fn, "triton", inputs, grad)
-        out_ref, grads_ref = _autograd(fn, "torch", inputs, grad)
-        assert_matches(out, out_ref, "out")
-        for i, (got, want) in enumerate(zip(grads, grads_ref)):
-            assert_matches(got, want, f"grad {i}")
-
-
 def _check_fused(total, lengths, dim, dtype, has_weight, assert_matches, device="cpu"):
-    """h, y, rstd and every gradient of the fused route start equal route_gather followed by
-    rms_norm_modulate (torch reference), dx scattered onto zeros."""
+    """h, y, rstd and every gradient of the fused route start equal the reference (route_gather
+    followed by rms_norm_modulate, dx scattered onto zeros)."""
     seg = _seg(lengths, device)
     kept = seg.shape[0]
     x, weight, _, shift, scale = _inputs(total, dim, dtype, segments=len(lengths), device=device)
@@ -158,18 +131,15 @@ def _check_fused(total, lengths, dim, dtype, has_weight, assert_matches, device=
     dy, dh = (torch.randn(kept, dim, generator=gen).to(device, dtype) for _ in range(2))
     weight = weight if has_weight else None
     h, y, rstd = norm.route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, 1e-6)
-    h_ref = reference.route_gather_fwd(x, idx)
-    y_ref, rstd_ref = reference.rms_norm_modulate_fwd(h_ref, weight, shift, scale, seg, 1e-6)
+    h_ref, y_ref, rstd_ref = reference.route_gather_rms_norm_modulate_fwd(x, idx, weight, shift,
+                                                                          scale, seg, 1e-6)
     assert torch.equal(h, h_ref)
     assert_matches(y, y_ref, "y")
     assert_matches(rstd, rstd_ref, "rstd")
-    grads = norm.route_gather_rms_norm_modulate_bwd(dh, dy, h_ref, idx, weight, scale, seg,
-                                                    rstd_ref, total)
-    dh_norm, *grads_ref = reference.rms_norm_modulate_bwd(dy, h_ref, weight, scale, seg, rstd_ref)
-    dh_total = (dh_norm.float() + dh.float()).to(dtype)
-    dx_ref = torch.zeros(total, dim, dtype=dtype, device=device).index_copy(0, idx, dh_total)
-    assert_matches(grads[0], dx_ref, "dx")
-    for name, got, want in zip(("dweight", "dshift", "dscale"), grads[1:], grads_ref):
+    args = (dh, dy, h_ref, idx, weight, scale, seg, rstd_ref, total)
+    grads = norm.route_gather_rms_norm_modulate_bwd(*args)
+    grads_ref = reference.route_gather_rms_norm_modulate_bwd(*args)
+    for name, got, want in zip(("dx", "dweight", "dshift", "dscale"), grads, grads_ref):
         if want is None:
             assert got is None, name
         else:
@@ -187,7 +157,7 @@ def test_fused_route_gather_modulate_matches_composition(total, lengths, dim, dt
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(norm.INTERPRET, reason="kernels were imported for the interpreter")
+@pytest.mark.skipif(INTERPRET, reason="kernels were imported for the interpreter")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_kernels_on_gpu(dtype, poisoned_empty, assert_matches):
     """Compiled (autotuned) kernels on CUDA at model widths match the reference, and the weight

@@ -1,12 +1,12 @@
-"""Triton gated_residual (forward, every gradient) and the deterministic segment reduction it
-shares with the norms, vs the torch reference, run by the Triton interpreter on CPU tensors."""
+"""Triton gated_residual (forward, every gradient) vs the torch reference, run by the Triton
+interpreter on CPU tensors (compiled on a GPU)."""
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sgkernels.ops as ops
 from sgkernels.kernels.triton import residual
+from sgkernels.kernels.triton.launch import INTERPRET
 from sgkernels.ops import reference
 
 # `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
@@ -61,59 +61,8 @@ def test_dgate_is_deterministic(assert_matches):
                        _check(lengths, 33, torch.float32, assert_matches))
 
 
-@settings(max_examples=10, deadline=None)
-@given(lengths=SEGMENTS, rows=st.integers(1, 5))
-def test_segment_plan_covers_each_segment_once(lengths, rows):
-    """Every row lies in exactly one item, items never cross a segment, hold ≤ `rows` rows,
-    and the items of segment s are exactly [first[s], last[s])."""
-    seg = _seg(lengths)
-    plan = residual.segment_plan(seg, len(lengths), rows)
-    start, end, item_seg = plan["start"].long(), plan["end"].long(), plan["seg"].long()
-    assert start.shape[0] == -(-seg.shape[0] // rows) + len(lengths)
-    assert bool(((end - start) <= rows).all()) and bool((end >= start).all())
-    covered = torch.zeros(seg.shape[0], dtype=torch.int64)
-    for i in range(start.shape[0]):
-        covered[start[i]:end[i]] += 1
-        assert bool((seg[start[i]:end[i]] == item_seg[i]).all())
-    assert bool((covered == 1).all())
-    for s in range(len(lengths)):
-        items = torch.arange(plan["first"][s], plan["last"][s])
-        assert int((end[items] - start[items]).sum()) == lengths[s]
-        assert torch.equal(((item_seg == s) & (end > start)).nonzero().flatten(), items)
-
-
-@pytest.mark.interpret
-def test_segment_sum_adds_the_items_of_each_segment(poisoned_empty):
-    partials = torch.randn(7, 20)
-    first = torch.tensor([0, 3, 3, 6], dtype=torch.int32)
-    last = torch.tensor([3, 3, 6, 7], dtype=torch.int32)
-    out = residual.segment_sum(partials, first, last, torch.float32)
-    want = torch.stack([partials[0:3].sum(0), torch.zeros(20), partials[3:6].sum(0), partials[6]])
-    torch.testing.assert_close(out, want)
-    torch.testing.assert_close(residual.column_sum(partials, torch.float16),
-                               partials.sum(0).half())
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_public_op_with_triton_backend(dtype, assert_matches):
-    gen = torch.Generator().manual_seed(3)
-    seg = _seg([2, 1, 6])
-    x, y, dout = (torch.randn(9, 24, generator=gen).to(dtype) for _ in range(3))
-    gate = torch.randn(3, 24, generator=gen).to(dtype)
-    results = {}
-    for backend in ("triton", "torch"):
-        leaves = [t.clone().requires_grad_() for t in (x, y, gate)]
-        with ops.use_backend(backend):
-            out = ops.gated_residual(*leaves, seg)
-            out.backward(dout)
-        results[backend] = [out.detach()] + [t.grad for t in leaves]
-    for i, (got, want) in enumerate(zip(results["triton"], results["torch"])):
-        assert_matches(got, want, f"output/grad {i}")
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(residual.INTERPRET, reason="kernels were imported for the interpreter")
+@pytest.mark.skipif(INTERPRET, reason="kernels were imported for the interpreter")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_kernels_on_gpu(dtype, poisoned_empty, assert_matches):
     """Compiled kernels on CUDA at SiT-XL width match the reference; dgate is bitwise equal over

@@ -7,9 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgkernels import ops
 from sgkernels.kernels.triton import rope
-from sgkernels.kernels.triton.attention_fwd import INTERPRET as INTERPRETING
+from sgkernels.kernels.triton.launch import INTERPRET as INTERPRETING
 from sgkernels.ops import reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
@@ -76,22 +75,6 @@ def test_backward_inverts_forward_and_preserves_norms():
 @pytest.mark.interpret
 def test_hypothesis_shapes(tokens, heads, quarter, theta, grid, poisoned_empty, assert_matches):
     _check(tokens, heads, 4 * quarter, torch.float32, assert_matches, theta=theta, grid=grid)
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_public_op_with_triton_backend(dtype, assert_matches):
-    x, pos = _inputs(19, 2, 72, dtype)
-    dy, _ = _inputs(19, 2, 72, dtype, seed=1)
-    results = []
-    for backend in ("triton", "torch"):
-        leaf = x.detach().clone().requires_grad_()
-        with ops.use_backend(backend):
-            y = ops.rope_axial(leaf, pos, theta=500.0)
-            y.backward(dy)
-        results.append((y.detach(), leaf.grad))
-    for name, got, want in zip(("y", "dx"), *results):
-        assert_matches(got, want, name)
 
 
 @pytest.mark.gpu

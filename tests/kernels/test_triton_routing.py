@@ -5,7 +5,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sgkernels.ops as ops
 from sgkernels.kernels.triton import routing
 from sgkernels.ops import reference
 
@@ -43,22 +42,3 @@ def test_routing_matches_reference(total, kept, dim, dtype, poisoned_empty):
 def test_routing_hypothesis_shapes(data, total, dim, poisoned_empty):
     _check(total, data.draw(st.integers(1, total)), dim, torch.float32,
            seed=data.draw(st.integers(0, 1000)))
-
-
-@pytest.mark.interpret
-def test_public_ops_with_triton_backend():
-    """A route round trip through the public ops, forced to Triton, matches the torch backend."""
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(11, 16, generator=gen)
-    idx = torch.tensor([9, 0, 4, 5, 10])
-    dout = torch.randn(11, 16, generator=gen)
-    results = {}
-    for backend in ("triton", "torch"):
-        leaf = x.clone().requires_grad_()
-        with ops.use_backend(backend):
-            kept = ops.route_gather(leaf, idx)
-            out = ops.route_scatter(leaf, kept * 2.0, idx)
-            out.backward(dout)
-        results[backend] = (out.detach(), leaf.grad)
-    assert torch.equal(results["triton"][0], results["torch"][0])
-    assert torch.equal(results["triton"][1], results["torch"][1])

@@ -5,7 +5,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sgkernels.ops as ops
 from sgkernels.kernels.triton import swiglu
 from sgkernels.ops import reference
 
@@ -50,21 +49,3 @@ def test_swiglu_matches_reference(rows, hidden, dtype, halves, poison, poisoned_
 @given(rows=st.integers(1, 9), hidden=st.integers(1, 90), halves=st.booleans())
 def test_swiglu_hypothesis_shapes(rows, hidden, halves, poison, poisoned_empty, assert_matches):
     _check(rows, hidden, torch.float32, halves, poison, assert_matches)
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_public_op_with_triton_backend(dtype, assert_matches):
-    """ops.swiglu(a) on a fused [..., 2H] input, forced to Triton, matches the torch backend."""
-    gen = torch.Generator().manual_seed(1)
-    ab = torch.randn(2, 3, 2 * 20, generator=gen).to(dtype)
-    dout = torch.randn(2, 3, 20, generator=gen).to(dtype)
-    results = {}
-    for backend in ("triton", "torch"):
-        leaf = ab.clone().requires_grad_()
-        with ops.use_backend(backend):
-            out = ops.swiglu(leaf)
-            out.backward(dout)
-        results[backend] = (out.detach(), leaf.grad)
-    assert_matches(results["triton"][0], results["torch"][0], "out")
-    assert_matches(results["triton"][1], results["torch"][1], "grad")

@@ -20,6 +20,10 @@ def _seg():
     return torch.tensor([0, 0, 1, 1, 1, 2], dtype=torch.int32)
 
 
+def _kept_seg():
+    return torch.tensor([0, 1, 1], dtype=torch.int32)
+
+
 def _cases(grad):
     """(name, op overload, args); forward ops get inputs that require grad."""
     g = grad
@@ -35,6 +39,12 @@ def _cases(grad):
         ("route_gather", sg.route_gather.default, (_randn(6, 8, grad=g), torch.tensor([4, 0, 2]))),
         ("route_scatter", sg.route_scatter.default,
          (_randn(6, 8, grad=g), _randn(3, 8, grad=g), torch.tensor([4, 0, 2], dtype=torch.int32))),
+        ("route_gather_rms_norm_modulate", sg.route_gather_rms_norm_modulate.default,
+         (_randn(6, 8, grad=g), torch.tensor([4, 0, 2]), _randn(8, grad=g), _randn(2, 8, grad=g),
+          _randn(2, 8, grad=g), _kept_seg(), 1e-6)),
+        ("route_gather_rms_norm_modulate_noweight", sg.route_gather_rms_norm_modulate.default,
+         (_randn(6, 8, grad=g), torch.tensor([4, 0, 2], dtype=torch.int32), None,
+          _randn(2, 8, grad=g), _randn(2, 8, grad=g), _kept_seg(), 1e-6)),
         ("varlen_attention", sg.varlen_attention.default,
          (_randn(7, 2, 8, grad=g), _randn(7, 2, 8, grad=g), _randn(7, 2, 8, grad=g), _cu([3, 0, 4]), 4, 0.3)),
         ("rope_axial", sg.rope_axial.default,
@@ -57,6 +67,14 @@ def _backward_cases():
         ("swiglu_packed_backward", sg.swiglu_packed_backward.default, (_randn(6, 8), _randn(6, 16))),
         ("route_gather_backward", sg.route_gather_backward.default, (_randn(3, 8), torch.tensor([4, 0, 2]), 6)),
         ("route_scatter_backward", sg.route_scatter_backward.default, (_randn(6, 8), torch.tensor([4, 0, 2]))),
+        ("route_gather_rms_norm_modulate_backward",
+         sg.route_gather_rms_norm_modulate_backward.default,
+         (_randn(3, 8), _randn(3, 8), _randn(3, 8), torch.tensor([4, 0, 2]), w, _randn(2, 8),
+          _kept_seg(), rstd[:3], 6)),
+        ("route_gather_rms_norm_modulate_backward_noweight",
+         sg.route_gather_rms_norm_modulate_backward.default,
+         (_randn(3, 8), _randn(3, 8), _randn(3, 8), torch.tensor([4, 0, 2]), None, _randn(2, 8),
+          _kept_seg(), rstd[:3], 6)),
         ("varlen_attention_backward", sg.varlen_attention_backward.default,
          (_randn(7, 2, 8), q, k, v, o, lse, _cu([3, 0, 4]), 4, 0.3)),
         ("rope_axial_backward", sg.rope_axial_backward.default,
@@ -83,7 +101,9 @@ def _model(x, w, shift, scale, gate, seg, idx, pos, cu):
     q = ops.rope_axial(kept.reshape(-1, 2, 4), pos)
     a = ops.varlen_attention(q, q, kept.reshape(-1, 2, 4), cu, 3).reshape(-1, 8)
     a = ops.route_scatter(h, ops.swiglu(a, ops.rms_norm(a)), idx)
-    return ops.gated_residual(x, ops.swiglu(torch.cat([a, a * 0.5], -1)), gate, seg)
+    out = ops.gated_residual(x, ops.swiglu(torch.cat([a, a * 0.5], -1)), gate, seg)
+    routed, normed = ops.route_gather_rms_norm_modulate(out, idx, w, shift, scale, seg[idx])
+    return ops.route_scatter(out, routed + normed, idx)
 
 
 def test_torch_compile_fullgraph_forward_and_backward():
@@ -122,7 +142,8 @@ def test_compiled_graphs_hold_the_custom_ops_forward_and_backward():
     assert len(graphs) == 2
     names = [{str(n.target) for n in g.graph.nodes if n.op == "call_function"} for g in graphs]
     forward = {"rms_norm", "rms_norm_modulate", "route_gather", "route_scatter", "rope_axial",
-               "varlen_attention", "swiglu", "swiglu_packed", "gated_residual"}
+               "varlen_attention", "swiglu", "swiglu_packed", "gated_residual",
+               "route_gather_rms_norm_modulate"}
     assert {f"sgkernels.{op}.default" for op in forward} <= names[0]
     backward = {f"sgkernels.{op}_backward.default" for op in forward}
     assert backward <= names[1]

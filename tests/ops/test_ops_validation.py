@@ -57,6 +57,16 @@ CASES = [
     (lambda: ops.route_scatter(x2(), x2(2), torch.tensor([1, 1])), ValueError, r"route_scatter: idx must not repeat a row"),
     (lambda: ops.route_scatter(x2(), x2(3), torch.tensor([1, 2])), ValueError, r"route_scatter: y must have shape \[K, D\] = \(2, 8\)"),
     (lambda: ops.route_scatter(x2(), x2(2), torch.tensor([-1, 2])), ValueError, r"route_scatter: idx values must lie in \[0, 6\)"),
+    # route_gather_rms_norm_modulate (x [6, 8], idx [3], seg [3], S = 2)
+    (lambda: ops.route_gather_rms_norm_modulate(x2(), torch.tensor([0.0, 1.0, 2.0]), None, x2(2), x2(2), seg((0, 0, 1))), TypeError, r"route_gather_rms_norm_modulate: idx must have dtype int32 or int64"),
+    (lambda: ops.route_gather_rms_norm_modulate(x2(), torch.tensor([0, 1, 2]), None, x2(2), x2(2), seg((0, 0, 1, 1))), ValueError, r"route_gather_rms_norm_modulate: seg must have shape \[K\] = \(3,\)"),
+    (lambda: ops.route_gather_rms_norm_modulate(x2(), torch.tensor([0, 1, 1]), None, x2(2), x2(2), seg((0, 0, 1))), ValueError, r"route_gather_rms_norm_modulate: idx must not repeat a row"),
+    (lambda: ops.route_gather_rms_norm_modulate(x2(), torch.tensor([0, 1, 6]), None, x2(2), x2(2), seg((0, 0, 1))), ValueError, r"route_gather_rms_norm_modulate: idx values must lie in \[0, 6\)"),
+    (lambda: ops.route_gather_rms_norm_modulate(x2(), torch.tensor([0, 1, 2]), None, x2(2), x2(2), seg((0, 0, 2))), ValueError, r"route_gather_rms_norm_modulate: seg values must lie in \[0, S\) with S = 2"),
+    (lambda: ops.route_gather_rms_norm_modulate(x2(), torch.tensor([0, 1, 2]), None, x2(2), x2(2), seg((1, 0, 1))), ValueError, r"route_gather_rms_norm_modulate: seg must be non-decreasing"),
+    (lambda: ops.route_gather_rms_norm_modulate(x2(), torch.tensor([0, 1, 2]), torch.ones(7), x2(2), x2(2), seg((0, 0, 1))), ValueError, r"route_gather_rms_norm_modulate: weight must have shape \[D\] = \(8,\)"),
+    (lambda: ops.route_gather_rms_norm_modulate(x2(), torch.tensor([0, 1, 2]), None, x2(2, dtype=bf16), x2(2), seg((0, 0, 1))), TypeError, r"route_gather_rms_norm_modulate: shift must have the dtype of x"),
+    (lambda: ops.route_gather_rms_norm_modulate(x2()[None], torch.tensor([0]), None, x2(2), x2(2), seg((0,))), ValueError, r"route_gather_rms_norm_modulate: x must be 2-D"),
     # varlen_attention
     (lambda: ops.varlen_attention(*qkv(), cu([0, 3, 7]).long(), 4), TypeError, r"varlen_attention: cu_seqlens must have dtype int32"),
     (lambda: ops.varlen_attention(*qkv(), cu([1, 3, 7]), 4), ValueError, r"varlen_attention: cu_seqlens must start at 0 and end at T = 7, got 1 \.\.\. 7"),

@@ -34,7 +34,7 @@ from .attention_bwd import (
     varlen_attention_bwd,
 )
 from .attention_fwd import FWD_CONFIGS, _attn_fwd_kernel, block_d, varlen_attention_fwd
-from .residual import ast_spec
+from .launch import ast_spec
 
 __all__ = ["static_specs", "varlen_attention_bwd", "varlen_attention_fwd"]
 

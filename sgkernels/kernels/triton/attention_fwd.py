@@ -19,19 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .residual import INTERPRET
+from .launch import autotune_configs
 
 LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 128
-
-
-def autotune_configs(gpu_configs, interpret_config):
-    """`gpu_configs` on a GPU; the single `interpret_config` under TRITON_INTERPRET=1.
-
-    Each config is (meta-parameter dict, num_warps, num_stages).
-    """
-    chosen = [interpret_config] if INTERPRET else gpu_configs
-    return [triton.Config(dict(meta), num_warps=w, num_stages=s) for meta, w, s in chosen]
 
 
 def autotuned_by_dtype(kernel, configs_16bit, configs_fp32, interpret_config):

@@ -10,15 +10,15 @@ Math (per row, fp32 inside the kernels; r = rsqrt(mean(x²) + eps), x̂ = x·r, 
 A program owns whole rows (BLOCK_D = next_pow2(D) ≥ D columns, BLOCK_M rows), so the row statistic
 is one in-register reduction (no register spills on sm_90 up to D = 4096; wider rows spill in
 the backward but stay correct); rstd [M] fp32 is saved for the backward. The backward runs one
-program per reduction item (≤ R rows, inside one segment for the modulated norm, see residual.py):
+program per reduction item (≤ R rows, inside one segment for the modulated norm, segments.py):
 it writes dx and fp32 partial rows of dweight/dshift/dscale, which a second kernel sums in a fixed
 order (deterministic, no atomics). Forward kernels are autotuned over BLOCK_M and num_warps
 (keyed on D); the backward launch is a fixed function of D so that the summation order, and with
 it every weight-gradient bit, is the same in every process.
 
-Fused route start (extra backend functions, not registered as ops): h = x[idx],
-y = rms_norm_modulate(h) in one pass over the K kept rows, and its backward
-dx = scatter of (dh + ∂y/∂h·dy) onto zeros at rows idx.
+Fused route start (backend of sgkernels.ops.route_gather_rms_norm_modulate): h = x[idx] and
+y = rms_norm_modulate(h) in one pass that reads each kept row once and writes both h and y; its
+backward writes dx = (dh + ∂y/∂h·dy) at rows idx and 0 elsewhere.
 
 Roofline (bytes per call, b = bytes per element, M·D elements):
     forward   read x, write y: 2·M·D·b (+ weight D·b, shift/scale 2·S·D·b, rstd 4·M)
@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .residual import (INTERPRET, ast_spec, column_sum, rows_per_item, segment_plan, segment_sum,
-                       tuned)
+from .launch import INTERPRET, ast_spec, launch, tuned
+from .segments import column_sum, rows_per_item, segment_plan, segment_sum
 
 
 @triton.jit
@@ -71,7 +71,7 @@ def _modulate_fwd(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, M, D, stride_x, stri
     mask = row_ok[:, None] & (cols < D)[None, :]
     src = rows.to(tl.int64)
     if GATHER:
-        src = tl.load(IDX + rows, mask=row_ok, other=0)
+        src = tl.load(IDX + rows, mask=row_ok, other=0).to(tl.int64)
     x = tl.load(X + src[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     if GATHER:
         tl.store(H + rows[:, None].to(tl.int64) * stride_h + cols[None, :], x, mask=mask)
@@ -129,7 +129,7 @@ def _rms_norm_bwd_rows(DY, X, W, RSTD, DX, IDX, DH, rows, cols, end, D, stride_d
     dst = r64
     if GATHER:
         dx += tl.load(DH + r64 * stride_dh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dst = tl.load(IDX + rows, mask=row_ok, other=0)[:, None]
+        dst = tl.load(IDX + rows, mask=row_ok, other=0).to(tl.int64)[:, None]
     tl.store(DX + dst * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
     return dy, xhat, n, dn
 
@@ -231,10 +231,6 @@ _gather_mod_fwd = tuned(_route_gather_rms_norm_modulate_fwd_kernel, _CONFIGS, _K
 _FIXED = {"BLOCK_M": 2, "num_warps": 4}
 
 
-def _launch(kernel, grid, *args, **constexprs):
-    kernel[grid](*args, **constexprs, **(_FIXED if INTERPRET else {}))
-
-
 def _bwd_config(dim):
     """The backward launch is fixed, not autotuned: the tile sets the order in which rows are
     summed into dweight/dshift/dscale, and a timing-dependent autotuner choice would make those
@@ -255,8 +251,9 @@ def rms_norm_fwd(x2d, weight, eps):
     rows, dim = x2d.shape
     y = torch.empty_like(x2d)
     rstd = torch.empty(rows, device=x2d.device, dtype=torch.float32)
-    _launch(_fwd, _row_grid(rows), x2d, weight, y, rstd, rows, dim, x2d.stride(0), y.stride(0),
-            float(eps), HAS_WEIGHT=weight is not None, BLOCK_D=triton.next_power_of_2(dim))
+    launch(_fwd, _row_grid(rows), _FIXED, x2d, weight, y, rstd, rows, dim, x2d.stride(0),
+           y.stride(0), float(eps), HAS_WEIGHT=weight is not None,
+           BLOCK_D=triton.next_power_of_2(dim))
     return y, rstd
 
 
@@ -277,41 +274,50 @@ def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
     rows, dim = x.shape
     y = torch.empty_like(x)
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    _launch(_mod_fwd, _row_grid(rows), x, weight, shift, scale, seg, y, rstd, rows, dim,
-            x.stride(0), y.stride(0), shift.stride(0), float(eps), HAS_WEIGHT=weight is not None,
-            BLOCK_D=triton.next_power_of_2(dim))
+    launch(_mod_fwd, _row_grid(rows), _FIXED, x, weight, shift, scale, seg, y, rstd, rows, dim,
+           x.stride(0), y.stride(0), shift.stride(0), float(eps), HAS_WEIGHT=weight is not None,
+           BLOCK_D=triton.next_power_of_2(dim))
     return y, rstd
 
 
-def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
+def _modulate_bwd_sums(kernel, head, strides, x, weight, scale, seg):
+    """Launch a modulated-norm backward kernel(*head, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
+    D, *strides, stride_pw, stride_pb, stride_p), one program per reduction item of the rows of
+    x, then sum its fp32 partials -> (dweight | None, dshift, dscale)."""
     rows, dim = x.shape
     per_item = rows_per_item(rows, x.device)
     plan = segment_plan(seg, scale.shape[0], per_item)
     items = plan["start"].shape[0]
-    dx = torch.empty_like(x)
     pw = torch.empty(items if weight is not None else 1, dim, device=x.device, dtype=torch.float32)
     pmod = torch.empty(2, items, dim, device=x.device, dtype=torch.float32)
-    _rms_norm_modulate_bwd_kernel[(items,)](
-        dy, x, weight, scale, rstd, dx, pw, pmod, plan["start"], plan["end"], plan["seg"], per_item,
-        dim, dy.stride(0), x.stride(0), dx.stride(0), scale.stride(0), pw.stride(0),
-        pmod.stride(0), pmod.stride(1), HAS_WEIGHT=weight is not None, **_bwd_config(dim))
+    kernel[(items,)](*head, pw, pmod, plan["start"], plan["end"], plan["seg"], per_item, dim,
+                     *strides, pw.stride(0), pmod.stride(0), pmod.stride(1),
+                     HAS_WEIGHT=weight is not None, **_bwd_config(dim))
     dshift = segment_sum(pmod[0], plan["first"], plan["last"], x.dtype)
     dscale = segment_sum(pmod[1], plan["first"], plan["last"], x.dtype)
     dweight = column_sum(pw, x.dtype) if weight is not None else None
-    return dx, dweight, dshift, dscale
+    return dweight, dshift, dscale
+
+
+def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
+    dx = torch.empty_like(x)
+    sums = _modulate_bwd_sums(_rms_norm_modulate_bwd_kernel, (dy, x, weight, scale, rstd, dx),
+                              (dy.stride(0), x.stride(0), dx.stride(0), scale.stride(0)),
+                              x, weight, scale, seg)
+    return (dx, *sums)
 
 
 def route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, eps):
     """Fused route start: h = x[idx] and y = rms_norm_modulate(h, weight, shift, scale, seg, eps)
-    in one pass over the kept rows (x [T, D]; idx [K] int64 unique; seg [K] int32, the
+    in one pass over the kept rows (x [T, D]; idx [K] int32/int64 unique; seg [K] int32, the
     non-decreasing segments of the kept rows). Returns (h [K, D], y [K, D], rstd [K] fp32)."""
     kept, dim = idx.shape[0], x.shape[1]
     h = torch.empty(kept, dim, device=x.device, dtype=x.dtype)
     y = torch.empty_like(h)
     rstd = torch.empty(kept, device=x.device, dtype=torch.float32)
-    _launch(_gather_mod_fwd, _row_grid(kept), x, idx, weight, shift, scale, seg, h, y, rstd, kept,
-            dim, x.stride(0), h.stride(0), y.stride(0), shift.stride(0), float(eps),
-            HAS_WEIGHT=weight is not None, BLOCK_D=triton.next_power_of_2(dim))
+    launch(_gather_mod_fwd, _row_grid(kept), _FIXED, x, idx, weight, shift, scale, seg, h, y, rstd,
+           kept, dim, x.stride(0), h.stride(0), y.stride(0), shift.stride(0), float(eps),
+           HAS_WEIGHT=weight is not None, BLOCK_D=triton.next_power_of_2(dim))
     return h, y, rstd
 
 
@@ -319,22 +325,12 @@ def route_gather_rms_norm_modulate_bwd(dh, dy, h, idx, weight, scale, seg, rstd,
     """Backward of the fused route start, given dh (gradient reaching h = x[idx] from its other
     uses) and dy: dx [total, D] holds dh + ∂y/∂h·dy at rows idx and 0 elsewhere.
     Returns (dx, dweight | None, dshift, dscale)."""
-    kept, dim = h.shape
-    per_item = rows_per_item(kept, h.device)
-    plan = segment_plan(seg, scale.shape[0], per_item)
-    items = plan["start"].shape[0]
-    dx = torch.zeros(total, dim, device=h.device, dtype=h.dtype)
-    pw = torch.empty(items if weight is not None else 1, dim, device=h.device, dtype=torch.float32)
-    pmod = torch.empty(2, items, dim, device=h.device, dtype=torch.float32)
-    _route_gather_rms_norm_modulate_bwd_kernel[(items,)](
-        dy, h, weight, scale, rstd, dx, idx, dh, pw, pmod, plan["start"], plan["end"],
-        plan["seg"], per_item, dim, dy.stride(0), h.stride(0), dx.stride(0), dh.stride(0),
-        scale.stride(0), pw.stride(0), pmod.stride(0), pmod.stride(1),
-        HAS_WEIGHT=weight is not None, **_bwd_config(dim))
-    dshift = segment_sum(pmod[0], plan["first"], plan["last"], h.dtype)
-    dscale = segment_sum(pmod[1], plan["first"], plan["last"], h.dtype)
-    dweight = column_sum(pw, h.dtype) if weight is not None else None
-    return dx, dweight, dshift, dscale
+    dx = torch.zeros(total, h.shape[1], device=h.device, dtype=h.dtype)
+    sums = _modulate_bwd_sums(_route_gather_rms_norm_modulate_bwd_kernel,
+                              (dy, h, weight, scale, rstd, dx, idx, dh),
+                              (dy.stride(0), h.stride(0), dx.stride(0), dh.stride(0),
+                               scale.stride(0)), h, weight, scale, seg)
+    return (dx, *sums)
 
 
 def static_specs():

@@ -20,8 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import autotune_configs
-from .residual import ast_spec
+from .launch import ast_spec, autotune_configs
 
 # TILE = BLOCK_T·2·Q_PAD elements per head, 8 per thread: 128-bit loads and stores, and no spills
 # in the sin/cos range reduction (16 per thread spill at Dh 128).
@@ -74,10 +73,11 @@ _rope_axial = triton.autotune(
 
 @functools.lru_cache(maxsize=64)
 def _frequencies(theta, head_dim, device):
-    """f_j = theta^(-2j/h) [Dh/4] fp32, rounded from fp64 like the reference; built once per
-    (theta, Dh, device), so a call allocates only its output."""
-    j = torch.arange(head_dim // 4, dtype=torch.float64)
-    return (theta ** (-2.0 * j / (head_dim // 2))).to(device=device, dtype=torch.float32)
+    """The reference's f_j = theta^(-2j/h) [Dh/4] fp32, built once per (theta, Dh, device), so a
+    call allocates only its output."""
+    from sgkernels.ops import reference  # the ops layer imports the backends: import on use
+
+    return reference.rope_frequencies(theta, head_dim, device)
 
 
 def _rope(x, pos, theta, inverse):

@@ -20,16 +20,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .residual import INTERPRET, ast_spec, tuned
+from .launch import ast_spec, launch, tile, tile_grid, tuned
 
 
 @triton.jit
 def _route_gather_fwd_kernel(X, IDX, OUT, K, D, stride_x, stride_o,
                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = rows < K
-    mask = row_ok[:, None] & (cols < D)[None, :]
+    rows, cols, row_ok, mask = tile(K, D, BLOCK_M, BLOCK_D)
     src = tl.load(IDX + rows, mask=row_ok, other=0)
     x = tl.load(X + src[:, None] * stride_x + cols[None, :], mask=mask)
     tl.store(OUT + rows[:, None].to(tl.int64) * stride_o + cols[None, :], x, mask=mask)
@@ -38,26 +35,19 @@ def _route_gather_fwd_kernel(X, IDX, OUT, K, D, stride_x, stride_o,
 @triton.jit
 def _route_scatter_fwd_kernel(BASE, Y, INV, OUT, T, D, stride_b, stride_y, stride_o,
                               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = rows < T
-    col_ok = (cols < D)[None, :]
+    rows, cols, row_ok, mask = tile(T, D, BLOCK_M, BLOCK_D)
     k = tl.load(INV + rows, mask=row_ok, other=-1)
     routed = (k >= 0)[:, None]
     r64 = rows[:, None].to(tl.int64)
-    base = tl.load(BASE + r64 * stride_b + cols[None, :], mask=row_ok[:, None] & col_ok & ~routed)
-    y = tl.load(Y + k[:, None].to(tl.int64) * stride_y + cols[None, :], mask=col_ok & routed)
-    tl.store(OUT + r64 * stride_o + cols[None, :], tl.where(routed, y, base),
-             mask=row_ok[:, None] & col_ok)
+    base = tl.load(BASE + r64 * stride_b + cols[None, :], mask=mask & ~routed)
+    y = tl.load(Y + k[:, None].to(tl.int64) * stride_y + cols[None, :], mask=mask & routed)
+    tl.store(OUT + r64 * stride_o + cols[None, :], tl.where(routed, y, base), mask=mask)
 
 
 @triton.jit
 def _route_scatter_bwd_kernel(DOUT, INV, DBASE, DY, T, D, stride_do, stride_db, stride_dy,
                               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = rows < T
-    mask = row_ok[:, None] & (cols < D)[None, :]
+    rows, cols, row_ok, mask = tile(T, D, BLOCK_M, BLOCK_D)
     k = tl.load(INV + rows, mask=row_ok, other=-1)
     routed = (k >= 0)[:, None]
     r64 = rows[:, None].to(tl.int64)
@@ -75,14 +65,6 @@ _scatter = tuned(_route_scatter_fwd_kernel, _CONFIGS, key=["D"])
 _scatter_bwd = tuned(_route_scatter_bwd_kernel, _CONFIGS, key=["D"])
 
 
-def _grid(rows, dim):
-    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(dim, meta["BLOCK_D"]))
-
-
-def _launch(kernel, grid, *args):
-    kernel[grid](*args, **(_FIXED if INTERPRET else {}))
-
-
 def _inverse(idx, total):
     """inv [T] int32: inv[idx[k]] = k, −1 for rows that are not routed."""
     inv = torch.full((total,), -1, device=idx.device, dtype=torch.int32)
@@ -92,15 +74,16 @@ def _inverse(idx, total):
 def route_gather_fwd(x, idx):
     kept, dim = idx.shape[0], x.shape[1]
     out = torch.empty(kept, dim, device=x.device, dtype=x.dtype)
-    _launch(_gather, _grid(kept, dim), x, idx, out, kept, dim, x.stride(0), out.stride(0))
+    launch(_gather, tile_grid(kept, dim), _FIXED, x, idx, out, kept, dim, x.stride(0),
+           out.stride(0))
     return out
 
 
 def route_scatter_fwd(base, y, idx):
     total, dim = base.shape
     out = torch.empty_like(base)
-    _launch(_scatter, _grid(total, dim), base, y, _inverse(idx, total), out, total, dim,
-            base.stride(0), y.stride(0), out.stride(0))
+    launch(_scatter, tile_grid(total, dim), _FIXED, base, y, _inverse(idx, total), out, total, dim,
+           base.stride(0), y.stride(0), out.stride(0))
     return out
 
 
@@ -108,8 +91,8 @@ def route_scatter_bwd(dout, idx):
     total, dim = dout.shape
     dbase = torch.empty_like(dout)
     dy = torch.empty(idx.shape[0], dim, device=dout.device, dtype=dout.dtype)
-    _launch(_scatter_bwd, _grid(total, dim), dout, _inverse(idx, total), dbase, dy, total, dim,
-            dout.stride(0), dbase.stride(0), dy.stride(0))
+    launch(_scatter_bwd, tile_grid(total, dim), _FIXED, dout, _inverse(idx, total), dbase, dy,
+           total, dim, dout.stride(0), dbase.stride(0), dy.stride(0))
     return dbase, dy
 
 

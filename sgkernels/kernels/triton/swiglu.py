@@ -15,21 +15,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .residual import INTERPRET, ast_spec, tuned
-
-
-@triton.jit
-def _tile(M, H, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (rows < M)[:, None] & (cols < H)[None, :]
-    return rows[:, None].to(tl.int64), cols[None, :], mask
+from .launch import ast_spec, launch, tile, tile_grid, tuned
 
 
 @triton.jit
 def _swiglu_fwd_kernel(A, B, OUT, M, H, stride_a, stride_b, stride_o,
                        BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
-    r, c, mask = _tile(M, H, BLOCK_M, BLOCK_H)
+    rows, cols, _, mask = tile(M, H, BLOCK_M, BLOCK_H)
+    r, c = rows[:, None].to(tl.int64), cols[None, :]
     a = tl.load(A + r * stride_a + c, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + r * stride_b + c, mask=mask, other=0.0).to(tl.float32)
     sig = 1.0 / (1.0 + tl.exp(-a))
@@ -39,7 +32,8 @@ def _swiglu_fwd_kernel(A, B, OUT, M, H, stride_a, stride_b, stride_o,
 @triton.jit
 def _swiglu_bwd_kernel(DOUT, A, B, DA, DB, M, H, stride_do, stride_a, stride_b, stride_da,
                        stride_db, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
-    r, c, mask = _tile(M, H, BLOCK_M, BLOCK_H)
+    rows, cols, _, mask = tile(M, H, BLOCK_M, BLOCK_H)
+    r, c = rows[:, None].to(tl.int64), cols[None, :]
     dout = tl.load(DOUT + r * stride_do + c, mask=mask, other=0.0).to(tl.float32)
     a = tl.load(A + r * stride_a + c, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + r * stride_b + c, mask=mask, other=0.0).to(tl.float32)
@@ -57,23 +51,18 @@ _fwd = tuned(_swiglu_fwd_kernel, _CONFIGS, key=["H"])
 _bwd = tuned(_swiglu_bwd_kernel, _CONFIGS, key=["H"])
 
 
-def _grid(rows, hidden):
-    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(hidden, meta["BLOCK_H"]))
-
-
 def swiglu_fwd(a, b):
     rows, hidden = a.shape
     out = torch.empty(rows, hidden, device=a.device, dtype=a.dtype)
-    _fwd[_grid(rows, hidden)](a, b, out, rows, hidden, a.stride(0), b.stride(0), out.stride(0),
-                              **(_FIXED if INTERPRET else {}))
+    launch(_fwd, tile_grid(rows, hidden, "BLOCK_H"), _FIXED, a, b, out, rows, hidden, a.stride(0),
+           b.stride(0), out.stride(0))
     return out
 
 
 def swiglu_bwd(dout, a, b, da, db):
     rows, hidden = a.shape
-    _bwd[_grid(rows, hidden)](dout, a, b, da, db, rows, hidden, dout.stride(0), a.stride(0),
-                              b.stride(0), da.stride(0), db.stride(0),
-                              **(_FIXED if INTERPRET else {}))
+    launch(_bwd, tile_grid(rows, hidden, "BLOCK_H"), _FIXED, dout, a, b, da, db, rows, hidden,
+           dout.stride(0), a.stride(0), b.stride(0), da.stride(0), db.stride(0))
 
 
 def static_specs():
