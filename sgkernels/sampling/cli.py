@@ -6,6 +6,16 @@ Examples:
     python -m sgkernels sample --ckpt late.pt --weak-ckpt early.pt --guidance sg --scale 2 \\
         --gamma-strong cosine:0:0.6 --gamma-weak cosine:0.6:0 --allow-inverted --out samples/fid
     torchrun --nproc_per_node 4 -m sgkernels sample --ckpt ... -n 50000 --out samples/cfg
+    python -m sgkernels sample --ckpt runs/t2i/checkpoints/latest.pt --prompt "a red shoe" \
+        --paper hpsv3 --out samples/t2i
+
+Text-to-image checkpoints take --prompt (repeatable) or --prompts FILE (one per line) instead of
+labels; the prompts are cycled over the images (arr_1 then holds prompt indices, and
+OUT/prompts.txt the prompts). Their features come from the checkpoint's text encoder (or
+--text-encoder: a local model directory or a package shipping the weights; never downloaded);
+the null condition of CFG is the empty caption. --paper applies the paper's T2I settings:
+hpsv3 = SG ω 1.8, γ 0.1 / 0.8; geneval = CFG+SG (direct) with w_cfg = w_sg = 2.5, γ 0.2 / 0.7
+(explicit flags still override them).
 
 Writes OUT/samples.npz (uint8 [N, H, W, C] in arr_0, labels in arr_1; images in [-1, 1] model
 space mapped by round((x + 1)·127.5)), OUT/grid.png and OUT/sampling.json (arguments, GFLOPs
@@ -35,6 +45,12 @@ from .sampler import sample
 from .solvers import SOLVERS
 
 GUIDANCES = ("none", "cfg", "sg", "cfg+sg", "autoguidance")
+PAPER_SETTINGS = {
+    "hpsv3": dict(guidance="sg", scale=1.8, gamma_strong=Schedule.constant(0.1),
+                  gamma_weak=Schedule.constant(0.8)),
+    "geneval": dict(guidance="cfg+sg", cfg_scale=2.5, sg_scale=2.5,
+                    gamma_strong=Schedule.constant(0.2), gamma_weak=Schedule.constant(0.7)),
+}
 SEED_STRIDE = 2 ** 32
 
 
@@ -95,7 +111,19 @@ def parser() -> argparse.ArgumentParser:
     a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     a("--grid", type=int, default=64, help="images in grid.png (first ones)")
     a("--no-progress", dest="progress", action="store_false")
+    a("--prompt", dest="prompt", action="append", help="text prompt (repeatable; T2I models)")
+    a("--prompts", dest="prompts_file", help="file of prompts, one per line (T2I models)")
+    a("--text-encoder", help="text encoder path or package (default: the checkpoint's)")
+    a("--paper", choices=tuple(PAPER_SETTINGS), help="paper T2I guidance settings")
     return p
+
+
+def parse(p: argparse.ArgumentParser, argv):
+    """Arguments, with --paper settings as defaults that explicit flags override."""
+    known, _ = p.parse_known_args(argv)
+    if known.paper is not None:
+        p.set_defaults(**PAPER_SETTINGS[known.paper])
+    return p.parse_args(argv)
 
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
@@ -150,6 +178,37 @@ def _setup_distributed(device_name):
     return rank, world, device
 
 
+def _prompts(args) -> list[str] | None:
+    prompts = list(args.prompt or [])
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise SystemExit(f"sample: --prompts file not found: {path}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return prompts or None
+
+
+def _text_meta(args) -> dict:
+    """The checkpoint's text-encoder settings (args["text"]), or {} (random --model)."""
+    if args.ckpt is None:
+        return {}
+    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    return dict(ckpt.get("args", {}).get("text") or {})
+
+
+def _encode_prompts(args, config, prompts, device):
+    """(features of each prompt, features of the null caption), both on device."""
+    from sgkernels.text import DEFAULT_ENCODER, SYSTEM_PROMPT, TextEncoder
+    meta = _text_meta(args)
+    encoder = TextEncoder(args.text_encoder or meta.get("encoder", DEFAULT_ENCODER), device,
+                          max_length=int(meta.get("max_length", config.text_len)),
+                          system_prompt=meta.get("system_prompt", SYSTEM_PROMPT))
+    if encoder.dim != config.text_dim:
+        raise SystemExit(f"sample: the text encoder gives features of width {encoder.dim}, the "
+                         f"model expects text_dim {config.text_dim}")
+    return encoder.encode(prompts), encoder.null()
+
+
 def _load(args, path, device):
     from sgkernels.model import from_checkpoint
     return from_checkpoint(path, ema=args.weights == "ema", map_location=device)
@@ -172,14 +231,16 @@ def _image_labels(args, num_classes: int) -> np.ndarray:
     return np.resize(np.asarray(labels, dtype=np.int64), args.num)
 
 
-def _cost(config, guidance, args) -> dict:
+def _cost(config, guidance, args, text=None) -> dict:
     from sgkernels.flops import sampling_gflops
     from sgkernels.flops.sampling import sampling_nfe
+    if text is not None:                    # count the prompts' mean number of text tokens
+        config = config.replace(text_len=max(1, round(sum(text.lengths) / len(text.lengths))))
     return {"gflops_per_image_step": sampling_gflops(config, guidance, args.steps, args.solver),
             "nfe_per_step": sampling_nfe(guidance, args.steps, args.solver)}
 
 
-def _sample_rank(args, model, guidance, labels, rank, world, device):
+def _sample_rank(args, model, guidance, labels, rank, world, device, text=None):
     """This rank's batches: (samples, labels, global indices); uint8 images or float latents."""
     config = model.config
     shape = (config.in_channels, config.input_size, config.input_size)
@@ -193,9 +254,12 @@ def _sample_rank(args, model, guidance, labels, rank, world, device):
         index = np.arange(starts[j], min(starts[j] + args.batch, args.num))
         gen = torch.Generator().manual_seed(args.seed * SEED_STRIDE + j)
         noise = torch.randn((len(index), *shape), generator=gen).to(device)
-        y = torch.from_numpy(labels[index]).to(device)
+        if text is None:
+            y, cond = torch.from_numpy(labels[index]).to(device), {}
+        else:                               # labels hold prompt indices
+            y, cond = None, {"text": text[0].select(labels[index]), "null_text": text[1]}
         x = sample(model, noise, y, steps=args.steps, solver=args.solver, guidance=guidance,
-                   generator=gen)
+                   generator=gen, **cond)
         images.append(io.to_uint8(x) if shape[0] in io.IMAGE_CHANNELS else x.float().cpu().numpy())
         indices.append(index)
     if not images:                          # more ranks than batches
@@ -206,8 +270,9 @@ def _sample_rank(args, model, guidance, labels, rank, world, device):
 
 def main(argv=None) -> int:
     p = parser()
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     _check_args(p, args)
+    prompts = _prompts(args)
     rank, world, device = _setup_distributed(args.device)
     model = _build_model(args, device)
     weak = _load(args, args.weak_ckpt, device) if args.weak_ckpt else None
@@ -215,12 +280,21 @@ def main(argv=None) -> int:
         guidance = build_guidance(args, weak)
     except (TypeError, ValueError) as e:
         p.error(str(e))
-    labels = _image_labels(args, model.config.num_classes)
+    text = None
+    if model.config.text_conditioned:
+        if prompts is None or args.labels is not None or args.all_classes:
+            p.error("a text-to-image model needs --prompt or --prompts (and no --labels)")
+        text = _encode_prompts(args, model.config, prompts, device)
+        labels = np.resize(np.arange(len(prompts), dtype=np.int64), args.num)
+    elif prompts is not None:
+        p.error("--prompt / --prompts need a text-conditioned (T2I) model")
+    else:
+        labels = _image_labels(args, model.config.num_classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "samples.npz" if model.config.in_channels in io.IMAGE_CHANNELS else "latents.npz"
 
-    part = _sample_rank(args, model, guidance, labels, rank, world, device)
+    part = _sample_rank(args, model, guidance, labels, rank, world, device, text)
     if world > 1:
         if part is not None:
             np.savez(io.part_path(out, rank), *part)
@@ -230,10 +304,13 @@ def main(argv=None) -> int:
         np.savez(out / name, arrays, ys)
         if name == "samples.npz":
             io.save_grid(arrays[: args.grid], out / "grid.png")
+        if text is not None:
+            (out / "prompts.txt").write_text("".join(f"{q}\n" for q in prompts))
         info = {"args": {k: (str(v) if isinstance(v, Schedule) else v)
                          for k, v in vars(args).items()},
                 "world_size": world, "num": int(len(arrays)), "output": name,
-                "guidance": repr(guidance), **_cost(model.config, guidance, args)}
+                "guidance": repr(guidance),
+                **_cost(model.config, guidance, args, None if text is None else text[0])}
         (out / "sampling.json").write_text(json.dumps(info, indent=2))
         print(f"wrote {len(arrays)} samples to {out / name}; "
               f"{info['gflops_per_image_step']:.3f} GFLOPs and {info['nfe_per_step']:.2f} "

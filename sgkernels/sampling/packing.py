@@ -10,6 +10,11 @@ and the token selections are fixed by route scores drawn once per evaluation and
 `rand([R, K·B, N], generator)`: branch k of the packed call uses columns k·B … (k+1)·B, and
 `packed=False` evaluates each branch alone with exactly that slice, so both modes select the
 same tokens and agree up to float reassociation.
+
+Text-conditioned models (T2I) get `text` (a TextBatch of the B prompts) instead of labels: a
+"cond" branch uses the prompts, a "null" branch `null_text` (the empty caption, one segment
+used for every image, or B segments), and the branches of one model are packed as
+text = [prompts; null; …] alongside the images, each caption in its image's segment.
 """
 from __future__ import annotations
 
@@ -43,32 +48,56 @@ def _group_by_model(terms, models):
     return list(groups.values())
 
 
-def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tensor, terms,
-                    generator=None, packed: bool = True) -> torch.Tensor:
+def _branch_conditions(terms, index, labels, text, null_text, batch, num_classes):
+    """Per branch of `index`: (y, text) -- labels or the null class, or prompts or null text."""
+    if text is None:
+        null = torch.full_like(labels, num_classes)
+        return [(labels if terms[k][0].cond == "cond" else null, None) for k in index]
+    out = []
+    for k in index:
+        if terms[k][0].cond == "cond":
+            out.append((None, text))
+            continue
+        if null_text is None:
+            raise ValueError(f"branch {terms[k][0]} needs the null caption: pass null_text "
+                             f"(e.g. TextEncoder.null()) to sample with this guidance")
+        out.append((None, null_text.expand(batch) if null_text.num_segments == 1 else null_text))
+    return out
+
+
+def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tensor | None, terms,
+                    generator=None, packed: bool = True, text=None,
+                    null_text=None) -> torch.Tensor:
     """Σ_k a_k · D_k(x, t) over terms [(Branch, a_k)]; `models` maps "main"/"weak" to modules.
 
     Branches that resolve to the same module share one forward (packed=True) or run one by one
     with the same route-score slices (packed=False). x goes to the model in its own dtype; t
-    and the sum are float32 or better (x's dtype promoted), the returned dtype.
+    and the sum are float32 or better (x's dtype promoted), the returned dtype. text /
+    null_text (TextBatch): prompts and null caption of a text-conditioned model (labels None).
     """
     batch = x.shape[0]
     acc = torch.promote_types(x.dtype, torch.float32)
     outputs: list[torch.Tensor | None] = [None] * len(terms)
     for module, index in _group_by_model(terms, models):
         config = module.config
-        null = torch.full_like(labels, config.num_classes)
-        ys = [labels if terms[k][0].cond == "cond" else null for k in index]
+        conds = _branch_conditions(terms, index, labels, text, null_text, batch,
+                                   config.num_classes)
         gammas = [[float(terms[k][0].gamma)] * batch for k in index]   # host floats: no sync
         scores = draw_route_scores(config, len(index) * batch, generator, x.device)
         tt = torch.full((batch,), t, dtype=acc, device=x.device)
         if packed:
             n = len(index)
-            out = module(x.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), torch.cat(ys),
-                         gamma=sum(gammas, []), route_scores=scores)
+            if text is None:
+                y, extra = torch.cat([c[0] for c in conds]), {}
+            else:
+                y, extra = None, {"text": type(text).cat([c[1] for c in conds])}
+            out = module(x.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), y,
+                         gamma=sum(gammas, []), route_scores=scores, **extra)
             chunks = out.split(batch)
         else:
-            chunks = [module(x, tt, ys[j], gamma=gammas[j],
-                             route_scores=scores[:, j * batch:(j + 1) * batch])
+            chunks = [module(x, tt, conds[j][0], gamma=gammas[j],
+                             route_scores=scores[:, j * batch:(j + 1) * batch],
+                             **({} if text is None else {"text": conds[j][1]}))
                       for j in range(len(index))]
         for k, chunk in zip(index, chunks):
             outputs[k] = chunk
