@@ -31,6 +31,11 @@ def _wheel_cuda_includes():
 def _cuda_extension():
     """Return ([ext], cmdclass) for sgkernels._C, or ([], {}) with a one-line reason."""
     sources = sorted(glob.glob("csrc/*.cu") + glob.glob("csrc/*.cpp"))
+    # torch guesses CUDA_HOME from `which nvcc`, which is wrong for a wrapper script such as a
+    # /usr/local/bin/nvcc; prefer the standard toolkit location when neither variable is set.
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and \
+            os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
@@ -38,7 +43,7 @@ def _cuda_extension():
         print("sgkernels: skipping the CUDA extension sgkernels._C: torch not importable at build "
               "time (build it with `pip install --no-build-isolation .`)")
         return [], {}
-    nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.join(CUDA_HOME, "bin", "nvcc"))
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
     if torch.version.cuda is None:
         reason = f"torch {torch.__version__} is a CPU build"
     elif not nvcc or not os.path.exists(nvcc):
@@ -52,7 +57,8 @@ def _cuda_extension():
     if reason:
         print(f"sgkernels: skipping the CUDA extension sgkernels._C: {reason}")
         return [], {}
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
+    # sm_80 and sm_90a SASS, plus compute_80 PTX that newer GPUs JIT-compile.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0+PTX;9.0a")
     include = [os.path.abspath("csrc")]
     include += _wheel_cuda_includes()
     ext = CUDAExtension(
