@@ -38,10 +38,12 @@ def _segment_sum(values, seg, num_segments):
     return torch.segment_reduce(values, "sum", lengths=lengths, axis=0, unsafe=True)
 
 
-def _rms_stats(x, eps):
+def _normalize(x, weight, eps):
+    """(n = x̂·w in fp32, rstd) with x̂ = x·rstd, rstd = rsqrt(mean(x²) + eps) per row."""
     xf = x.float()
     rstd = torch.rsqrt(xf.square().mean(-1) + eps)
-    return xf, rstd
+    n = xf * rstd[:, None]
+    return (n * weight.float() if weight is not None else n), rstd
 
 
 def _rms_dx(g, xf, rstd):
@@ -51,45 +53,38 @@ def _rms_dx(g, xf, rstd):
     return r * g - xf * (r * r * r) * (g * xf).mean(-1, keepdim=True)
 
 
+def _normalize_bwd(dn, x, weight, rstd):
+    """Gradients of n = x̂·w given dn = dL/dn (fp32): (dx, dweight | None) in x's dtype, and x̂."""
+    xf = x.float()
+    xhat = xf * rstd[:, None]
+    g = dn * weight.float() if weight is not None else dn
+    dx = _rms_dx(g, xf, rstd).to(x.dtype)
+    dweight = (dn * xhat).sum(0).to(x.dtype) if weight is not None else None
+    return dx, dweight, xhat
+
+
 def rms_norm_fwd(x2d, weight, eps):
-    xf, rstd = _rms_stats(x2d, eps)
-    y = xf * rstd[:, None]
-    if weight is not None:
-        y = y * weight.float()
+    y, rstd = _normalize(x2d, weight, eps)
     return y.to(x2d.dtype), rstd
 
 
 def rms_norm_bwd(dy, x2d, weight, rstd):
-    xf = x2d.float()
-    xhat = xf * rstd[:, None]
-    dyf = dy.float()
-    g = dyf * weight.float() if weight is not None else dyf
-    dx = _rms_dx(g, xf, rstd).to(x2d.dtype)
-    dweight = (dyf * xhat).sum(0).to(x2d.dtype) if weight is not None else None
+    dx, dweight, _ = _normalize_bwd(dy.float(), x2d, weight, rstd)
     return dx, dweight
 
 
 def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
-    xf, rstd = _rms_stats(x, eps)
-    n = xf * rstd[:, None]
-    if weight is not None:
-        n = n * weight.float()
+    n, rstd = _normalize(x, weight, eps)
     segl = seg.long()
     y = n * (1.0 + scale.float()[segl]) + shift.float()[segl]
     return y.to(x.dtype), rstd
 
 
 def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
-    segl = seg.long()
     num_segments = scale.shape[0]
     dyf = dy.float()
-    xf = x.float()
-    xhat = xf * rstd[:, None]
+    dx, dweight, xhat = _normalize_bwd(dyf * (1.0 + scale.float()[seg.long()]), x, weight, rstd)
     n = xhat * weight.float() if weight is not None else xhat
-    dn = dyf * (1.0 + scale.float()[segl])
-    g = dn * weight.float() if weight is not None else dn
-    dx = _rms_dx(g, xf, rstd).to(x.dtype)
-    dweight = (dn * xhat).sum(0).to(x.dtype) if weight is not None else None
     dshift = _segment_sum(dyf, seg, num_segments).to(x.dtype)
     dscale = _segment_sum(dyf * n, seg, num_segments).to(x.dtype)
     return dx, dweight, dshift, dscale

@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import LOG2E, autotuned_by_dtype, block_d, dot_precision
+from .attention_fwd import (LOG2E, autotuned_by_dtype, block_d, dot_precision, program_rows,
+                            program_segment)
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
 DKDV_CONFIGS = [
@@ -101,19 +102,11 @@ def _attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    seg = tl.program_id(1)
-    head = tl.program_id(2)
-    start = tl.load(CU_SEQLENS + seg)
-    seqlen = tl.load(CU_SEQLENS + seg + 1) - start
-    if pid_n * BLOCK_N >= seqlen:
+    head, start, seqlen, base = program_segment(CU_SEQLENS, stride_t, HEAD_DIM)
+    if tl.program_id(0) * BLOCK_N >= seqlen:
         return
 
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    base = start.to(tl.int64) * stride_t + head * HEAD_DIM
-    kv_offs = base + offs_n[:, None] * stride_t + offs_d[None, :]
-    kv_mask = (offs_n < seqlen)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    _, _, kv_offs, kv_mask = program_rows(base, stride_t, seqlen, HEAD_DIM, BLOCK_D, BLOCK_N)
     # Keys past the segment load as zeros; their rows of dK/dV are garbage and never stored.
     k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
     v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
@@ -168,20 +161,12 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    seg = tl.program_id(1)
-    head = tl.program_id(2)
-    start = tl.load(CU_SEQLENS + seg)
-    seqlen = tl.load(CU_SEQLENS + seg + 1) - start
-    if pid_m * BLOCK_M >= seqlen:
+    head, start, seqlen, base = program_segment(CU_SEQLENS, stride_t, HEAD_DIM)
+    if tl.program_id(0) * BLOCK_M >= seqlen:
         return
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_mask = offs_m < seqlen
-    base = start.to(tl.int64) * stride_t + head * HEAD_DIM
-    q_offs = base + offs_m[:, None] * stride_t + offs_d[None, :]
-    q_mask = m_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    offs_m, m_mask, q_offs, q_mask = program_rows(base, stride_t, seqlen, HEAD_DIM, BLOCK_D,
+                                                  BLOCK_M)
     # Queries past the segment load as zeros (finite p); their rows of dQ are never stored.
     q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
     do = tl.load(DO + q_offs, mask=q_mask, other=0.0)

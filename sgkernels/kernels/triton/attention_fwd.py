@@ -66,6 +66,28 @@ FWD_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 
 
 @triton.jit
+def program_segment(CU_SEQLENS, stride_t, HEAD_DIM: tl.constexpr):
+    """(head, start, seqlen, base) of the program's segment (grid axis 1) and head (axis 2); base
+    is the element offset of the segment's first token at this head."""
+    head = tl.program_id(2)
+    start = tl.load(CU_SEQLENS + tl.program_id(1))
+    seqlen = tl.load(CU_SEQLENS + tl.program_id(1) + 1) - start
+    return head, start, seqlen, start.to(tl.int64) * stride_t + head * HEAD_DIM
+
+
+@triton.jit
+def program_rows(base, stride_t, seqlen, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """The program's block (grid axis 0) of BLOCK tokens of its segment: (offs [BLOCK], in_seg
+    [BLOCK], element offsets [BLOCK, BLOCK_D], mask [BLOCK, BLOCK_D] inside segment and head)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    in_seg = offs < seqlen
+    return (offs, in_seg, base + offs[:, None] * stride_t + offs_d[None, :],
+            in_seg[:, None] & (offs_d < HEAD_DIM)[None, :])
+
+
+@triton.jit
 def _attn_fwd_tiles(
     acc, l_i, m_i, q, K, V, base, stride_t, n_lo, n_hi, seqlen, qk_scale_log2,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -107,20 +129,13 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     NEGATE_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    seg = tl.program_id(1)
-    head = tl.program_id(2)
-    start = tl.load(CU_SEQLENS + seg)
-    seqlen = tl.load(CU_SEQLENS + seg + 1) - start
-    if pid_m * BLOCK_M >= seqlen:
+    head, start, seqlen, base = program_segment(CU_SEQLENS, stride_t, HEAD_DIM)
+    if tl.program_id(0) * BLOCK_M >= seqlen:
         return
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_mask = offs_m < seqlen
-    base = start.to(tl.int64) * stride_t + head * HEAD_DIM
-    row_mask = m_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
-    q = tl.load(Q + base + offs_m[:, None] * stride_t + offs_d[None, :], mask=row_mask, other=0.0)
+    offs_m, m_mask, q_offs, row_mask = program_rows(base, stride_t, seqlen, HEAD_DIM, BLOCK_D,
+                                                    BLOCK_M)
+    q = tl.load(Q + q_offs, mask=row_mask, other=0.0)
     if NEGATE_Q:
         q = -q
 
@@ -136,8 +151,7 @@ def _attn_fwd_kernel(
                                     BLOCK_N, PARTIAL=True)
     # Every row saw key 0 of its segment, so m_i is finite and l_i >= 1.
     o = acc * (1.0 / l_i)[:, None]
-    tl.store(O + base + offs_m[:, None] * stride_t + offs_d[None, :], o.to(O.dtype.element_ty),
-             mask=row_mask)
+    tl.store(O + q_offs, o.to(O.dtype.element_ty), mask=row_mask)
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # ln 2: back to natural log
     tl.store(LSE + head * n_tokens + start + offs_m, lse, mask=m_mask)
 

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .launch import INTERPRET, ast_spec, launch, tuned
-from .segments import column_sum, rows_per_item, segment_plan, segment_sum
+from .segments import column_sum, plan_item, rows_per_item, segment_plan, segment_sum
 
 
 @triton.jit
@@ -163,9 +163,7 @@ def _modulate_bwd(DY, X, W, SCALE, RSTD, DX, IDX, DH, PW, PMOD, ITEM_START, ITEM
     item = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    start = tl.load(ITEM_START + item)
-    end = tl.load(ITEM_END + item)
-    s = tl.load(ITEM_SEG + item)
+    start, end, s = plan_item(ITEM_START, ITEM_END, ITEM_SEG, item)
     scale = tl.load(SCALE + s * stride_s + cols, mask=col_ok, other=0.0).to(tl.float32)
     one_plus_scale = 1.0 + scale
     acc_w = tl.zeros([BLOCK_D], dtype=tl.float32)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .launch import INTERPRET, ast_spec, launch, tile, tile_grid, tuned
-from .segments import rows_per_item, segment_plan, segment_sum
+from .segments import plan_item, rows_per_item, segment_plan, segment_sum
 
 
 @triton.jit
@@ -42,9 +42,7 @@ def _gated_residual_bwd_kernel(DOUT, Y, GATE, DY, PGATE, ITEM_START, ITEM_END, I
     item = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    start = tl.load(ITEM_START + item)
-    end = tl.load(ITEM_END + item)
-    s = tl.load(ITEM_SEG + item)
+    start, end, s = plan_item(ITEM_START, ITEM_END, ITEM_SEG, item)
     g = tl.load(GATE + s * stride_g + cols, mask=col_ok, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for r0 in range(0, R, BLOCK_M):

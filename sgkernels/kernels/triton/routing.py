@@ -27,18 +27,24 @@ from .launch import ast_spec, launch, tile, tile_grid, tuned
 def _route_gather_fwd_kernel(X, IDX, OUT, K, D, stride_x, stride_o,
                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     rows, cols, row_ok, mask = tile(K, D, BLOCK_M, BLOCK_D)
-    src = tl.load(IDX + rows, mask=row_ok, other=0)
+    src = tl.load(IDX + rows, mask=row_ok, other=0).to(tl.int64)  # int32 idx: no overflow
     x = tl.load(X + src[:, None] * stride_x + cols[None, :], mask=mask)
     tl.store(OUT + rows[:, None].to(tl.int64) * stride_o + cols[None, :], x, mask=mask)
 
 
 @triton.jit
-def _route_scatter_fwd_kernel(BASE, Y, INV, OUT, T, D, stride_b, stride_y, stride_o,
-                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _scatter_tile(INV, T, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The program's `tile` of the T output rows: (r64 [BLOCK_M, 1], cols, mask, k [BLOCK_M]
+    (row of y written there, or −1), routed [BLOCK_M, 1] (k ≥ 0))."""
     rows, cols, row_ok, mask = tile(T, D, BLOCK_M, BLOCK_D)
     k = tl.load(INV + rows, mask=row_ok, other=-1)
-    routed = (k >= 0)[:, None]
-    r64 = rows[:, None].to(tl.int64)
+    return rows[:, None].to(tl.int64), cols, mask, k, (k >= 0)[:, None]
+
+
+@triton.jit
+def _route_scatter_fwd_kernel(BASE, Y, INV, OUT, T, D, stride_b, stride_y, stride_o,
+                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    r64, cols, mask, k, routed = _scatter_tile(INV, T, D, BLOCK_M, BLOCK_D)
     base = tl.load(BASE + r64 * stride_b + cols[None, :], mask=mask & ~routed)
     y = tl.load(Y + k[:, None].to(tl.int64) * stride_y + cols[None, :], mask=mask & routed)
     tl.store(OUT + r64 * stride_o + cols[None, :], tl.where(routed, y, base), mask=mask)
@@ -47,10 +53,7 @@ def _route_scatter_fwd_kernel(BASE, Y, INV, OUT, T, D, stride_b, stride_y, strid
 @triton.jit
 def _route_scatter_bwd_kernel(DOUT, INV, DBASE, DY, T, D, stride_do, stride_db, stride_dy,
                               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, cols, row_ok, mask = tile(T, D, BLOCK_M, BLOCK_D)
-    k = tl.load(INV + rows, mask=row_ok, other=-1)
-    routed = (k >= 0)[:, None]
-    r64 = rows[:, None].to(tl.int64)
+    r64, cols, mask, k, routed = _scatter_tile(INV, T, D, BLOCK_M, BLOCK_D)
     dout = tl.load(DOUT + r64 * stride_do + cols[None, :], mask=mask)
     tl.store(DBASE + r64 * stride_db + cols[None, :], tl.where(routed, tl.zeros_like(dout), dout),
              mask=mask)

@@ -61,6 +61,12 @@ def segment_plan(seg, num_segments, rows):
 
 
 @triton.jit
+def plan_item(ITEM_START, ITEM_END, ITEM_SEG, item):
+    """Stage 1: (start, end, segment) of reduction item `item` of a segment_plan."""
+    return tl.load(ITEM_START + item), tl.load(ITEM_END + item), tl.load(ITEM_SEG + item)
+
+
+@triton.jit
 def _segment_sum_kernel(P, OUT, FIRST, LAST, D, stride_p, stride_o,
                         BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
     """OUT[s, cols] = Σ_{i in [FIRST[s], LAST[s])} P[i, cols], in item order (fp32)."""

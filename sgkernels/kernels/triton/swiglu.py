@@ -19,27 +19,28 @@ from .launch import ast_spec, launch, tile, tile_grid, tuned
 
 
 @triton.jit
-def _swiglu_fwd_kernel(A, B, OUT, M, H, stride_a, stride_b, stride_o,
-                       BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+def _gate_tile(A, B, M, H, stride_a, stride_b, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The program's `tile`: (r [BLOCK_M, 1] int64, c [1, BLOCK_H], mask, a, b fp32, σ(a))."""
     rows, cols, _, mask = tile(M, H, BLOCK_M, BLOCK_H)
     r, c = rows[:, None].to(tl.int64), cols[None, :]
     a = tl.load(A + r * stride_a + c, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + r * stride_b + c, mask=mask, other=0.0).to(tl.float32)
-    sig = 1.0 / (1.0 + tl.exp(-a))
+    return r, c, mask, a, b, 1.0 / (1.0 + tl.exp(-a))
+
+
+@triton.jit
+def _swiglu_fwd_kernel(A, B, OUT, M, H, stride_a, stride_b, stride_o,
+                       BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+    r, c, mask, a, b, sig = _gate_tile(A, B, M, H, stride_a, stride_b, BLOCK_M, BLOCK_H)
     tl.store(OUT + r * stride_o + c, (a * sig * b).to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _swiglu_bwd_kernel(DOUT, A, B, DA, DB, M, H, stride_do, stride_a, stride_b, stride_da,
                        stride_db, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows, cols, _, mask = tile(M, H, BLOCK_M, BLOCK_H)
-    r, c = rows[:, None].to(tl.int64), cols[None, :]
+    r, c, mask, a, b, sig = _gate_tile(A, B, M, H, stride_a, stride_b, BLOCK_M, BLOCK_H)
     dout = tl.load(DOUT + r * stride_do + c, mask=mask, other=0.0).to(tl.float32)
-    a = tl.load(A + r * stride_a + c, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + r * stride_b + c, mask=mask, other=0.0).to(tl.float32)
-    sig = 1.0 / (1.0 + tl.exp(-a))
-    silu = a * sig
-    tl.store(DB + r * stride_db + c, (dout * silu).to(DB.dtype.element_ty), mask=mask)
+    tl.store(DB + r * stride_db + c, (dout * (a * sig)).to(DB.dtype.element_ty), mask=mask)
     da = dout * b * sig * (1.0 + a * (1.0 - sig))
     tl.store(DA + r * stride_da + c, da.to(DA.dtype.element_ty), mask=mask)
 
