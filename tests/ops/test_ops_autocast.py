@@ -30,9 +30,14 @@ def test_residual_stream_keeps_its_dtype_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         res = ops.gated_residual(x, y, gate, seg)
         mod = ops.rms_norm_modulate(x, None, shift, scale, seg)
-    assert res.dtype == mod.dtype == torch.float32
+        idx, kept_seg = torch.tensor([11, 0, 4, 7]), torch.tensor([0, 1, 1, 2], dtype=torch.int32)
+        routed = ops.route_gather_rms_norm_modulate(x, idx, None, shift, scale, kept_seg)
+    assert res.dtype == mod.dtype == routed[0].dtype == routed[1].dtype == torch.float32
     assert torch.equal(res, ops.gated_residual(x, y.float(), gate.float(), seg))
     assert torch.equal(mod, ops.rms_norm_modulate(x, None, shift.float(), scale.float(), seg))
+    expected = ops.route_gather_rms_norm_modulate(x, idx, None, shift.float(), scale.float(),
+                                                  kept_seg)
+    assert all(torch.equal(got, want) for got, want in zip(routed, expected))
 
 
 @pytest.mark.parametrize("preset", ["Tiny/2"])

@@ -9,6 +9,7 @@ from ops_oracle import compare
 from test_ops_attention_rope import attention_inputs, torch_rope_axial, torch_varlen_attention
 from test_ops_norm import segments, torch_modulate, torch_rms_norm
 from test_ops_residual_swiglu import torch_gated_residual, torch_swiglu
+from test_ops_route_norm import op_route_start, torch_route_start
 from test_ops_routing import torch_gather, torch_scatter
 
 from sgkernels import ops
@@ -38,6 +39,12 @@ def _cases():
         "route_scatter": (ops.route_scatter, torch_scatter,
                           {"base": torch.randn(tokens, dim), "y": torch.randn(idx.numel(), dim), "idx": idx},
                           ("base", "y"), ()),
+        "route_gather_rms_norm_modulate": (
+            op_route_start, torch_route_start,
+            {"x": torch.randn(tokens, dim), "idx": torch.randperm(tokens)[:132],
+             "weight": torch.randn(dim), "shift": torch.randn(nseg, dim),
+             "scale": torch.randn(nseg, dim), "seg": segments([3, 0, 65, 32, 32])},
+            ("x", "weight", "shift", "scale"), ()),
         "varlen_attention": (ops.varlen_attention, torch_varlen_attention,
                              attention_inputs(lengths, 4, 64), ("q", "k", "v"), ()),
         "varlen_attention_hd72": (ops.varlen_attention, torch_varlen_attention,

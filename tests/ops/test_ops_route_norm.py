@@ -81,14 +81,14 @@ def test_gradient_reaches_x_through_both_outputs():
     assert not torch.equal(only_y[idx], torch.zeros(5, 6))
 
 
-def _torch_route_start(x, idx, weight, shift, scale, seg):
+def torch_route_start(x, idx, weight, shift, scale, seg):
     """Plain torch: both outputs stacked into one tensor for the fp64 oracle."""
     h = x[idx.long()]
     y = F.rms_norm(h, (h.shape[-1],), weight, 1e-6) * (1 + scale[seg.long()]) + shift[seg.long()]
     return torch.cat([h, y])
 
 
-def _op_route_start(**inputs):
+def op_route_start(**inputs):
     return torch.cat(ops.route_gather_rms_norm_modulate(**inputs))
 
 
@@ -99,4 +99,4 @@ def _op_route_start(**inputs):
 def test_accuracy_against_fp64_oracle(lengths, extra, dim, with_weight, dtype):
     inputs = _inputs(sum(lengths) + extra, lengths, dim, with_weight, seed=dim)
     diff = ("x", "shift", "scale") + (("weight",) if with_weight else ())
-    compare(_op_route_start, _torch_route_start, inputs, dtype, diff)
+    compare(op_route_start, torch_route_start, inputs, dtype, diff)
