@@ -52,7 +52,8 @@ CASES = {
     "swiglu": (lambda a, b: (ops.swiglu(a, b),), [(6, 20), (6, 20)],
                {"swiglu_fwd", "swiglu_bwd"}),
     "swiglu_packed": (lambda ab: (ops.swiglu(ab),), [(2, 3, 40)], {"swiglu_fwd", "swiglu_bwd"}),
-    "route_gather_scatter": (lambda x: _route_round_trip(x, torch.tensor([9, 0, 4, 5, 10])),
+    "route_gather_scatter": (lambda x: _route_round_trip(x, torch.tensor([9, 0, 4, 5, 10],
+                                                                         dtype=torch.int32)),
                              [(11, 16)],
                              {"route_gather_fwd", "route_scatter_fwd", "route_scatter_bwd"}),
     "route_gather_rms_norm_modulate": (

@@ -151,7 +151,7 @@ def _check_fused(total, lengths, dim, dtype, has_weight, assert_matches, device=
 @pytest.mark.parametrize("has_weight", [True, False])
 @pytest.mark.parametrize("total, lengths, dim", [(1, [1], 1), (12, [3, 1, 4], 72),
                                                  (9, [2, 0, 5], 100)])
-def test_fused_route_gather_modulate_matches_composition(total, lengths, dim, dtype, has_weight,
+def test_fused_route_gather_modulate_matches_reference(total, lengths, dim, dtype, has_weight,
                                                          poisoned_empty, assert_matches):
     _check_fused(total, lengths, dim, dtype, has_weight, assert_matches)
 

@@ -69,9 +69,10 @@ _scatter_bwd = tuned(_route_scatter_bwd_kernel, _CONFIGS, key=["D"])
 
 
 def _inverse(idx, total):
-    """inv [T] int32: inv[idx[k]] = k, −1 for rows that are not routed."""
+    """inv [T] int32: inv[idx[k]] = k, −1 for rows that are not routed (idx int32 or int64)."""
     inv = torch.full((total,), -1, device=idx.device, dtype=torch.int32)
-    return inv.index_copy_(0, idx, torch.arange(idx.shape[0], device=idx.device, dtype=torch.int32))
+    rows = torch.arange(idx.shape[0], device=idx.device, dtype=torch.int32)
+    return inv.index_copy_(0, idx.long(), rows)
 
 
 def route_gather_fwd(x, idx):
