@@ -6,7 +6,7 @@ gradients are averaged by DistributedDataParallel, so a k-rank step on k equal s
 1-process step on the whole batch. Only rank 0 logs, samples and writes checkpoints.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -17,7 +17,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     initialized_here: bool = False
 
     @property

@@ -26,7 +26,7 @@ def _fake_fmnist(root, n=6):
 
 
 def test_fashion_mnist_reader_scales_and_pads(tmp_path):
-    images, labels = _fake_fmnist(tmp_path)
+    images, _ = _fake_fmnist(tmp_path)
     ds = D.fashion_mnist(size=28, root=tmp_path)
     assert len(ds) == 6 and ds.shape == (1, 28, 28) and ds.num_classes == 10
     x, y = ds.get([4, 1])

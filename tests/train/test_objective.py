@@ -20,7 +20,7 @@ class Recorder(nn.Module):
         self.config, self.v, self.keep, self.calls = config, v, keep, []
 
     def forward(self, x, t, y, gamma=None, generator=None, route_scores=None, return_keep=False):
-        self.calls.append(dict(x=x, t=t, y=y, gamma=gamma, route_scores=route_scores))
+        self.calls.append({"x": x, "t": t, "y": y, "gamma": gamma, "route_scores": route_scores})
         return (self.v, self.keep) if return_keep else self.v
 
 

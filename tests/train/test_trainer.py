@@ -31,7 +31,8 @@ def test_maskdit_training_learns(tmp_path):
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
-    kw = dict(steps=6, ckpt_every=2, label_dropout=0.3, t_sampling="logit-normal", grad_clip=0.5)
+    kw = {"steps": 6, "ckpt_every": 2, "label_dropout": 0.3, "t_sampling": "logit-normal",
+          "grad_clip": 0.5}
     reference = Trainer(tiny_args(tmp_path / "ref", **kw), tiny_model())
     reference.run()
 

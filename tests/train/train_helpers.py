@@ -21,9 +21,10 @@ def tiny_model(config: ModelConfig | None = None, seed: int = 0) -> RoutedDiT:
 
 
 def tiny_args(out, **changes) -> TrainArgs:
-    base = dict(model=None, finetune=None, data="digits", steps=4, batch=8, lr=1e-3,
-                ema_decay=0.9, ckpt_every=0, sample_every=0, log_every=1, sample_count=10,
-                sample_steps=2, out=str(out), device="cpu", progress=False, seed=0)
+    base = {"model": None, "finetune": None, "data": "digits", "steps": 4, "batch": 8, "lr": 1e-3,
+            "ema_decay": 0.9, "ckpt_every": 0, "sample_every": 0, "log_every": 1,
+            "sample_count": 10, "sample_steps": 2, "out": str(out), "device": "cpu",
+            "progress": False, "seed": 0}
     base.update(changes)
     if base["model"] is None and base["finetune"] is None:
         base["model"] = "custom"
