@@ -96,6 +96,7 @@ def triton_calls(monkeypatch):
 
 def test_cases_cover_every_backend_function():
     assert set().union(*(case[2] for case in CASES.values())) == set(BACKEND_FUNCTIONS)
+    assert set(triton_backend.__all__) == set(BACKEND_FUNCTIONS) | {"static_specs"}
     assert all(callable(getattr(triton_backend, name)) for name in BACKEND_FUNCTIONS)
 
 

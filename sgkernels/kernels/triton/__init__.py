@@ -14,6 +14,14 @@ from .rope import rope_axial_bwd, rope_axial_fwd
 from .routing import route_gather_fwd, route_scatter_bwd, route_scatter_fwd
 from .swiglu import swiglu_bwd, swiglu_fwd
 
+__all__ = [
+    "gated_residual_bwd", "gated_residual_fwd", "rms_norm_bwd", "rms_norm_fwd",
+    "rms_norm_modulate_bwd", "rms_norm_modulate_fwd", "rope_axial_bwd", "rope_axial_fwd",
+    "route_gather_fwd", "route_gather_rms_norm_modulate_bwd", "route_gather_rms_norm_modulate_fwd",
+    "route_scatter_bwd", "route_scatter_fwd", "static_specs", "swiglu_bwd", "swiglu_fwd",
+    "varlen_attention_bwd", "varlen_attention_fwd",
+]
+
 _MODULES = (norm, residual, segments, swiglu, routing, rope, attention)
 
 

@@ -1,4 +1,4 @@
-"""How the Triton kernels are launched: interpreter switch, launch configs, tile grids, static specs.
+"""How the Triton kernels are launched: interpreter switch, launch configs, grids, static specs.
 
 Under TRITON_INTERPRET=1 (kernels run on CPU tensors, DESIGN §7) autotuning over more than one
 config fails, so every kernel runs one small fixed config there: either `tuned` returns the plain
