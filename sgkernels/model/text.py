@@ -168,7 +168,7 @@ def join(text: torch.Tensor, text_lengths: tuple[int, ...], image: torch.Tensor,
     if len(text_lengths) != b:
         raise ValueError(f"need one caption per image: {len(text_lengths)} captions, {b} images")
     device = image.device
-    lengths = tuple(l + n for l in text_lengths)
+    lengths = tuple(m + n for m in text_lengths)
     cu = cu_seqlens_from_lengths(lengths, device).long()
     tlen = torch.tensor(text_lengths, dtype=torch.int64, device=device)
     tcu = cu_seqlens_from_lengths(text_lengths, device).long()

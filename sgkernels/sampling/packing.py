@@ -1,7 +1,8 @@
 """Evaluate the branches of one guided step and combine them: v = Σ_k a_k · D_k(x_t, t).
 
 Branches on the same model run in ONE packed forward: the batch of B images is repeated once
-per branch (segments of different lengths and labels), with per-sample gamma rates (host floats, so no device sync)
+per branch (segments of different lengths and labels), with per-sample gamma rates (host
+floats, so no device sync)
 
     x_packed = [x; x; …]    t_packed = [t; t; …]    y_packed = [c or ∅ per branch]
     gamma    = [γ_1]*B + [γ_2]*B + …                 (Python floats)

@@ -130,7 +130,8 @@ class JsonlCaptions:
             self.captions.append(caps)
         missing = [str(f) for f in self.files if not f.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} image(s) of {path} not found, e.g. {missing[0]}")
+            raise FileNotFoundError(f"{len(missing)} image(s) of {path} not found, "
+                                    f"e.g. {missing[0]}")
         if channels not in (1, 3):
             raise ValueError(f"channels: expected 1 or 3, got {channels}")
         self.size, self.channels = size, channels
@@ -233,7 +234,8 @@ def train_t2i(args: T2IArgs) -> Path:
     model = RoutedDiT(config).to(device).train()
     ema = EMA(model, args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
+    warmup = max(1, args.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     step, latest = 0, out / "checkpoints" / "latest.pt"
     if args.resume and latest.is_file():
         ckpt = load_checkpoint(latest)

@@ -22,7 +22,10 @@ def test_text_macs_by_hand():
     d, e, hidden, n_text, n_img = 32, 24, 128, 6, 16
     layer = 4 * n_text * d * d + 3 * n_text * d * hidden
     assert forward_macs(cfg)["text"] == n_text * e * d + 2 * layer + d * d
-    block = lambda n: 6 * d * d + 4 * n * d * d + 3 * n * d * hidden
+
+    def block(n):
+        return 6 * d * d + 4 * n * d * d + 3 * n * d * hidden
+
     assert forward_macs(cfg)["blocks"] == 3 * block(n_img + n_text)
     assert forward_macs(cfg, 0.5)["blocks"] == 2 * block(n_img + n_text) + block(8 + n_text)
     full = forward_macs(cfg, convention="full")

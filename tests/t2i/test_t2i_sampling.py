@@ -37,7 +37,8 @@ def test_packed_prompt_branches_equal_separate(guidance):
     packed = sample(model, noise, None, generator=torch.Generator().manual_seed(0), **kw)
     alone = sample(model, noise, None, generator=torch.Generator().manual_seed(0),
                    packed=False, **kw)
-    torch.testing.assert_close(packed, alone, rtol=1e-4, atol=2e-4)   # guidance amplifies fp32 noise
+    # the guidance weights (up to 5) amplify fp32 reassociation noise
+    torch.testing.assert_close(packed, alone, rtol=1e-4, atol=2e-4)
 
 
 def test_validation():
