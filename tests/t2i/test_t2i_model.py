@@ -143,3 +143,21 @@ def test_checkpoint_round_trip(tmp_path):
     text = captions((2, 4))
     assert loaded.config == cfg
     assert torch.equal(loaded(x, t, None, text=text), model(x, t, None, text=text))
+
+
+def test_fullgraph_compile_matches_eager():
+    cfg = text_config()
+    model = random_model(cfg).train()
+    x, t = images(cfg, 3)
+    text = captions((2, 7, 4))
+    scores = torch.rand(1, 3, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(text=text, gamma=[0.5, 0.2, 0.0], route_scores=scores)
+    x.requires_grad_(True)
+    ref = model(x, t, None, **kwargs)
+    (grad_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x, t, None, **kwargs)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
