@@ -7,9 +7,10 @@ Examples:
         --ref-num 500 --metrics fid        # real-vs-real baseline
 
 SAMPLES is an .npz (arr_0 uint8 [N, H, W, C], arr_1 labels), a folder of images, or a named
-reference (fashion-mnist-test / fashion-mnist-train). Prints one row per metric (value, the
-bootstrap interval and standard error when --bootstrap B > 0) and writes everything, with
-timings and the classifier's record, to --json.
+reference (fashion-mnist-test / fashion-mnist-train). Prints one row per metric: the value and,
+with --bootstrap B > 0, the normal interval value ± z·std from the bootstrap standard error and
+the mean of the replicates (see sgkernels/eval/bootstrap.py). --json stores everything, with
+timings and the classifier's record.
 """
 from __future__ import annotations
 
@@ -53,12 +54,13 @@ def format_table(result: dict) -> str:
     level = 100 * (1 - result["info"].get("bootstrap", {}).get("alpha", 0.05))
     head = f"{'metric':10s} {'value':>12s}"
     if has_ci:
-        head += f"  {f'{level:g}% interval':>27s} {'std':>10s}"
+        head += f"  {f'{level:g}% interval':>27s} {'std':>10s} {'boot mean':>12s}"
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
         line = f"{name:10s} {r['value']:12.6g}"
         if "low" in r:
-            line += f"  [{r['low']:12.6g}, {r['high']:12.6g}] {r['std']:10.4g}"
+            line += (f"  [{r['low']:12.6g}, {r['high']:12.6g}] {r['std']:10.4g} "
+                     f"{r['mean']:12.6g}")
         lines.append(line)
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from .bootstrap import bootstrap as run_bootstrap
 from .cache import cached_features
 from .frechet import FrechetReference, gaussian_stats
 from .images import ImageSet
-from .kid import kid
+from .kid import KIDReference
 from .prdc import PRDCResampler, prdc
 
 METRICS = ("fid", "cfd", "kid", "prdc", "acc")
@@ -62,8 +62,8 @@ def _statistics(metrics, gen, ref, space, k, kid_subsets, kid_subset_size, seed,
     if {"kid", "prdc"} & set(metrics):
         real, feats = ref[space]["features"].astype(np.float64), gen[space]
     if "kid" in metrics:
-        fn = (lambda idx: {"kid": kid(feats[idx], real, kid_subsets, kid_subset_size, seed,
-                                      gen_ids=idx)[0]})
+        kr = KIDReference(real, kid_subsets, kid_subset_size, seed)
+        fn = (lambda idx: {"kid": kr(feats[idx], gen_ids=idx)[0]})
         point.append(fn)
         boot.append(fn)
     if "prdc" in metrics:
@@ -138,7 +138,8 @@ def evaluate(samples: ImageSet, reference: ImageSet, metrics=METRICS, *, space="
         out.update({m: {"value": float(v)} for m, v in fn(everything).items()})
     if bootstrap:
         intervals = run_bootstrap(lambda idx: {m: v for fn in boot for m, v in fn(idx).items()},
-                                  n, bootstrap, seed, alpha)
+                                  n, bootstrap, seed, alpha,
+                                  estimate={m: r["value"] for m, r in out.items()})
         for m, ci in intervals.items():
             out[m].update(ci)
         info["bootstrap"] = {"replicates": bootstrap, "alpha": alpha, "seed": seed}

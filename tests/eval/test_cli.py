@@ -34,7 +34,7 @@ def test_table_and_json(files, tmp_path, capsys):
     assert "95% interval" in text
     result = json.loads(out.read_text())
     assert result["info"]["num_samples"] == 50 and result["info"]["num_reference"] == 80
-    assert set(result["metrics"]["fid"]) == {"value", "low", "high", "std"}
+    assert set(result["metrics"]["fid"]) == {"value", "low", "high", "std", "mean"}
     assert result["info"]["bootstrap"]["replicates"] == 5
 
 

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from sgkernels.eval.kid import kid, mmd2_unbiased
+from sgkernels.eval.kid import KIDReference, kid, mmd2_unbiased
 
 
 def brute_mmd2(x, y, x_ids=None):
@@ -59,3 +59,14 @@ def test_seeded_and_validated():
         kid(x, y, subset_size=1)
     with pytest.raises(ValueError, match="gen_ids"):
         kid(x, y, gen_ids=np.arange(3))
+
+
+def test_reference_terms_are_reused_across_generated_sets():
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(50, 3))
+    kr = KIDReference(ref, subsets=4, subset_size=20, seed=2)
+    a, b = rng.normal(size=(30, 3)), rng.normal(size=(30, 3)) + 1
+    assert kr(a) == kid(a, ref, 4, 20, seed=2) and kr(b) == kid(b, ref, 4, 20, seed=2)
+    assert list(kr._ref_terms) == [20]
+    kr._ref_terms[20][1][:] += 1.0                 # the cached within-reference means are used
+    assert kr(a)[0] == pytest.approx(kid(a, ref, 4, 20, seed=2)[0] + 1.0)
