@@ -243,7 +243,7 @@ def train_t2i(args: T2IArgs) -> Path:
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
         step = ckpt["step"]
-        sched.last_epoch = step - 1
+        sched.last_epoch = step                  # the scheduler had stepped `step` times
     order = GlobalOrder(len(data), args.seed)
     routes = len(config.routes)
     log = (out / "log.jsonl").open("a")

