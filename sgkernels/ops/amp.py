@@ -10,8 +10,12 @@ dtypes of the op contract and keep their fp32 statistics.
 import torch
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")   # meta tensors (shape tracing) have none
+
+
 def enabled(device):
-    return torch.is_autocast_enabled(device.type)
+    """Whether autocast is on for `device`'s type."""
+    return device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device.type)
 
 
 def to_autocast_dtype(*tensors):

@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from . import reference
+from . import amp, reference
 
 BACKENDS = ("torch", "triton", "cuda")
 _MODULES = {"triton": "sgkernels.kernels.triton", "cuda": "sgkernels.kernels.cuda"}
@@ -114,7 +114,7 @@ def get(fn_name, device):
     """The backend function `fn_name` (e.g. "rms_norm_fwd") to run on tensors of `device`;
     wrapped to run with autocast off when autocast is on (see sgkernels.ops.amp)."""
     fn = _select(fn_name, device)
-    if torch.is_autocast_enabled(device.type):
+    if amp.enabled(device):
         return _without_autocast(fn, device.type)
     return fn
 
