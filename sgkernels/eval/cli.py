@@ -65,9 +65,13 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def log(msg: str) -> None:
+    """Progress goes to stderr so stdout holds only the table."""
+    print(msg, file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    log = lambda msg: print(msg, file=sys.stderr)
     try:
         metrics = parse_metrics(args.metrics)
         samples = load_reference(args.samples, "samples").head(args.num)
@@ -87,8 +91,9 @@ def main(argv=None) -> int:
         print(f"sgkernels eval: {e}", file=sys.stderr)
         return 2
     info = result["info"]
+    space = f"  kid/prdc space: {info['space']}" if {"kid", "prdc"} & set(metrics) else ""
     print(f"samples: {info['samples']} ({info['num_samples']})  reference: {info['reference']} "
-          f"({info['num_reference']})  kid/prdc space: {info['space']}")
+          f"({info['num_reference']}){space}")
     print(format_table(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
