@@ -88,10 +88,19 @@ class DiTBlock(nn.Module):
         hidden = config.mlp_hidden(dim)
         self.mlp = SwiGLUMLP(dim, hidden) if llama else GeluMLP(dim, hidden)
 
-    def forward(self, b: TokenBatch) -> torch.Tensor:
-        mod = self.adaLN(F.silu(b.cond))
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=1)
-        h = norm_modulate(self.flavour, b.x, shift1, scale1, b.seg, self.eps)
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift1, scale1, gate1, shift2, scale2, gate2), each [S, D], from cond [S, Dc]."""
+        return self.adaLN(F.silu(cond)).chunk(6, dim=1)
+
+    def forward(self, b: TokenBatch, mod: tuple[torch.Tensor, ...] | None = None,
+                h: torch.Tensor | None = None) -> torch.Tensor:
+        """New residual stream [T, D]. mod = modulation(b.cond) and h = the attention input
+        norm(b.x)·(1 + scale1[seg]) + shift1[seg] may come precomputed from the caller (the
+        fused route start of the Llama flavour, ops.route_gather_rms_norm_modulate)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(b.cond) if mod is None \
+            else mod
+        if h is None:
+            h = norm_modulate(self.flavour, b.x, shift1, scale1, b.seg, self.eps)
         x = ops.gated_residual(b.x, self.attn(h, b), gate1, b.seg)
         h = norm_modulate(self.flavour, x, shift2, scale2, b.seg, self.eps)
         return ops.gated_residual(x, self.mlp(h), gate2, b.seg)

@@ -6,6 +6,8 @@
 Pipeline: patch embed (+ fixed sin-cos positions for sit) -> packed TokenBatch of B segments with
 cond = t_emb(t) + y_emb(y) -> blocks, where the blocks of route r run on the tokens kept at that
 route's rate (routing.py) -> (MaskDiT: decoder over every position) -> final layer -> unpatchify.
+In the Llama flavour a route starts with one fused op, the gather of the kept rows and the first
+routed block's RMSNorm-modulate (ops.route_gather_rms_norm_modulate).
 With learn_sigma the final layer predicts 2C channels and the velocity is the first C.
 
 Text-conditioned models (config.text_conditioned, T2I) take y=None and text=TextBatch with one
@@ -228,8 +230,9 @@ class RoutedDiT(nn.Module):
                 i = starts.get(k)
                 if i is not None and plans[i] is not None:
                     saved, active = b, i
-                    b = routing.gather(b, plans[i])
-                b = b.replace(x=block(b))
+                    b = self._route_start(block, b, plans[i])
+                else:
+                    b = b.replace(x=block(b))
                 counts.append(b.x.shape[0])
                 if active is not None and k == self.config.routes[active].end:
                     b = saved.replace(x=routing.scatter(saved.x, b.x, plans[active]))
@@ -238,6 +241,16 @@ class RoutedDiT(nn.Module):
         if image_rows is not None:                         # decode the image tokens only
             b = b.replace(x=ops.route_gather(b.x, image_rows), seg=b.seg[image_rows])
         return self.final(b)
+
+    def _route_start(self, block: DiTBlock, b: TokenBatch, plan: routing.RoutePlan) -> TokenBatch:
+        """Gather the kept tokens and run the route's first block on them. Llama flavour: the
+        gather and the block's first RMSNorm-modulate are one fused op."""
+        if self.config.flavour != "llama":
+            b = routing.gather(b, plan)
+            return b.replace(x=block(b))
+        mod = block.modulation(b.cond)
+        b, h = routing.gather_rms_norm_modulate(b, plan, mod[0], mod[1], self.config.norm_eps)
+        return b.replace(x=block(b, mod, h))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 gamma: Gamma = None, generator: torch.Generator | None = None,

@@ -79,16 +79,23 @@ def plan_route(batch: TokenBatch, gammas: Sequence[float], scores: torch.Tensor)
     return RoutePlan(idx, keep, keeps, cu_seqlens_from_lengths(keeps, batch.x.device))
 
 
+def _kept(batch: TokenBatch, plan: RoutePlan, x: torch.Tensor, seg: torch.Tensor) -> TokenBatch:
+    return batch.replace(x=x, pos=batch.pos[plan.idx], seg=seg, cu_seqlens=plan.cu_seqlens,
+                         max_seqlen=max(plan.lengths), lengths=plan.lengths)
+
+
 def gather(batch: TokenBatch, plan: RoutePlan) -> TokenBatch:
     """The smaller packed batch of the kept tokens (x, pos, seg gathered; cond unchanged)."""
-    return batch.replace(
-        x=ops.route_gather(batch.x, plan.idx),
-        pos=batch.pos[plan.idx],
-        seg=batch.seg[plan.idx],
-        cu_seqlens=plan.cu_seqlens,
-        max_seqlen=max(plan.lengths),
-        lengths=plan.lengths,
-    )
+    return _kept(batch, plan, ops.route_gather(batch.x, plan.idx), batch.seg[plan.idx])
+
+
+def gather_rms_norm_modulate(batch: TokenBatch, plan: RoutePlan, shift: torch.Tensor,
+                             scale: torch.Tensor, eps: float) -> tuple[TokenBatch, torch.Tensor]:
+    """gather(batch, plan) and y = rms_norm(x_kept)·(1 + scale[seg]) + shift[seg] of its rows,
+    in one pass (ops.route_gather_rms_norm_modulate): the Llama route start."""
+    seg = batch.seg[plan.idx]
+    h, y = ops.route_gather_rms_norm_modulate(batch.x, plan.idx, None, shift, scale, seg, eps)
+    return _kept(batch, plan, h, seg), y
 
 
 def scatter(saved: torch.Tensor, routed: torch.Tensor, plan: RoutePlan) -> torch.Tensor:

@@ -54,6 +54,16 @@ def test_sit_has_biases():
     assert any("bias" in n for n, _ in _meta_model("SiT-S/2").named_parameters())
 
 
+def test_fmnist_cpu_preset_is_the_documented_cpu_run():
+    # docs/training.md's 20-minute run: Tiny/2 --set patch_size=4 dim=128 heads=2 depth=4
+    # 'routes=[[1,2,0.5]]', 1.33 M parameters
+    documented = presets.get("Tiny/2").replace(patch_size=4, dim=128, heads=2, depth=4,
+                                                routes=(Route(1, 2, 0.5),))
+    assert presets.get("FMNIST-CPU/4") == documented
+    count = sum(p.numel() for p in _meta_model("FMNIST-CPU/4").parameters())
+    assert round(count / 1e4) == 133
+
+
 def test_smaller_sit_routes_scaled_to_depth():
     assert presets.get("SiT-S/2").routes == (Route(1, 10, 0.5),)
     assert presets.get("SiT-L/2").routes == (Route(2, 21, 0.5),)
