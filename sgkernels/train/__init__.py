@@ -1,7 +1,7 @@
 """Flow-matching training of routed DiTs: `train(TrainArgs(...))` or `python -m sgkernels train`.
 
 Modules: args (TrainArgs), trainer (loop), objective (batch loss), draws (per-sample randomness),
-data (datasets), ema, checkpoint (atomic save, exact resume), distributed (torchrun / DDP),
+data (datasets), captions (caption datasets), conditioning (labels or caption features), ema, checkpoint (atomic save, exact resume), distributed (torchrun / DDP),
 logger (tqdm, JSONL, CSV, loss plot), grid (sample grids), vae (optional latent training).
 """
 from .args import TrainArgs

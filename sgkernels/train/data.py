@@ -1,7 +1,9 @@
-"""Training data: Fashion-MNIST, sklearn digits, an image folder, precomputed latents.
+"""Training data: Fashion-MNIST, sklearn digits, an image folder, precomputed latents, and the
+caption datasets of captions.py (templated Fashion-MNIST captions, a JSONL file).
 
 Every dataset exposes `len(ds)`, `ds.num_classes`, `ds.shape` ([C, H, W] of one sample after
-fitting to the model size) and `ds.get(indices) -> (x [B, C, H, W] float32, y [B] int64)`.
+fitting to the model size) and `ds.get(indices) -> (x [B, C, H, W] float32, y [B] int64)`;
+caption datasets (num_classes 0) return the caption levels of each image instead of y.
 Pixel data is scaled to [-1, 1]; latents are returned as stored (times `scale`).
 
 Fitting to the model's input size: when the target is larger by an even margin smaller than the
@@ -22,7 +24,8 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                          "sneaker", "bag", "ankle boot")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
-DATASETS = ("fashion-mnist", "digits", "folder", "latents")
+CAPTION_DATASETS = ("fashion-mnist-captions", "captions-jsonl")     # captions.py
+DATASETS = ("fashion-mnist", "digits", "folder", "latents", *CAPTION_DATASETS)
 
 
 def fit_size(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -132,21 +135,25 @@ class ImageFolder:
     def shape(self):
         return (self.channels, self.size, self.size)
 
-    def _load(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.files[i]) as im:
-            arr = np.asarray(im.convert("L" if self.channels == 1 else "RGB"))
-        x = _to_unit_range(arr.reshape(arr.shape[0], arr.shape[1], -1)).permute(2, 0, 1)[None]
-        if x.shape[-1] != x.shape[-2]:  # centre crop to a square, as DiT does before resizing
-            s = min(x.shape[-2:])
-            top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
-            x = x[..., top:top + s, left:left + s]
-        return fit_size(x, self.size)[0]
-
     def get(self, indices):
         idx = [int(i) for i in indices]
-        return torch.stack([self._load(i) for i in idx]), self.y[idx]
+        return torch.stack([load_image(self.files[i], self.size, self.channels) for i in idx]), \
+            self.y[idx]
+
+
+def load_image(path, size: int, channels: int) -> torch.Tensor:
+    """[channels, size, size] in [-1, 1]: the image centre-cropped to a square (as DiT does before
+    resizing), then fitted to size."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    x = _to_unit_range(arr.reshape(arr.shape[0], arr.shape[1], -1)).permute(2, 0, 1)[None]
+    if x.shape[-1] != x.shape[-2]:
+        s = min(x.shape[-2:])
+        top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
+        x = x[..., top:top + s, left:left + s]
+    return fit_size(x, size)[0]
 
 
 def latents(root: str, scale: float = 1.0) -> TensorData:
@@ -163,10 +170,22 @@ def latents(root: str, scale: float = 1.0) -> TensorData:
 
 def load_dataset(name: str, size: int, path: str | None = None, channels: int = 1,
                  latent_scale: float = 1.0):
-    """Build a dataset by name (one of DATASETS); `path` is the folder for folder/latents."""
-    if name == "fashion-mnist":
-        return fashion_mnist(size, root=path or os.environ.get("SGKERNELS_FMNIST",
+    """Build a dataset by name (one of DATASETS); `path` is the folder for folder/latents, the
+    JSONL file for captions-jsonl. Caption datasets' `get` returns caption levels, not labels."""
+    if name in ("fashion-mnist", "fashion-mnist-captions"):
+        data = fashion_mnist(size, root=path or os.environ.get("SGKERNELS_FMNIST",
                                                                FASHION_MNIST_DIR))
+        if name == "fashion-mnist":
+            return data
+        from .captions import FashionMNISTCaptions  # captions.py builds on this module
+
+        return FashionMNISTCaptions(data)
+    if name == "captions-jsonl":
+        if not path:
+            raise ValueError("path: the 'captions-jsonl' dataset needs --data-path (the JSONL file)")
+        from .captions import JsonlCaptions
+
+        return JsonlCaptions(path, size, channels)
     if name == "digits":
         return digits(size)
     if name in ("folder", "latents"):

@@ -1,6 +1,8 @@
 """The training loss of one batch, given the per-sample draws (draws.py) and the flow (flow.py).
 
-    y'   = null class where the dropout coin fell, else y
+    y'   = null class where the dropout coin fell, else y   (class-conditional models)
+    text = the captions' features, the null caption where the coin fell; y = None (T2I models:
+           the caption pick and its dropout happen in the conditioning hook, conditioning.py)
     x_t  = t x + (1 - t) z,   v* = x - z
     TREAD-routed or dense model:  L = fm_loss(v_theta(x_t, t, y'), x, z)
     MaskDiT model (routing on):   L = maskdit_loss(v_theta, x, z, t, Mbar, lambda), with Mbar the
@@ -29,16 +31,19 @@ def visible_pixels(keep: torch.Tensor, config) -> torch.Tensor:
                             config.input_size).float()
 
 
-def batch_loss(model, config, x: torch.Tensor, y: torch.Tensor, draws: Draws, routing: str = "on",
-               maskdit_lambda: float = 0.1) -> torch.Tensor:
-    """Scalar loss of one batch (mean over its samples); `model` may be DDP-wrapped."""
-    y_in = drop_labels(y, draws.drop, config.num_classes)
+def batch_loss(model, config, x: torch.Tensor, y: torch.Tensor | None, draws: Draws,
+               routing: str = "on", maskdit_lambda: float = 0.1, text=None) -> torch.Tensor:
+    """Scalar loss of one batch (mean over its samples); `model` may be DDP-wrapped.
+
+    y: labels [B] (None for T2I models); text: TextBatch of B captions for T2I models, None else.
+    """
+    y_in = drop_labels(y, draws.drop, config.num_classes) if y is not None else None
     x_t = interpolate(x, draws.z, draws.t)
     scores = draws.scores if draws.scores.shape[0] else None
     if routing == "off":
-        return fm_loss(model(x_t, draws.t, y_in, gamma=0.0), x, draws.z)
+        return fm_loss(model(x_t, draws.t, y_in, gamma=0.0, text=text), x, draws.z)
     if config.maskdit:
-        v, keep = model(x_t, draws.t, y_in, route_scores=scores, return_keep=True)
+        v, keep = model(x_t, draws.t, y_in, route_scores=scores, return_keep=True, text=text)
         visible = visible_pixels(keep, config)
         return maskdit_loss(v, x, draws.z, draws.t, visible, maskdit_lambda)
-    return fm_loss(model(x_t, draws.t, y_in, route_scores=scores), x, draws.z)
+    return fm_loss(model(x_t, draws.t, y_in, route_scores=scores, text=text), x, draws.z)

@@ -3,11 +3,14 @@ atomic checkpoints with exact resume, data-parallel ranks, logs and sample grids
 
 One step at global step s (0-based), on each of k ranks:
     positions = s * B + rank * B/k + [0, B/k)            (draws.rank_positions)
-    x, y = data[order(positions)]; draws = f(seed, positions)
+    x, c = data[order(positions)]; draws = f(seed, positions)
+    y, text = condition(c, draws.drop, positions)        (conditioning.py: labels or captions)
     loss = objective.batch_loss(...); backward (DDP averages gradients over ranks)
     clip ||g|| to grad_clip (if > 0); lr_s = lr * min(1, (s + 1) / warmup); AdamW step; EMA update
 Everything random is a function of (seed, positions), so the update sequence depends only on the
 arguments in args.RESUME_KEYS, the initial weights and the step: a resumed run continues exactly.
+Class-conditional presets train on labelled data, text-conditioned (T2I) presets on caption data
+(data.CAPTION_DATASETS), through the same loop.
 
 Output folder: args.json, log.jsonl, log.csv, loss.png, samples/<step>.png,
 checkpoints/<step>.pt and checkpoints/latest.pt.
@@ -24,7 +27,8 @@ from torch import nn
 from . import distributed as D
 from .args import RESUME_KEYS, TrainArgs
 from .checkpoint import link_atomic, load_checkpoint, rng_state, save_atomic, set_rng_state
-from .data import load_dataset
+from .conditioning import CaptionCondition, LabelCondition, feature_cache
+from .data import CAPTION_DATASETS, load_dataset
 from .draws import GlobalOrder, draw_samples, rank_positions
 from .ema import EMA
 from .grid import generate, save_grid
@@ -121,6 +125,11 @@ class Trainer:
         size = args.image_size or cfg.input_size * factor
         channels = 3 if self.vae is not None else cfg.in_channels
         self.data = load_dataset(args.data, size, args.data_path, channels, args.latent_scale)
+        captioned = args.data in CAPTION_DATASETS
+        if captioned != cfg.text_conditioned:
+            raise ValueError(f"data: {args.data!r} is {'' if captioned else 'not '}captioned, the "
+                             f"model is {'' if cfg.text_conditioned else 'not '}text-conditioned "
+                             f"(caption data: {', '.join(CAPTION_DATASETS)})")
         if self.data.num_classes > cfg.num_classes:
             raise ValueError(f"data: {args.data!r} has {self.data.num_classes} classes, the model "
                              f"{cfg.num_classes}")
@@ -129,6 +138,21 @@ class Trainer:
             raise ValueError(f"data: samples of shape {tuple(self.data.shape)} do not fit the model "
                              f"input [{cfg.in_channels}, {cfg.input_size}, {cfg.input_size}]")
         self.order = GlobalOrder(len(self.data), args.seed)
+        self.condition = (CaptionCondition(self.data, self._feature_cache(), args.seed)
+                          if captioned else LabelCondition())
+
+    def _feature_cache(self):
+        """Rank 0 builds OUT/text_features.pt (if needed) before the other ranks read it."""
+        from sgkernels.text import DEFAULT_ENCODER
+
+        encoder, captions = self.args.encoder or DEFAULT_ENCODER, self.data.all_captions()
+        cache = None
+        if self.info.is_main:
+            cache = feature_cache(self.out, encoder, self.config, captions, self.info.device)
+        D.barrier(self.info)
+        if cache is None:
+            cache = feature_cache(self.out, encoder, self.config, captions, self.info.device)
+        return cache
 
     @property
     def ckpt_dir(self) -> Path:
@@ -146,11 +170,11 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def batch(self, step: int):
-        """This rank's (x, y, draws) at `step`, on the device."""
+        """This rank's (x, y, text, draws) at `step`, on the device (y or text None)."""
         args, cfg, dev = self.args, self.config, self.info.device
         positions = rank_positions(step, args.batch, self.info.rank, self.info.world_size)
-        x, y = self.data.get(self.order(positions))
-        x, y = x.to(dev), y.to(dev)
+        x, c = self.data.get(self.order(positions))
+        x = x.to(dev)
         if self.vae is not None:
             from .vae import encode
 
@@ -158,16 +182,18 @@ class Trainer:
         draws = draw_samples(args.seed, positions, x.shape[1:], num_route_draws(cfg),
                              cfg.num_tokens, args.t_sampling, args.label_dropout, args.t_loc,
                              args.t_scale)
-        return x, y, draws.to(dev)
+        y, text = self.condition(c, draws.drop, positions, dev)
+        return x, y, text, draws.to(dev)
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step; returns the detached loss (no device sync here)."""
         args, dev = self.args, self.info.device
-        x, y, draws = self.batch(self.step)
+        x, y, text, draws = self.batch(self.step)
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)
                if dev.type == "cuda" and args.amp else nullcontext())
         with amp:
-            loss = batch_loss(self.ddp, self.config, x, y, draws, args.routing, args.maskdit_lambda)
+            loss = batch_loss(self.ddp, self.config, x, y, draws, args.routing, args.maskdit_lambda,
+                              text)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
@@ -188,6 +214,8 @@ class Trainer:
                 "opt": self.opt.state_dict(), "step": self.step,
                 "args": {"model_config": self.config_dict, "train": train, "rng": rng_state(),
                          "world_size": self.info.world_size}}
+        if self.condition.meta is not None:       # the encoder settings sampling must reuse
+            ckpt["args"]["text"] = self.condition.meta
         path = save_atomic(ckpt, self.ckpt_dir / f"{self.step:07d}.pt")
         link_atomic(path, self.ckpt_dir / "latest.pt")
         return path
@@ -197,8 +225,9 @@ class Trainer:
             return None
         args, cfg = self.args, self.config
         shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        text = self.condition.grid_text(args.sample_count, self.info.device)
         images = generate(self.ema.model, shape, cfg.num_classes, args.sample_count,
-                          args.sample_steps, args.seed + 12345, self.info.device)
+                          args.sample_steps, args.seed + 12345, self.info.device, text)
         if self.vae is not None:
             from .vae import decode
 

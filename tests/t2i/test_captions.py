@@ -1,5 +1,6 @@
 """Caption data (templated Fashion-MNIST levels, JSONL), caption sampling and dropout, and a
-short T2I training run from a precomputed feature cache (no encoder needed)."""
+short T2I run of the main trainer (CLI, checkpoints, exact resume) from a precomputed feature
+cache (no encoder needed)."""
 import json
 
 import numpy as np
@@ -9,8 +10,15 @@ from PIL import Image
 
 from sgkernels.model import TextBatch, from_checkpoint
 from sgkernels.text import SYSTEM_PROMPT, FeatureCache
-from sgkernels.train.captions import (LEVELS, JsonlCaptions, T2IArgs, fashion_mnist_captions,
-                                      image_attributes, pick_captions, train_t2i)
+from sgkernels.train import TrainArgs, train
+from sgkernels.train.captions import (
+    LEVELS,
+    JsonlCaptions,
+    fashion_mnist_captions,
+    image_attributes,
+    pick_captions,
+)
+from sgkernels.train.cli import main
 from sgkernels.train.data import FASHION_MNIST_CLASSES
 
 
@@ -94,20 +102,27 @@ def _run_dir(tmp_path, name):
 
 
 def _args(tmp_path, out, **changes):
-    return T2IArgs(**{**dict(preset="Tiny-T2I/2", data="jsonl", out=str(out), batch=2,
-                             data_path=str(tmp_path / "captions.jsonl"), log_every=1,
-                             warmup=10, ckpt_every=2), **changes})
+    return TrainArgs(**{**dict(model="Tiny-T2I/2", data="captions-jsonl", out=str(out), batch=2,
+                               data_path=str(tmp_path / "captions.jsonl"), log_every=1, lr=5e-4,
+                               warmup=10, grad_clip=1.0, ema_decay=0.999, ckpt_every=2,
+                               sample_every=0, sample_count=2, sample_steps=2, device="cpu",
+                               progress=False), **changes})
 
 
-def test_train_t2i_from_a_feature_cache(tmp_path):
+def test_cli_trains_a_t2i_preset_from_a_feature_cache(tmp_path, capsys):
     _jsonl_dataset(tmp_path)
     out = _run_dir(tmp_path, "run")
     meta = META
-    args = _args(tmp_path, out, steps=3)
-    latest = train_t2i(args)                 # the cache matches: no encoder is loaded
+    rc = main(["--model", "Tiny-T2I/2", "--data", "captions-jsonl", "--data-path",
+               str(tmp_path / "captions.jsonl"), "--steps", "3", "--batch", "2", "--log-every",
+               "1", "--ckpt-every", "2", "--sample-every", "0", "--sample-count", "2",
+               "--sample-steps", "2", "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert rc == 0 and "done: step 3" in capsys.readouterr().out  # cache matches: no encoder
+    latest = out / "checkpoints" / "latest.pt"
     ckpt = torch.load(latest, weights_only=True)
     assert ckpt["step"] == 3 and ckpt["args"]["text"] == meta
     assert (out / "checkpoints" / "0000002.pt").is_file()
+    assert Image.open(out / "samples" / "0000003.png").size[0] > 2 * 28   # grid from captions
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
     model = from_checkpoint(latest, ema=False)
@@ -115,12 +130,20 @@ def test_train_t2i_from_a_feature_cache(tmp_path):
         model.final.linear.weight, torch.zeros_like(model.final.linear.weight))
 
 
-def test_train_t2i_resume_equals_an_uninterrupted_run(tmp_path):
+def test_captions_and_labels_need_the_matching_model(tmp_path):
+    _jsonl_dataset(tmp_path)
+    with pytest.raises(ValueError, match="captioned"):
+        train(_args(tmp_path, tmp_path / "x", model="Tiny/2"))
+    with pytest.raises(ValueError, match="text-conditioned"):
+        train(_args(tmp_path, tmp_path / "y", data="digits"))
+
+
+def test_t2i_resume_equals_an_uninterrupted_run(tmp_path):
     _jsonl_dataset(tmp_path)
     straight, resumed = _run_dir(tmp_path, "a"), _run_dir(tmp_path, "b")
-    train_t2i(_args(tmp_path, straight, steps=4))
-    train_t2i(_args(tmp_path, resumed, steps=2))
-    train_t2i(_args(tmp_path, resumed, steps=4, resume=True))
+    train(_args(tmp_path, straight, steps=4))
+    train(_args(tmp_path, resumed, steps=2))
+    train(_args(tmp_path, resumed, steps=4, resume=True))
     a, b = (torch.load(d / "checkpoints" / "latest.pt", weights_only=True)
             for d in (straight, resumed))
     assert b["step"] == 4

@@ -106,3 +106,22 @@ def test_load_dataset_errors():
         D.load_dataset("cifar", 8)
     with pytest.raises(ValueError, match="needs --data-path"):
         D.load_dataset("folder", 8)
+
+
+def test_fashion_mnist_captions_dataset(tmp_path):
+    from sgkernels.train.captions import fashion_mnist_captions, image_attributes
+
+    _fake_fmnist(tmp_path)
+    ds = D.load_dataset("fashion-mnist-captions", 28, str(tmp_path))
+    assert len(ds) == 6 and ds.shape == (1, 28, 28) and ds.num_classes == 0
+    x, caps = ds.get([4, 1])
+    plain = D.fashion_mnist(28, root=tmp_path).get([4, 1])[0]
+    torch.testing.assert_close(x, plain)
+    assert caps == [list(fashion_mnist_captions(label, *attrs).values())
+                    for label, attrs in zip([4, 1], image_attributes(plain))]
+    assert set(ds.all_captions()) == {c for i in range(6) for c in ds.get([i])[1][0]}
+
+
+def test_captions_jsonl_needs_a_path():
+    with pytest.raises(ValueError, match="captions-jsonl"):
+        D.load_dataset("captions-jsonl", 8)

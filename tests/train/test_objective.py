@@ -19,7 +19,8 @@ class Recorder(nn.Module):
         super().__init__()
         self.config, self.v, self.keep, self.calls = config, v, keep, []
 
-    def forward(self, x, t, y, gamma=None, generator=None, route_scores=None, return_keep=False):
+    def forward(self, x, t, y, gamma=None, generator=None, route_scores=None, return_keep=False,
+                text=None):
         self.calls.append({"x": x, "t": t, "y": y, "gamma": gamma, "route_scores": route_scores})
         return (self.v, self.keep) if return_keep else self.v
 
