@@ -13,7 +13,7 @@ memory-bound ops; every function here has the name and signature of its counterp
 
 Statistics and sums in fp32; weight / segment gradients are reduced deterministically.
 The norms and gated_residual's backward keep a row in registers and support rows of up to
-``MAX_ROW_DIM`` elements; wider rows are computed by the reference backend.
+``MAX_ROW_DIM`` elements; wider rows go to the Triton backend (a sibling, same layer).
 """
 from __future__ import annotations
 
@@ -73,35 +73,35 @@ def _ops():
     return torch.ops.sgkernels_C
 
 
-def _reference():
-    # Imported on use: the reference sits in the ops layer, which imports the backends.
-    from sgkernels.ops import reference
+def _wide_rows():
+    """The backend for rows wider than MAX_ROW_DIM: Triton (imported on first use)."""
+    from sgkernels.kernels import triton
 
-    return reference
+    return triton
 
 
 def rms_norm_fwd(x2d, weight, eps):
     if x2d.shape[-1] > MAX_ROW_DIM:
-        return _reference().rms_norm_fwd(x2d, weight, eps)
+        return _wide_rows().rms_norm_fwd(x2d, weight, eps)
     return _ops().rms_norm_fwd(x2d, weight, float(eps))
 
 
 def rms_norm_bwd(dy, x2d, weight, rstd):
     if x2d.shape[-1] > MAX_ROW_DIM:
-        return _reference().rms_norm_bwd(dy, x2d, weight, rstd)
+        return _wide_rows().rms_norm_bwd(dy, x2d, weight, rstd)
     dx, dweight = _ops().rms_norm_bwd(dy, x2d, weight, rstd)
     return dx, (dweight if weight is not None else None)
 
 
 def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
     if x.shape[-1] > MAX_ROW_DIM:
-        return _reference().rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps)
+        return _wide_rows().rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps)
     return _ops().rms_norm_modulate_fwd(x, weight, shift, scale, seg, float(eps))
 
 
 def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
     if x.shape[-1] > MAX_ROW_DIM:
-        return _reference().rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd)
+        return _wide_rows().rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd)
     dx, dweight, dshift, dscale = _ops().rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd)
     return dx, (dweight if weight is not None else None), dshift, dscale
 
@@ -112,7 +112,7 @@ def gated_residual_fwd(x, y, gate, seg):
 
 def gated_residual_bwd(dout, y, gate, seg):
     if dout.shape[-1] > MAX_ROW_DIM:
-        return _reference().gated_residual_bwd(dout, y, gate, seg)
+        return _wide_rows().gated_residual_bwd(dout, y, gate, seg)
     dy, dgate = _ops().gated_residual_bwd(dout, y, gate, seg)
     return dout, dy, dgate  # dx is the identity of dout, as in the reference
 

@@ -3,7 +3,7 @@
 Outputs and every gradient over odd shapes and fp32 / fp16 / bf16, covering each kernel path:
 16-byte vectors and the scalar fallback (odd widths, misaligned pointers), warp-sized and
 block-sized row groups, K > 1 vectors per thread, segments that are empty or cross reduction
-groups, and the reference fallback above MAX_ROW_DIM. Outputs are allocated from CUDA memory
+groups, and the Triton fallback above MAX_ROW_DIM. Outputs are allocated from CUDA memory
 poisoned with NaN, so an element a kernel never writes fails; weight / segment gradients must be
 bitwise reproducible. GPU tests are skipped without CUDA (tests/conftest.py)."""
 import inspect
@@ -125,7 +125,7 @@ def _check_modulate(lengths, dim, dtype, has_weight, assert_matches, misalign=Fa
 
 
 # (rows, dim): warp groups (dim <= 32 vectors), block groups, K = 2 (fp32 at 4096), the scalar
-# path with K = 8 (1001, 4095), and the reference fallback above MAX_ROW_DIM (5000).
+# path with K = 8 (1001, 4095), and the Triton fallback above MAX_ROW_DIM (5000).
 NORM_SHAPES = [(1, 1), (7, 33), (13, 64), (37, 1000), (5, 1001), (300, 1152), (3, 4096),
                (4, 4095), (2, 5000)]
 
