@@ -1,0 +1,95 @@
+"""The guidance methods compared by the Fashion-MNIST reproduction, with their scale grids.
+
+Each method is evaluated on one trained model ("routed": TREAD r_{1->2} at 0.5, or "dense": the
+same network trained without routes) and is swept over a small grid of scales; a grid point is a
+tuple (one weight, or (w_cfg, w_sg) for the CFG+SG rules). With D_s / D_w the main model at
+γ_strong / γ_weak and D_early the early checkpoint (sgkernels.guidance has the formulas):
+
+    unguided        D(c), dense                          CFG          ω D(c) + (1−ω) D(∅), dense
+    autoguidance    ω D(c) + (1−ω) D_early(c), dense      sg-a-b       ω D_s(c) + (1−ω) D_w(c),
+    sg-early        SG with D_w from the early checkpoint,                γ_s = a, γ_w = b
+                    γ_w cosine 0.6 → 0, γ_s cosine 0 → 0.6 (SparseGuidance.sg_fid)
+    cfgsg-RULE      CFGSparseGuidance(w_cfg, w_sg, 0.5, 0.9, RULE)
+
+The CFG+SG grids are chosen so that every rule spans about the same CFG-equivalent strength:
+with γ_s = γ_w the rules reduce to CFG at w_cfg (direct), 1 + w_cfg (inner), w_cfg + w_sg
+(compositional) and w_sg (ip2p).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from sgkernels.guidance import (CFG, AutoGuidance, CFGSparseGuidance, SparseGuidance, Unguided)
+
+RULE_GRIDS = {
+    "direct": ((1.25, 0.5), (1.5, 0.5), (1.5, 1.0), (2.0, 1.0)),
+    "inner": ((0.25, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)),
+    "compositional": ((1.0, 0.5), (1.0, 1.0), (1.5, 0.5), (1.5, 1.0)),
+    "ip2p": ((1.5, 1.5), (2.0, 1.5), (1.5, 2.0), (2.0, 2.0)),
+}
+CFG_GRID = ((1.25,), (1.5,), (2.0,), (3.0,))
+SG_GRID = ((1.5,), (2.0,), (3.0,), (4.0,))
+SMALL_GRID = ((1.5,), (2.0,), (3.0,))
+
+
+@dataclass(frozen=True)
+class Method:
+    """name: folder name; model: "routed" | "dense"; build(scale, early) -> Guidance;
+    grid: scale tuples of the sweep; headline: gets Inception FID in the final stage."""
+
+    name: str
+    model: str
+    label: str
+    build: Callable
+    grid: tuple
+    headline: bool = False
+
+
+def scale_key(scale: tuple) -> str:
+    """Folder / JSON key of a grid point: '2.0', '1.5_0.5', or 'none' for the empty scale."""
+    return "_".join(f"{float(s):g}" for s in scale) or "none"
+
+
+def _sg(gs: float, gw: float) -> Method:
+    return Method(f"sg-{gs:g}-{gw:g}", "routed", f"SG γ {gs:g}/{gw:g}",
+                  lambda s, early: SparseGuidance(s[0], gs, gw), SG_GRID if gs == 0.5 else
+                  SMALL_GRID, headline=(gs, gw) == (0.5, 0.9))
+
+
+def _rule(rule: str) -> Method:
+    return Method(f"cfgsg-{rule}", "routed", f"CFG+SG {rule}",
+                  lambda s, early: CFGSparseGuidance(s[0], s[1], 0.5, 0.9, rule=rule),
+                  RULE_GRIDS[rule], headline=rule == "direct")
+
+
+# Ordered so that a partial run covers the headline comparison first.
+METHODS = (
+    Method("unguided", "routed", "unguided", lambda s, early: Unguided(), ((),), headline=True),
+    Method("cfg", "routed", "CFG", lambda s, early: CFG(s[0]), CFG_GRID, headline=True),
+    _sg(0.5, 0.9),
+    _rule("direct"),
+    Method("autoguidance", "routed", "AutoGuidance (early ckpt)",
+           lambda s, early: AutoGuidance(early, s[0]), SMALL_GRID),
+    Method("sg-early", "routed", "SG, early ckpt as weak",
+           lambda s, early: SparseGuidance.sg_fid(s[0], early), SMALL_GRID),
+    _sg(0.0, 0.5),
+    _sg(0.2, 0.6),
+    _rule("inner"),
+    _rule("compositional"),
+    _rule("ip2p"),
+    Method("dense-unguided", "dense", "dense: unguided", lambda s, early: Unguided(), ((),)),
+    Method("dense-cfg", "dense", "dense: CFG", lambda s, early: CFG(s[0]), CFG_GRID),
+)
+BY_NAME = {m.name: m for m in METHODS}
+
+
+def select(names: str | None) -> tuple[Method, ...]:
+    """All methods, or the comma-separated `names` in table order."""
+    if not names:
+        return METHODS
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    bad = [n for n in wanted if n not in BY_NAME]
+    if bad:
+        raise ValueError(f"--methods: unknown {bad}; valid names: {', '.join(BY_NAME)}")
+    return tuple(m for m in METHODS if m.name in wanted)

@@ -1,0 +1,115 @@
+"""Stage `train`: the routed and the dense model through `python -m sgkernels train`.
+
+Both runs use the FMNIST-CPU/4 preset (docs/training.md); the dense one overrides `routes=[]`,
+so it has the same parameters and trains every token. They run as subprocesses (one thread each,
+side by side) into OUT/train/{routed,dense}. A run folder that already has args.json is continued
+with `--resume` (exact, see docs/training.md) for the training time still left:
+
+    left = train_minutes − Σ_sessions elapsed_s (log.csv; elapsed_s restarts at every session)
+
+`done.json` marks a finished run, which later calls skip. All checkpoints are kept, so the early
+checkpoint (step `early_step`) is `checkpoints/<early_step>.pt`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KINDS = ("routed", "dense")
+PRESET = "FMNIST-CPU/4"
+FULL = dict(batch=32, steps=20000, ckpt_every=500, sample_every=1000, log_every=20, early=500)
+QUICK = dict(batch=16, steps=30, ckpt_every=10, sample_every=0, log_every=5, early=10)
+
+
+def settings(quick: bool) -> dict:
+    return dict(QUICK if quick else FULL)
+
+
+def run_dir(out: Path, kind: str) -> Path:
+    return Path(out) / "train" / kind
+
+
+def checkpoint(out: Path, kind: str, step: int | None = None) -> Path:
+    """`latest.pt` of a run, or its checkpoint at `step`."""
+    name = "latest.pt" if step is None else f"{step:07d}.pt"
+    return run_dir(out, kind) / "checkpoints" / name
+
+
+def trained_seconds(folder: Path) -> float:
+    """Training time over all sessions of a run, from log.csv (0 when there is none)."""
+    path = Path(folder) / "log.csv"
+    if not path.exists():
+        return 0.0
+    total, last = 0.0, 0.0
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            elapsed = float(row["elapsed_s"])
+            if elapsed < last:           # a new session started
+                total += last
+            last = elapsed
+    return total + last
+
+
+def command(out: Path, kind: str, minutes: float, quick: bool, device: str) -> list[str]:
+    s = settings(quick)
+    folder = run_dir(out, kind)
+    cmd = [sys.executable, "-m", "sgkernels", "train", "--model", PRESET]
+    if kind == "dense":
+        cmd += ["--set", "routes=[]"]
+    cmd += ["--data", "fashion-mnist", "--batch", str(s["batch"]), "--lr", "1e-3",
+            "--warmup", "100", "--grad-clip", "1.0", "--ema-decay", "0.999",
+            "--steps", str(s["steps"]), "--time-limit", f"{minutes:.3f}",
+            "--ckpt-every", str(s["ckpt_every"]), "--sample-every", str(s["sample_every"]),
+            "--log-every", str(s["log_every"]), "--seed", "0", "--device", device,
+            "--no-progress", "--out", str(folder)]
+    if (folder / "args.json").exists():
+        cmd.append("--resume")
+    return cmd
+
+
+def train(out: Path, minutes: float, quick: bool, device: str, log=print) -> dict:
+    """Train (or continue) both runs; returns {kind: done record}."""
+    if not minutes > 0:
+        raise ValueError(f"--train-minutes must be > 0, got {minutes}")
+    procs, done = {}, {}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    for kind in KINDS:
+        folder = run_dir(out, kind)
+        marker = folder / "done.json"
+        if marker.exists():
+            done[kind] = json.loads(marker.read_text())
+            log(f"train/{kind}: done at step {done[kind]['step']} (cached)")
+            continue
+        left = minutes - trained_seconds(folder) / 60.0
+        if left <= 0.05 and checkpoint(out, kind).exists():
+            left = 0.05                  # time is up: let the trainer write its final state
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = command(out, kind, max(left, 0.05), quick, device)
+        log(f"train/{kind}: {'resuming' if '--resume' in cmd else 'starting'}, "
+            f"{left:.1f} min left")
+        handle = open(folder.parent / f"{kind}.log", "a")
+        procs[kind] = (subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env),
+                       handle, time.perf_counter())
+    for kind, (proc, handle, start) in procs.items():
+        rc = proc.wait()
+        handle.close()
+        if rc != 0:
+            raise RuntimeError(f"train/{kind} exited with {rc}; see "
+                               f"{run_dir(out, kind).parent / (kind + '.log')}")
+        import torch
+        step = int(torch.load(checkpoint(out, kind), map_location="cpu",
+                              weights_only=True)["step"])
+        done[kind] = {"step": step, "trained_s": round(trained_seconds(run_dir(out, kind)), 1),
+                      "this_call_s": round(time.perf_counter() - start, 1)}
+        (run_dir(out, kind) / "done.json").write_text(json.dumps(done[kind], indent=1))
+        log(f"train/{kind}: done at step {step}")
+    early = checkpoint(out, "routed", settings(quick)["early"])
+    if not early.exists():
+        raise FileNotFoundError(f"early checkpoint {early} missing: the routed run stopped "
+                                f"before step {settings(quick)['early']}")
+    return done

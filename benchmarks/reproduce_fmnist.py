@@ -1,0 +1,210 @@
+"""Small-scale reproduction of the Sparse Guidance comparison on Fashion-MNIST, resumable.
+
+Stages (`--stage all` runs them in order; each skips work whose output exists under `--out`):
+
+    train   routed (TREAD r_{1->2} at γ 0.5) and dense FMNIST-CPU/4 models through
+            `python -m sgkernels train --resume`, early checkpoint kept   (reproduce/training.py)
+    sweep   per method and grid scale: `--num-sweep` samples of the validation split, scored by
+            the classifier-feature Fréchet distance → sweep/<method>/<scale>.json
+    final   per method at its best sweep scale: `--num-final` samples of the held-out split
+            (seeds disjoint from the sweep) → final/<method>/samples.npz + metrics.json
+            (cfd, KID, precision/recall/density/coverage, class agreement, bootstrap intervals,
+            NFE/step and GFLOPs/step from sgkernels.flops); Inception FID on the first
+            `--num-fid` samples of the headline methods → final/<method>/fid.json
+    report  report.md, report.csv, plots and a sample grid per method   (reproduce/report.py)
+
+All samples use `--sample-steps` Euler steps (40) and the same noise per sample index across
+methods (reproduce/generate.py). Methods: reproduce/methods.py.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reproduce_fmnist.py --stage train
+    python benchmarks/reproduce_fmnist.py --stage sweep --num-sweep 500
+    python benchmarks/reproduce_fmnist.py --stage final --num-final 5000 --num-fid 2000
+    python benchmarks/reproduce_fmnist.py --stage report
+    python benchmarks/reproduce_fmnist.py --quick --out runs/reproduce-quick   # smoke, ~1 min
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # source tree without install
+
+from reproduce import methods as methods_mod  # noqa: E402
+from reproduce import report, training  # noqa: E402
+from reproduce.generate import generate  # noqa: E402
+
+STAGES = ("train", "sweep", "final", "report")
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+class Reproduction:
+    """Models (loaded on first use), the scorer and the cached stage outputs of one run folder."""
+
+    def __init__(self, args, log=print):
+        self.args, self.out, self.log = args, Path(args.out), log
+        self._models, self._scorer = {}, None
+
+    def model(self, kind: str):
+        """"routed", "dense" (latest EMA weights) or "early" (the routed run's early step)."""
+        if kind not in self._models:
+            from sgkernels.model import from_checkpoint
+            step = training.settings(self.args.quick)["early"] if kind == "early" else None
+            path = training.checkpoint(self.out, "routed" if kind == "early" else kind, step)
+            self._models[kind] = from_checkpoint(path, map_location=self.args.device)
+        return self._models[kind]
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            from reproduce.scoring import Scorer
+            self._scorer = Scorer(self.out, self.args.quick, self.args.device, self.log)
+        return self._scorer
+
+    def guidance(self, method, scale):
+        early = self.model("early") if method.name in ("autoguidance", "sg-early") else None
+        return method.build(scale, early)
+
+    def cost(self, method, scale) -> dict:
+        from sgkernels.flops import sampling_gflops, sampling_nfe
+        g, steps = self.guidance(method, scale), self.args.sample_steps
+        return {"nfe_per_step": sampling_nfe(g, steps),
+                "gflops_per_step": sampling_gflops(self.model(method.model).config, g, steps)}
+
+    def sweep_path(self, method, scale) -> Path:
+        return self.out / "sweep" / method.name / f"{methods_mod.scale_key(scale)}.json"
+
+    def sweep_point(self, method, scale) -> dict:
+        path = self.sweep_path(method, scale)
+        if path.exists():
+            cached = json.loads(path.read_text())
+            if cached["num"] == self.args.num_sweep and cached["steps"] == self.args.sample_steps:
+                return cached
+        start = time.perf_counter()
+        images, labels = generate(self.model(method.model), self.guidance(method, scale),
+                                  "sweep", self.args.num_sweep, path.with_suffix(""),
+                                  self.args.sample_steps, self.log)
+        point = {"method": method.name, "scale": list(scale), "num": self.args.num_sweep,
+                 "steps": self.args.sample_steps, **self.scorer.sweep(images, labels, method.name),
+                 **self.cost(method, scale), "seconds": round(time.perf_counter() - start, 1)}
+        _write_json(path, point)
+        self.log(f"sweep {method.name} {methods_mod.scale_key(scale)}: cfd {point['cfd']:.3f}")
+        return point
+
+    def best_scale(self, method) -> tuple | None:
+        """Scale with the lowest sweep cfd, None while a grid point is missing."""
+        points = []
+        for scale in method.grid:
+            path = self.sweep_path(method, scale)
+            if not path.exists():
+                return None
+            points.append(json.loads(path.read_text()))
+        return tuple(min(points, key=lambda p: p["cfd"])["scale"])
+
+    def final(self, method) -> None:
+        folder = self.out / "final" / method.name
+        scale = self.best_scale(method)
+        if scale is None:
+            self.log(f"final {method.name}: sweep incomplete, skipped")
+            return
+        metrics_path = folder / "metrics.json"
+        fresh = (metrics_path.exists() and
+                 json.loads(metrics_path.read_text())["num"] == self.args.num_final)
+        if not fresh:
+            start = time.perf_counter()
+            images, labels = generate(self.model(method.model), self.guidance(method, scale),
+                                      "final", self.args.num_final, folder / "chunks",
+                                      self.args.sample_steps, self.log)
+            report.save_samples(folder / "samples.npz", images, labels)
+            result = self.scorer.final(images, labels, method.name, self.args.bootstrap)
+            _write_json(metrics_path, {
+                "method": method.name, "scale": list(scale), "num": self.args.num_final,
+                "steps": self.args.sample_steps, "bootstrap": self.args.bootstrap,
+                "metrics": result["metrics"], **self.cost(method, scale),
+                "seconds": round(time.perf_counter() - start, 1)})
+            self.log(f"final {method.name}: cfd {result['metrics']['cfd']['value']:.3f}")
+        if method.headline and self.args.num_fid > 0:
+            self.fid(method, folder)
+
+    def fid(self, method, folder: Path) -> None:
+        path = folder / "fid.json"
+        if path.exists() and json.loads(path.read_text())["num"] == self.args.num_fid:
+            return
+        images, labels = report.load_samples(folder / "samples.npz")
+        if len(images) < self.args.num_fid:
+            raise ValueError(f"--num-fid {self.args.num_fid} > --num-final {len(images)}")
+        try:
+            result = self.scorer.fid(images[:self.args.num_fid], labels[:self.args.num_fid],
+                                     method.name, self.args.bootstrap)
+        except FileNotFoundError as err:
+            self.log(f"fid {method.name}: skipped ({err})")
+            return
+        _write_json(path, {"num": self.args.num_fid, "metrics": result["metrics"]})
+
+
+def run(args, log=print) -> None:
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    chosen = methods_mod.select(args.methods)
+    if args.quick:                       # one grid point per method keeps the smoke run short
+        chosen = tuple(dataclasses.replace(m, grid=m.grid[:1]) for m in chosen)
+    rep = Reproduction(args, log)
+    if "train" in stages:
+        training.train(rep.out, args.train_minutes, args.quick, args.device, log)
+    if "sweep" in stages:
+        for method in chosen:
+            for scale in method.grid:
+                rep.sweep_point(method, scale)
+    if "final" in stages:
+        for method in chosen:
+            rep.final(method)
+    if "report" in stages:
+        report.write(rep.out, chosen, log)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=("all",) + STAGES, default="all")
+    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 30 training steps, 64 samples, 4 sampling steps, the first "
+                        "grid point of each method, stand-in classifier")
+    p.add_argument("--num-sweep", type=int, default=None, help="default 500 (quick: 64)")
+    p.add_argument("--num-final", type=int, default=None, help="default 5000 (quick: 64)")
+    p.add_argument("--num-fid", type=int, default=None,
+                   help="Inception FID samples of the headline methods (default 2000, quick 0)")
+    p.add_argument("--bootstrap", type=int, default=None, help="replicates (default 50, quick 10)")
+    p.add_argument("--sample-steps", type=int, default=None, help="Euler steps (40; quick 4)")
+    p.add_argument("--train-minutes", type=float, default=None, help="per run (20; quick 2)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    defaults = dict(num_sweep=(64, 500), num_final=(64, 5000), num_fid=(0, 2000),
+                    bootstrap=(10, 50), sample_steps=(4, 40), train_minutes=(2.0, 20.0))
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    for name in ("num_sweep", "num_final", "sample_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    run(args, log=lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True))
+
+
+if __name__ == "__main__":
+    main()

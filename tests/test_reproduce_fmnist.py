@@ -1,0 +1,143 @@
+"""benchmarks/reproduce_fmnist.py: the cached, resumable Fashion-MNIST reproduction.
+
+End to end with --quick (30 training steps, 64 samples, stand-in classifier) on Fashion-MNIST
+(skipped when the idx files are missing): a report row per method with finite metrics, and a
+rerun that reuses every cached stage. Unit checks of the seeding, the scale choice and the
+training-time bookkeeping run in process."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "reproduce_fmnist.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from reproduce import methods as methods_mod  # noqa: E402
+from reproduce.generate import inputs  # noqa: E402
+from reproduce.training import trained_seconds  # noqa: E402
+
+FMNIST = Path(os.environ.get("SGKERNELS_FMNIST", "/usr/share/datasets/fashion-mnist"))
+needs_data = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
+                                reason="Fashion-MNIST idx files are not installed")
+FINITE = ("cfd", "kid", "precision", "recall", "acc", "nfe_per_step", "gflops_per_step")
+
+
+def _run(out: Path, cache: Path, *extra) -> str:
+    env = {**os.environ, "SGKERNELS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), *extra],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _rows(out: Path) -> dict:
+    with open(out / "report" / "final.csv", newline="") as f:
+        return {row["method"]: row for row in csv.DictReader(f)}
+
+
+def _mtimes(out: Path) -> dict:
+    watched = [p for p in out.rglob("*") if p.suffix in (".pt", ".npz", ".json")
+               and "report" not in p.parts]
+    return {p: p.stat().st_mtime_ns for p in watched}
+
+
+@needs_data
+def test_quick_subset_end_to_end_then_rerun_reuses_cache(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    chosen = "unguided,cfg,sg-0.5-0.9"
+    _run(out, cache, "--methods", chosen)
+    rows = _rows(out)
+    assert sorted(rows) == sorted(chosen.split(","))
+    for row in rows.values():
+        for name in FINITE:
+            assert math.isfinite(float(row[name])), (row["method"], name, row[name])
+        assert int(row["num"]) == 64
+    assert float(rows["unguided"]["nfe_per_step"]) == 1.0
+    assert float(rows["cfg"]["nfe_per_step"]) == 2.0
+    assert float(rows["sg-0.5-0.9"]["nfe_per_step"]) == 2.0
+    # SG's two branches drop tokens, CFG's two are dense: fewer FLOPs at the same NFE
+    assert float(rows["sg-0.5-0.9"]["gflops_per_step"]) < float(rows["cfg"]["gflops_per_step"])
+    assert float(rows["cfg"]["gflops_per_step"]) == pytest.approx(
+        2 * float(rows["unguided"]["gflops_per_step"]))
+    assert (out / "train" / "routed" / "checkpoints" / "0000010.pt").exists()  # early step
+    report = (out / "report" / "report.md").read_text()
+    assert all(f"| {methods_mod.BY_NAME[n].label} |" in report for n in chosen.split(","))
+    assert all((out / "report" / "grids" / f"{n}.png").exists() for n in chosen.split(","))
+
+    before = _mtimes(out)
+    log = _run(out, cache, "--methods", chosen)
+    assert "train/routed: done at step 30 (cached)" in log
+    assert ": samples 0.." not in log and "] sweep " not in log and "] final " not in log
+    assert _mtimes(out) == before
+    assert _rows(out) == rows
+
+
+@needs_data
+@pytest.mark.slow
+def test_quick_all_methods_report_a_finite_row_each(tmp_path):
+    out = tmp_path / "run"
+    _run(out, tmp_path / "cache")
+    rows = _rows(out)
+    assert sorted(rows) == sorted(m.name for m in methods_mod.METHODS)
+    for row in rows.values():
+        for name in FINITE:
+            assert math.isfinite(float(row[name])), (row["method"], name, row[name])
+    assert {rows[n]["model"] for n in ("dense-unguided", "dense-cfg")} == {"dense"}
+
+
+def test_inputs_same_per_index_disjoint_between_splits():
+    config = Namespace(in_channels=1, input_size=8)
+    noise, labels = inputs("sweep", 0, 20, config, "cpu")
+    part, part_labels = inputs("sweep", 10, 20, config, "cpu")
+    assert torch.equal(noise[10:], part) and torch.equal(labels[10:], part_labels)
+    assert labels.tolist() == [i % 10 for i in range(20)]
+    final, _ = inputs("final", 0, 20, config, "cpu")
+    assert not torch.isclose(noise, final).all(dim=(1, 2, 3)).any()
+    with pytest.raises(ValueError, match="split"):
+        inputs("test", 0, 4, config, "cpu")
+
+
+def _fake_reproduction(tmp_path):
+    import reproduce_fmnist
+    args = reproduce_fmnist.parse_args(["--out", str(tmp_path)])
+    return reproduce_fmnist.Reproduction(args, log=lambda *_: None)
+
+
+def test_best_scale_is_lowest_sweep_cfd_and_waits_for_the_whole_grid(tmp_path):
+    rep = _fake_reproduction(tmp_path)
+    method = methods_mod.BY_NAME["cfgsg-direct"]
+    values = [3.0, 1.0, 2.0, 5.0]
+    for scale, cfd in zip(method.grid, values):
+        path = rep.sweep_path(method, scale)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"scale": list(scale), "cfd": cfd}))
+        last = path
+    assert rep.best_scale(method) == method.grid[1]
+    last.unlink()
+    assert rep.best_scale(method) is None
+
+
+def test_trained_seconds_sums_sessions(tmp_path):
+    assert trained_seconds(tmp_path) == 0.0
+    (tmp_path / "log.csv").write_text(
+        "step,loss,lr,steps_per_s,images_per_s,elapsed_s\n"
+        "20,1,1,1,1,10\n40,1,1,1,1,30\n60,1,1,1,1,5\n80,1,1,1,1,12\n")
+    assert trained_seconds(tmp_path) == pytest.approx(42.0)
+
+
+def test_method_table_and_selection():
+    names = [m.name for m in methods_mod.METHODS]
+    assert len(set(names)) == len(names)
+    assert {f"cfgsg-{r}" for r in ("direct", "inner", "compositional", "ip2p")} <= set(names)
+    assert methods_mod.scale_key((1.5, 0.5)) == "1.5_0.5" and methods_mod.scale_key(()) == "none"
+    assert [m.name for m in methods_mod.select("cfg,unguided")] == ["unguided", "cfg"]
+    with pytest.raises(ValueError, match="unknown"):
+        methods_mod.select("cfg,nope")
