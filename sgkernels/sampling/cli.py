@@ -6,7 +6,7 @@ Examples:
     python -m sgkernels sample --ckpt late.pt --weak-ckpt early.pt --guidance sg --scale 2 \\
         --gamma-strong cosine:0:0.6 --gamma-weak cosine:0.6:0 --allow-inverted --out samples/fid
     torchrun --nproc_per_node 4 -m sgkernels sample --ckpt ... -n 50000 --out samples/cfg
-    python -m sgkernels sample --ckpt runs/t2i/checkpoints/latest.pt --prompt "a red shoe" \
+    python -m sgkernels sample --ckpt runs/t2i/checkpoints/latest.pt --prompt "a red shoe" \\
         --paper hpsv3 --out samples/t2i
 
 Text-to-image checkpoints take --prompt (repeatable) or --prompts FILE (one per line) instead of
