@@ -51,6 +51,13 @@ def _group_by_model(terms, models):
 
 def _branch_conditions(terms, index, labels, text, null_text, batch, num_classes):
     """Per branch of `index`: (y, text) -- labels or the null class, or prompts or null text."""
+    if text is None and labels is None:             # unconditional model (num_classes = 0)
+        for k in index:
+            if terms[k][0].cond == "null":
+                raise ValueError(f"branch {terms[k][0]} needs a null label, but the model is "
+                                 f"unconditional (num_classes=0): use guidance without null "
+                                 f"branches (SparseGuidance, AutoGuidance), not CFG / CFG+SG")
+        return [(None, None) for _ in index]
     if text is None:
         null = torch.full_like(labels, num_classes)
         return [(labels if terms[k][0].cond == "cond" else null, None) for k in index]
@@ -89,7 +96,8 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
         if packed:
             n = len(index)
             if text is None:
-                y, extra = torch.cat([c[0] for c in conds]), {}
+                y = None if labels is None else torch.cat([c[0] for c in conds])
+                extra = {}
             else:
                 y, extra = None, {"text": type(text).cat([c[1] for c in conds])}
             out = module(x.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), y,

@@ -18,7 +18,12 @@ from .packing import guided_velocity
 from .solvers import check_solver, integrate
 
 
-def _check_labels(noise, labels):
+def _check_labels(model, noise, labels):
+    if model.config.num_classes == 0:
+        if labels is not None:
+            raise ValueError("an unconditional model (config.num_classes=0) takes no labels: "
+                             "labels must be None")
+        return
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
         raise TypeError(f"labels must be an int64 tensor [B], got "
                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
@@ -33,7 +38,7 @@ def _check_text(model, noise, labels, text, null_text):
         if text is not None or null_text is not None:
             raise ValueError("text / null_text need a text-conditioned model "
                              "(config.text_conditioned=True)")
-        _check_labels(noise, labels)
+        _check_labels(model, noise, labels)
         return
     if labels is not None:
         raise ValueError("a text-conditioned model takes prompts: labels must be None")
@@ -79,7 +84,8 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
 
     model: called as model(x, t, y, gamma=[B] tensor, route_scores=[R, B, N]); its
         config.num_classes is the null label. Put it in eval mode yourself.
-    noise [B, C, H, W], labels [B] int64; guidance None = unguided dense D(c). The model sees
+    noise [B, C, H, W], labels [B] int64 (None for an unconditional model, num_classes=0, which
+    takes no guidance with null branches: CFG, CFG+SG); guidance None = unguided dense D(c). The model sees
     x in noise's dtype (e.g. bf16); t, the guidance combination and the solver state are
     float32 (or float64 for float64 noise); the samples come back in noise's dtype.
     packed=False runs every branch in its own forward (same token selections; for checks and
