@@ -37,6 +37,7 @@ AutoGuidance: dense; SG and CFG+SG: γ_strong).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -168,6 +169,11 @@ def _check_step(step, steps) -> None:
         raise ValueError(f"step must be an int in [0, {steps}), got {step!r}")
 
 
+def _in_interval(interval, step: int, steps: int) -> bool:
+    """Whether step's start time t = step/steps lies in interval (None: every step)."""
+    return interval is None or interval[0] <= step / steps <= interval[1]
+
+
 def _set(obj, name: str, value) -> None:
     """Assign a validated field of a frozen guidance dataclass (in __post_init__ only)."""
     object.__setattr__(obj, name, value)
@@ -194,13 +200,16 @@ class Guidance:
     def guided(self, step: int, steps: int) -> bool:
         """Whether step is inside the guidance interval."""
         _check_step(step, steps)
-        interval = getattr(self, "interval", None)
-        if interval is None:
-            return True
-        return interval[0] <= step / steps <= interval[1]
+        return _in_interval(getattr(self, "interval", None), step, steps)
+
+    def validate(self, steps: int) -> None:
+        """Raise ValueError if some step of a `steps`-step run is invalid (checked up front,
+        before any model evaluation; `terms` calls it too)."""
+        _check_step(0, steps)
 
     def terms(self, step: int, steps: int) -> list[tuple[Branch, float]]:
         """The guided velocity of this step as [(Branch, coefficient)], non-zero only."""
+        self.validate(steps)
         if not self.guided(step, steps):
             return [(self._fallback(step, steps), 1.0)]
         return merge_terms(self._rule(step, steps))
@@ -247,6 +256,22 @@ class CFG(Guidance):
         return [(Branch("main", g, "cond"), w), (Branch("main", g, "null"), 1.0 - w)]
 
 
+def _check_order(strong: float, weak: float, where: str) -> None:
+    if strong > weak:
+        raise ValueError(
+            f"gamma_strong ({strong}) must be <= gamma_weak ({weak}) at {where}: the weak branch "
+            f"drops more tokens; pass allow_inverted=True to allow it (e.g. when the weak branch "
+            f"comes from an earlier checkpoint)")
+
+
+@functools.lru_cache(maxsize=256)
+def _check_schedule_order(strong: Schedule, weak: Schedule, steps: int, interval) -> None:
+    """γ_strong(i) ≤ γ_weak(i) at every guided step i of `steps` (cached: O(steps) once)."""
+    for i in range(steps):
+        if _in_interval(interval, i, steps):
+            _check_order(strong(i, steps), weak(i, steps), f"step {i} of {steps}")
+
+
 class _SparseBase(Guidance):
     """Shared validation of γ_strong / γ_weak and the optional weak checkpoint."""
 
@@ -257,21 +282,19 @@ class _SparseBase(Guidance):
         if not isinstance(self.allow_inverted, bool):
             raise TypeError(f"allow_inverted must be a bool, got "
                             f"{type(self.allow_inverted).__name__}")
-        for a, b in ((self.gamma_strong.start, self.gamma_weak.start),
-                     (self.gamma_strong.end, self.gamma_weak.end)):
-            self._check_order(a, b)
+        if not self.allow_inverted:         # the endpoints now; every step in validate(steps)
+            _check_order(self.gamma_strong.start, self.gamma_weak.start, "the first step")
+            _check_order(self.gamma_strong.end, self.gamma_weak.end, "the last step")
 
-    def _check_order(self, strong: float, weak: float) -> None:
-        if strong > weak and not self.allow_inverted:
-            raise ValueError(
-                f"gamma_strong ({strong}) must be <= gamma_weak ({weak}): the weak branch drops "
-                f"more tokens; pass allow_inverted=True to allow it (e.g. when the weak branch "
-                f"comes from an earlier checkpoint)")
+    def validate(self, steps: int) -> None:
+        """γ_strong ≤ γ_weak at every guided step (schedules of different shapes can cross
+        between their endpoints), unless allow_inverted."""
+        super().validate(steps)
+        if not self.allow_inverted:
+            _check_schedule_order(self.gamma_strong, self.gamma_weak, steps, self.interval)
 
     def _gammas(self, step, steps) -> tuple[float, float]:
-        strong, weak = self.gamma_strong(step, steps), self.gamma_weak(step, steps)
-        self._check_order(strong, weak)
-        return strong, weak
+        return self.gamma_strong(step, steps), self.gamma_weak(step, steps)
 
     @property
     def _weak(self) -> str:

@@ -95,6 +95,7 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
     guidance = Unguided() if guidance is None else guidance
     _check_inputs(model, noise, labels, guidance, generator, text, null_text)
     check_solver(solver)
+    guidance.validate(steps)                  # every step's settings, before any evaluation
     models = {"main": model, "weak": getattr(guidance, "weak_model", None)}
     weak = models["weak"]
     if weak is not None and not (callable(weak) and hasattr(weak, "config")):

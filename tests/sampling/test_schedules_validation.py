@@ -2,11 +2,15 @@
 import math
 
 import pytest
+import torch
 
 from sampling_fakes import ConstantModel
 
+from sgkernels import presets
+from sgkernels.flops import sampling_gflops
 from sgkernels.guidance import (CFG, AutoGuidance, CFGSparseGuidance, Schedule, SparseGuidance,
                                 Unguided)
+from sgkernels.sampling import sample
 
 
 def values(schedule, steps):
@@ -94,12 +98,32 @@ def test_inverted_gammas_allowed_explicitly():
     assert [b.gamma for b in g.branches(0, 1)] == [0.9, 0.5]
 
 
-def test_inversion_between_schedule_endpoints_is_caught_at_the_step():
+def test_inversion_between_schedule_endpoints_is_caught_up_front():
     # equal at both ends, but the cosine falls faster than the line in the middle
     g = SparseGuidance(2.0, Schedule.linear(0.0, 0.5), Schedule.cosine(0.0, 0.5))
-    assert len(g.branches(0, 5)) == 1
+    with pytest.raises(ValueError, match="gamma_strong .* at step 1 of 5"):
+        g.branches(0, 5)                       # step 0 is fine, step 1 is not: fail at once
     with pytest.raises(ValueError, match="gamma_strong"):
-        g.branches(1, 5)
+        g.validate(5)
+    g.validate(2)                              # two steps hit only the (valid) endpoints
+    inside = SparseGuidance(2.0, Schedule.linear(0.0, 0.5), Schedule.cosine(0.0, 0.5),
+                            interval=(0.7, 1.0))
+    inside.validate(5)                         # the crossing steps are unguided
+
+
+def test_sample_rejects_crossing_schedules_before_any_evaluation():
+    model = ConstantModel()
+    g = CFGSparseGuidance(2.0, 1.0, Schedule.cosine(0.0, 0.5), Schedule.linear(0.0, 0.5))
+    with pytest.raises(ValueError, match="gamma_strong"):
+        sample(model, torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64), steps=5,
+               guidance=g)
+    assert model.calls == []
+
+
+def test_sampling_gflops_rejects_crossing_schedules():
+    g = SparseGuidance(2.0, Schedule.cosine(0.0, 0.5), Schedule.linear(0.0, 0.5))
+    with pytest.raises(ValueError, match="gamma_strong"):
+        sampling_gflops(presets.get("Tiny/2"), g, 5)
 
 
 def test_step_arguments_are_checked():
