@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 MODELS = ("main", "weak")
@@ -317,7 +317,7 @@ class SparseGuidance(_SparseBase):
     gamma_strong: float | Schedule
     gamma_weak: float | Schedule
     interval: tuple[float, float] | None = None
-    weak_model: object = None
+    weak_model: object = field(default=None, repr=False)
     allow_inverted: bool = False
 
     def __post_init__(self):
@@ -349,7 +349,7 @@ class AutoGuidance(Guidance):
     weak_model is a model called like the main one; a ModelConfig is enough for FLOP counting.
     """
 
-    weak_model: object
+    weak_model: object = field(repr=False)
     scale: float
     interval: tuple[float, float] | None = None
 
@@ -377,7 +377,7 @@ class CFGSparseGuidance(_SparseBase):
     gamma_weak: float | Schedule
     rule: str = "direct"
     interval: tuple[float, float] | None = None
-    weak_model: object = None
+    weak_model: object = field(default=None, repr=False)
     allow_inverted: bool = False
 
     def __post_init__(self):

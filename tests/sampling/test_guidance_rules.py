@@ -170,3 +170,12 @@ def test_interval_in_sampling_evaluates_fallback_only():
     assert [c["batch"] for c in model.calls] == [1, 1, 2, 2]
     # x_1 = Σ_i h·v_i: two unguided steps (D(c) = 4) and two CFG steps (-190)
     assert out.flatten()[0].item() == pytest.approx(0.25 * (4 + 4 - 190 - 190))
+
+
+def test_repr_leaves_out_the_weak_model():
+    weak = torch.nn.Linear(3, 3)               # a module's repr is long: not in sampling.json
+    for g in (SparseGuidance(2.0, 0.5, 0.9, weak_model=weak), AutoGuidance(weak, 2.0),
+              CFGSparseGuidance(2.0, 1.0, 0.2, 0.7, weak_model=weak)):
+        text = repr(g)
+        assert "Linear" not in text and "weak_model" not in text
+        assert type(g).__name__ in text and "scale" in text
