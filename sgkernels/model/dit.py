@@ -163,6 +163,10 @@ class RoutedDiT(nn.Module):
             raise TypeError(f"gamma must be None, a float or a [B] tensor, got "
                             f"{type(gamma).__name__}")
         active = per if any(g > 0 for g in per) else None
+        if active is not None and self.num_routes == 0:
+            raise ValueError(f"gamma > 0 (got max {max(per)}) needs a model with token routes "
+                             f"(config.routes) or MaskDiT masking; this model has neither, so "
+                             f"it cannot drop tokens: pass gamma=0 or None")
         return [active] * self.num_routes
 
     # ----------------------------------------------------------------------------- forward

@@ -93,6 +93,16 @@ def test_gamma_zero_equals_model_without_routes(flavour):
     assert not torch.allclose(routed(x, t, y, gamma=0.5), plain(x, t, y))
 
 
+def test_nonzero_gamma_without_routes_is_an_error():
+    cfg = small_config("llama", routes=())
+    model = RoutedDiT(cfg).eval()
+    x, t, y = inputs(cfg)
+    assert model(x, t, y, gamma=[0.0, 0.0, 0.0]).shape == x.shape     # dense: fine
+    for gamma in (0.5, [0.0, 0.25, 0.0], torch.tensor([0.5, 0.5, 0.5])):
+        with pytest.raises(ValueError, match="gamma > 0"):
+            model(x, t, y, gamma=gamma)
+
+
 def test_packed_segments_equal_separate_forwards(flavour_config):
     cfg = flavour_config
     model = randomize_(RoutedDiT(cfg)).train()
