@@ -2,10 +2,12 @@
 
 A segment of N tokens routed at rate gamma keeps k = keep(N, gamma) = max(1, N - floor(N*gamma +
 1e-9)) tokens: the k tokens of lowest score (ties broken by index), kept in their original order.
-With uniform random scores this is a uniform random subset. Selection is sync-free: two stable
-argsorts order the tokens by (segment, score); a token is kept iff its rank within its segment is
-below its segment's k; a final stable argsort of the "dropped" flag lists the kept rows in order,
-and K = sum(k) is known on the host.
+With uniform random scores this is a uniform random subset. Selection never waits for the device:
+two stable argsorts order the tokens by (segment, score); a token is kept iff its rank within its
+segment is below its segment's k (the host counts reach the device by a non-blocking copy,
+tokens.to_device); a final stable argsort of the "dropped" flag lists the kept rows in order, and
+K = sum(k) is known on the host. `uniform_scores` draws the default random scores on the
+generator's device and moves them, so a CPU generator drives a CUDA model.
 
 A route gathers the kept rows of x, pos and seg into a smaller packed batch (new cu_seqlens from
 the host keep counts), runs its blocks there, then scatters the rows back into the batch saved
@@ -25,7 +27,7 @@ import torch
 from sgkernels import ops
 
 from .config import keep_count
-from .tokens import TokenBatch, cu_seqlens_from_lengths
+from .tokens import TokenBatch, cu_seqlens_from_lengths, to_device
 
 
 @dataclass
@@ -60,7 +62,7 @@ def select_tokens(scores: torch.Tensor, seg: torch.Tensor, cu_seqlens: torch.Ten
     order = by_score[torch.argsort(seg[by_score], stable=True)]       # by (segment, score, index)
     seg_sorted = seg[order].long()
     rank = torch.arange(t, device=seg.device) - cu_seqlens.long()[seg_sorted]
-    k = torch.tensor(list(keeps), dtype=torch.int64, device=seg.device)
+    k = to_device(list(keeps), seg.device, torch.int64)
     keep = torch.empty(t, dtype=torch.bool, device=seg.device)
     keep[order] = rank < k[seg_sorted]
     idx = torch.argsort(keep.logical_not().to(torch.int8), stable=True)[: sum(keeps)]

@@ -38,7 +38,7 @@ from sgkernels import ops
 
 from .blocks import Attention, GeluMLP, SwiGLUMLP
 from .config import ModelConfig
-from .tokens import TokenBatch, cu_seqlens_from_lengths, seg_from_lengths
+from .tokens import TokenBatch, cu_seqlens_from_lengths, seg_from_lengths, to_device
 
 
 @dataclass
@@ -156,7 +156,7 @@ class TextConditioner(nn.Module):
                            lengths=lengths)
             for layer in self.refiner:
                 u = layer(b.replace(x=u))
-        counts = torch.tensor(lengths, dtype=u.dtype, device=device)
+        counts = to_device(lengths, device, u.dtype)
         mean = u.new_zeros((len(lengths), u.shape[1])).index_add(0, seg, u) / counts[:, None]
         return u, self.pool(mean)
 
@@ -170,7 +170,7 @@ def join(text: torch.Tensor, text_lengths: tuple[int, ...], image: torch.Tensor,
     device = image.device
     lengths = tuple(m + n for m in text_lengths)
     cu = cu_seqlens_from_lengths(lengths, device).long()
-    tlen = torch.tensor(text_lengths, dtype=torch.int64, device=device)
+    tlen = to_device(text_lengths, device, torch.int64)
     tcu = cu_seqlens_from_lengths(text_lengths, device).long()
     tseg = seg_from_lengths(text_lengths, device).long()
     j = torch.arange(text.shape[0], device=device) - tcu[tseg]          # index within caption

@@ -14,6 +14,10 @@ A `TokenBatch` holds the tokens of S segments concatenated along one axis:
 
 Patches: an image [C, H, W] with patch size p becomes N = (H/p)(W/p) tokens in row-major order;
 patchify lays a patch out as (p_row, p_col, C), the layout of the final linear layer's output.
+
+Small index tensors built from host lengths (cu_seqlens, per-segment counts) go to the device
+with `to_device`: pinned staging and a non_blocking copy on CUDA, so building a batch or a route
+plan never blocks the host on the GPU (a pageable torch.tensor(list, device=cuda) would).
 """
 from __future__ import annotations
 
@@ -45,16 +49,16 @@ class TokenBatch:
         return tuple(torch.diff(self.cu_seqlens).tolist())
 
     def text_mask(self) -> torch.Tensor:
-        """[T] bool, True at text tokens (all False without text); no device sync."""
+        """[T] bool, True at text tokens (all False without text); no host sync."""
         t = self.x.shape[0]
         if not self.text_lengths:
             return torch.zeros(t, dtype=torch.bool, device=self.x.device)
-        tlen = torch.tensor(self.text_lengths, dtype=torch.int64, device=self.x.device)
+        tlen = to_device(self.text_lengths, self.x.device, torch.int64)
         seg = self.seg.long()
         return torch.arange(t, device=self.x.device) - self.cu_seqlens.long()[seg] < tlen[seg]
 
     def image_rows(self) -> torch.Tensor:
-        """int64 rows of the image tokens, in order (all rows without text); no device sync."""
+        """int64 rows of the image tokens, in order (all rows without text); no host sync."""
         t = self.x.shape[0]
         if not self.text_lengths:
             return torch.arange(t, device=self.x.device)
@@ -92,17 +96,33 @@ class TokenBatch:
         )
 
 
+def to_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small host list / tuple / tensor as a tensor on `device` without a host sync.
+
+    CUDA targets get a pinned copy of the host data (PyTorch's caching host allocator) and a
+    non_blocking, stream-ordered copy; other devices (cpu, meta) a plain one.
+    """
+    if isinstance(data, torch.Tensor):
+        host = data if dtype is None else data.to(dtype)
+    else:
+        host = torch.tensor(data, dtype=dtype, device="cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and host.device.type == "cpu":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device, non_blocking=True)
+
+
 def cu_seqlens_from_lengths(lengths, device) -> torch.Tensor:
-    """int32 [S+1] offsets from host lengths."""
+    """int32 [S+1] offsets from host lengths (no host sync)."""
     offsets = [0]
     for n in lengths:
         offsets.append(offsets[-1] + int(n))
-    return torch.tensor(offsets, dtype=torch.int32, device=device)
+    return to_device(offsets, device, torch.int32)
 
 
 def seg_from_lengths(lengths, device) -> torch.Tensor:
-    """int32 [T] segment id of each token from host lengths."""
-    counts = torch.tensor(list(lengths), dtype=torch.int64, device=device)
+    """int32 [T] segment id of each token from host lengths (no host sync)."""
+    counts = to_device(list(lengths), device, torch.int64)
     ids = torch.arange(len(lengths), dtype=torch.int32, device=device)
     return torch.repeat_interleave(ids, counts, output_size=int(sum(lengths)))
 
