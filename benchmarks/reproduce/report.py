@@ -3,8 +3,9 @@
 Writes under OUT/report/: report.md (final table with bootstrap intervals, the sweep table, the
 status of every stage), final.csv and sweep.csv, sweep.png (classifier FD over each method's
 scale grid), cost.png (classifier FD against GFLOPs/step: the final value with its interval where
-the final stage ran, else the best sweep value, drawn hollow) and grids/<method>.png (the first
-100 samples, one column per class since sample i has label i mod 10). A partial run gives a
+the final stage ran, else the best sweep value, drawn hollow), grids/<method>.png (the first
+100 samples, one column per class since sample i has label i mod 10; the best sweep scale's
+samples where the final stage has not run) and samples.png (20 samples of every method). A partial run gives a
 partial report; nothing is extrapolated.
 """
 from __future__ import annotations
@@ -177,6 +178,7 @@ def _plots(folder: Path, methods, finals, sweeps) -> None:
 def _grids(out: Path, folder: Path, methods, sweeps) -> None:
     from sgkernels.sampling.io import save_grid
     (folder / "grids").mkdir(exist_ok=True)
+    shown = []
     for m in methods:
         path = out / "final" / m.name / "samples.npz"
         if not path.exists():
@@ -190,6 +192,25 @@ def _grids(out: Path, folder: Path, methods, sweeps) -> None:
             path = chunks[0]
         images, _ = load_samples(path)
         save_grid(images[:100], folder / "grids" / f"{m.name}.png")
+        shown.append((m.label + ("" if "final" in path.parts else " (sweep)"), images[:20]))
+    if shown:
+        _overview(folder / "samples.png", shown)
+
+
+def _overview(path: Path, shown) -> None:
+    """One figure: per method its first 20 samples as 2 rows × 10 classes."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(shown), 1, figsize=(6, 1.3 * len(shown)), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], shown):
+        n, h, w, _ = images.shape
+        rows = [np.concatenate(list(images[r * 10:(r + 1) * 10, ..., 0]), axis=1)
+                for r in range(n // 10)]
+        ax.imshow(np.concatenate(rows, axis=0), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(label, fontsize=8, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write(out: Path, methods, log=print) -> Path:

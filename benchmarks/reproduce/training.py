@@ -7,8 +7,9 @@ with `--resume` (exact, see docs/training.md) for the training time still left:
 
     left = train_minutes − Σ_sessions elapsed_s (log.csv; elapsed_s restarts at every session)
 
+A run with less than MIN_LEFT minutes left counts as finished (its last checkpoint stands);
 `done.json` marks a finished run, which later calls skip. All checkpoints are kept, so the early
-checkpoint (step `early_step`) is `checkpoints/<early_step>.pt`.
+checkpoint (step `early`) is `checkpoints/<early>.pt`.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 KINDS = ("routed", "dense")
 PRESET = "FMNIST-CPU/4"
 FULL = dict(batch=32, steps=20000, ckpt_every=500, sample_every=1000, log_every=20, early=500)
+MIN_LEFT = 0.5                           # minutes; less than this left counts as finished
 QUICK = dict(batch=16, steps=30, ckpt_every=10, sample_every=0, log_every=5, early=10)
 
 
@@ -72,6 +74,16 @@ def command(out: Path, kind: str, minutes: float, quick: bool, device: str) -> l
     return cmd
 
 
+def _finish(out: Path, kind: str, seconds: float) -> dict:
+    """Write and return the done.json record of a run from its latest checkpoint."""
+    import torch
+    step = int(torch.load(checkpoint(out, kind), map_location="cpu", weights_only=True)["step"])
+    record = {"step": step, "trained_s": round(trained_seconds(run_dir(out, kind)), 1),
+              "this_call_s": round(seconds, 1)}
+    (run_dir(out, kind) / "done.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
 def train(out: Path, minutes: float, quick: bool, device: str, log=print) -> dict:
     """Train (or continue) both runs; returns {kind: done record}."""
     if not minutes > 0:
@@ -86,10 +98,12 @@ def train(out: Path, minutes: float, quick: bool, device: str, log=print) -> dic
             log(f"train/{kind}: done at step {done[kind]['step']} (cached)")
             continue
         left = minutes - trained_seconds(folder) / 60.0
-        if left <= 0.05 and checkpoint(out, kind).exists():
-            left = 0.05                  # time is up: let the trainer write its final state
+        if left < MIN_LEFT and checkpoint(out, kind).exists():
+            done[kind] = _finish(out, kind, 0.0)     # time used up: the last checkpoint stands
+            log(f"train/{kind}: training time used up, done at step {done[kind]['step']}")
+            continue
         folder.mkdir(parents=True, exist_ok=True)
-        cmd = command(out, kind, max(left, 0.05), quick, device)
+        cmd = command(out, kind, max(left, MIN_LEFT), quick, device)
         log(f"train/{kind}: {'resuming' if '--resume' in cmd else 'starting'}, "
             f"{left:.1f} min left")
         handle = open(folder.parent / f"{kind}.log", "a")
@@ -101,13 +115,8 @@ def train(out: Path, minutes: float, quick: bool, device: str, log=print) -> dic
         if rc != 0:
             raise RuntimeError(f"train/{kind} exited with {rc}; see "
                                f"{run_dir(out, kind).parent / (kind + '.log')}")
-        import torch
-        step = int(torch.load(checkpoint(out, kind), map_location="cpu",
-                              weights_only=True)["step"])
-        done[kind] = {"step": step, "trained_s": round(trained_seconds(run_dir(out, kind)), 1),
-                      "this_call_s": round(time.perf_counter() - start, 1)}
-        (run_dir(out, kind) / "done.json").write_text(json.dumps(done[kind], indent=1))
-        log(f"train/{kind}: done at step {step}")
+        done[kind] = _finish(out, kind, time.perf_counter() - start)
+        log(f"train/{kind}: done at step {done[kind]['step']}")
     early = checkpoint(out, "routed", settings(quick)["early"])
     if not early.exists():
         raise FileNotFoundError(f"early checkpoint {early} missing: the routed run stopped "
