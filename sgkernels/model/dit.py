@@ -204,7 +204,7 @@ class RoutedDiT(nn.Module):
             raise ValueError(f"route_scores must be [R, T] = [{r}, {t}], "
                              f"got {list(route_scores.shape)}")
         if route_scores is None and any(g is not None for g in gammas):
-            route_scores = torch.rand((r, t), generator=generator, device=batch.x.device)
+            route_scores = routing.uniform_scores((r, t), generator, batch.x.device)
         plans = [routing.plan_route(batch, g, route_scores[i]) if g is not None else None
                  for i, g in enumerate(gammas)]
         rows = batch.image_rows() if batch.text_lengths else None

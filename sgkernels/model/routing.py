@@ -40,6 +40,14 @@ class RoutePlan:
     cu_seqlens: torch.Tensor
 
 
+def uniform_scores(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """U[0, 1) route scores of `shape` from `generator` (default RNG of `device` when None),
+    drawn on the generator's device and copied to `device` without a host sync."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return to_device(torch.rand(shape, generator=generator, device=generator.device), device)
+
+
 def keep_counts(lengths: Sequence[int], gammas: Sequence[float]) -> tuple[int, ...]:
     """Host keep count of each segment."""
     if len(lengths) != len(gammas):

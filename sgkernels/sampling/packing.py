@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from sgkernels.model.routing import uniform_scores
+
 
 def route_score_shape(config, batch: int) -> tuple[int, int, int]:
     """[R, B, N] of the model's route scores: one row of N token scores per route and sample."""
@@ -31,10 +33,9 @@ def route_score_shape(config, batch: int) -> tuple[int, int, int]:
 
 
 def draw_route_scores(config, batch: int, generator, device) -> torch.Tensor:
-    """Uniform route scores [R, batch, N] from `generator` (default RNG when None)."""
-    gen_device = generator.device if generator is not None else device
-    scores = torch.rand(route_score_shape(config, batch), generator=generator, device=gen_device)
-    return scores.to(device)
+    """Uniform route scores [R, batch, N] on `device` from `generator` (default RNG when None):
+    drawn on the generator's device, copied without a host sync (routing.uniform_scores)."""
+    return uniform_scores(route_score_shape(config, batch), generator, device)
 
 
 def _group_by_model(terms, models):

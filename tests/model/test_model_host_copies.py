@@ -10,7 +10,9 @@ import torch
 from model_helpers import inputs, small_config
 
 from sgkernels.model import RoutedDiT, TextBatch
+from sgkernels.model.routing import uniform_scores
 from sgkernels.model.tokens import to_device
+from sgkernels.sampling.packing import draw_route_scores
 
 
 def text_config():
@@ -57,7 +59,7 @@ def test_cuda_forward_has_no_synchronizing_copies(text):
     model = RoutedDiT(cfg).cuda().eval()
     x, t, y = (v.cuda() for v in inputs(cfg))
     kw = {"text": TextBatch(torch.randn(9, 24), (2, 3, 4)).to("cuda")} if text else {}
-    g = torch.Generator("cuda").manual_seed(0)
+    g = torch.Generator().manual_seed(0)                        # a CPU generator drives CUDA
     model(x, t, None if text else y, gamma=[0.5, 0.2, 0.0], generator=g, **kw)   # warm-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -68,3 +70,22 @@ def test_cuda_forward_has_no_synchronizing_copies(text):
         torch.cuda.set_sync_debug_mode("default")
     assert v.shape == x.shape and torch.isfinite(v).all()
 
+
+@pytest.mark.gpu
+def test_uniform_scores_from_a_cpu_generator_match_on_cuda():
+    cpu = uniform_scores((2, 5), torch.Generator().manual_seed(3), "cpu")
+    cuda = uniform_scores((2, 5), torch.Generator().manual_seed(3), "cuda")
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=0)
+
+
+def test_default_scores_are_the_sampler_draw():
+    # model(…, generator=g) and the sampler's draw_route_scores(…, g) select the same tokens
+    cfg = small_config("llama")
+    model = RoutedDiT(cfg).eval()
+    x, t, y = inputs(cfg)
+    _, keep = model(x, t, y, gamma=0.5, generator=torch.Generator().manual_seed(4),
+                    return_keep=True)
+    scores = draw_route_scores(cfg, 3, torch.Generator().manual_seed(4), x.device)
+    _, again = model(x, t, y, gamma=0.5, route_scores=scores, return_keep=True)
+    assert torch.equal(keep, again) and not keep.all()
