@@ -9,6 +9,7 @@ captions back to back (no padding). The model maps them with
                                                          attention within each caption (varlen)
     p_s = Linear_{D -> D}(mean_{j in caption s} u_j)     pooled text vector, added to the adaLN
                                                          cond of segment s: cond = t_emb(t) + p_s
+                                                         (mean in float32, deterministic)
 
 and joins them with the image tokens: segment s of the packed TokenBatch is [u of caption s;
 N image tokens of image s], one cu_seqlens segment, so image and text tokens attend to each
@@ -148,17 +149,30 @@ class TextConditioner(nn.Module):
         dtype = self.proj.weight.dtype
         u = self.proj(F.layer_norm(text.x.to(dtype), (self.text_dim,), eps=self.eps))
         device, lengths = u.device, text.lengths
-        seg = seg_from_lengths(lengths, device)
+        seg, cu = seg_from_lengths(lengths, device), cu_seqlens_from_lengths(lengths, device)
         if self.refiner:
             b = TokenBatch(x=u, pos=torch.zeros((u.shape[0], 2), dtype=torch.int32, device=device),
-                           seg=seg, cu_seqlens=cu_seqlens_from_lengths(lengths, device),
-                           max_seqlen=max(lengths), cond=u.new_zeros((len(lengths), 0)),
-                           lengths=lengths)
+                           seg=seg, cu_seqlens=cu, max_seqlen=max(lengths),
+                           cond=u.new_zeros((len(lengths), 0)), lengths=lengths)
             for layer in self.refiner:
                 u = layer(b.replace(x=u))
-        counts = to_device(lengths, device, u.dtype)
-        mean = u.new_zeros((len(lengths), u.shape[1])).index_add(0, seg, u) / counts[:, None]
-        return u, self.pool(mean)
+        return u, self.pool(segment_mean(u, seg, cu, lengths))
+
+
+def segment_mean(u: torch.Tensor, seg: torch.Tensor, cu_seqlens: torch.Tensor,
+                 lengths: tuple[int, ...]) -> torch.Tensor:
+    """[S, D] mean of the rows of each segment of u [L, D], in u's dtype.
+
+    Deterministic and accumulated in float32 whatever u's dtype (bf16 under autocast): row j of
+    segment s is written (one writer per slot, no atomics) to slot (s, j) of a zero-padded
+    [S, max L_s, D] float32 buffer, which is summed along j and divided by L_s.
+    """
+    seg = seg.long()
+    j = torch.arange(u.shape[0], device=u.device) - cu_seqlens.long()[seg]
+    padded = u.new_zeros((len(lengths), max(lengths), u.shape[1]), dtype=torch.float32)
+    padded = padded.index_put((seg, j), u.float())
+    counts = to_device(lengths, u.device, torch.float32)
+    return (padded.sum(1) / counts[:, None]).to(u.dtype)
 
 
 def join(text: torch.Tensor, text_lengths: tuple[int, ...], image: torch.Tensor,

@@ -161,3 +161,28 @@ def test_fullgraph_compile_matches_eager():
     (grad,) = torch.autograd.grad(out.square().sum(), x)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pooled_caption_mean_is_accumulated_in_float32():
+    # bf16 model, long captions: the pooled mean must be the float32 mean of the bf16 tokens
+    # rounded once to bf16 (a bf16 running sum drifts by many ulps over hundreds of rows)
+    model = random_model(text_config(text_layers=0)).to(torch.bfloat16)
+    conditioner = model.text
+    seen = {}
+    conditioner.pool.register_forward_pre_hook(lambda m, a: seen.setdefault("mean", a[0]))
+    text = captions([300, 257, 5], seed=2).to(torch.bfloat16)
+    words, _ = conditioner(text)
+    rows = words.float().split(list(text.lengths))
+    expected = torch.stack([r.mean(0) for r in rows])
+    got = seen["mean"]
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, rtol=2 ** -7, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_pooled_caption_mean_is_bitwise_reproducible_on_cuda():
+    model = random_model(text_config()).cuda()
+    text = captions([300, 257, 5], seed=2).to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        runs = [model.text(text)[1] for _ in range(3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
