@@ -26,6 +26,7 @@ Label dropout: with probability p the label becomes the null class `num_classes`
 import torch
 
 T_SAMPLING = ("uniform", "logit-normal")
+MASKDIT_LAMBDA = 0.1   # lambda of the masked-token term, MaskDiT's default (train/args.py uses it)
 
 
 def interpolate(x: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ def fm_loss(v_pred: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Ten
 
 
 def maskdit_loss(v_pred: torch.Tensor, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
-                 visible: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+                 visible: torch.Tensor, lam: float = MASKDIT_LAMBDA) -> torch.Tensor:
     """MaskDiT flow-matching loss (module docstring); `visible` [B, 1|C, H, W] is Mbar (1 = visible)."""
     if v_pred.shape != x.shape:
         raise ValueError(f"v_pred: expected shape {tuple(x.shape)}, got {tuple(v_pred.shape)}")

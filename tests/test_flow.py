@@ -1,10 +1,13 @@
 """Flow-matching path, time sampling, token->pixel masks and the FM / MaskDiT losses."""
+import inspect
 import math
 
 import pytest
 import torch
 
 from sgkernels import flow
+from sgkernels.train.args import TrainArgs
+from sgkernels.train.objective import batch_loss
 
 
 def test_path_endpoints_and_velocity():
@@ -109,3 +112,17 @@ def test_maskdit_loss_reduces_to_fm_loss_when_all_visible():
                                flow.fm_loss(v, x, z))
     # all masked at t = 1: the masked term vanishes whatever lambda is
     assert flow.maskdit_loss(v, x, z, torch.ones(2), torch.zeros(2, 1, 4, 4), 5.0).item() == 0.0
+
+
+def test_maskdit_lambda_has_one_default():
+    assert flow.MASKDIT_LAMBDA == 0.1                                   # MaskDiT's setting
+    assert inspect.signature(flow.maskdit_loss).parameters["lam"].default == flow.MASKDIT_LAMBDA
+    assert inspect.signature(batch_loss).parameters["maskdit_lambda"].default == \
+        flow.MASKDIT_LAMBDA
+    assert TrainArgs.maskdit_lambda == flow.MASKDIT_LAMBDA
+    # and the default weighs the masked term by 0.1 (1 - t)^2
+    x, z = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    visible = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    t = torch.tensor([0.0])
+    loss = flow.maskdit_loss(torch.zeros_like(x), x, z, t, visible)
+    assert loss.item() == pytest.approx((1 + 0.1 * 3) / 4)

@@ -2,7 +2,7 @@
 import dataclasses
 from dataclasses import dataclass
 
-from sgkernels.flow import T_SAMPLING
+from sgkernels.flow import MASKDIT_LAMBDA, T_SAMPLING
 
 DEFAULT_LR, DEFAULT_FINETUNE_LR = 1e-4, 1e-5
 # Arguments that change the sequence of updates: a resumed run must keep them.
@@ -32,7 +32,7 @@ class TrainArgs:
     t_sampling: str = "uniform"
     t_loc: float = 0.0
     t_scale: float = 1.0
-    maskdit_lambda: float = 0.1
+    maskdit_lambda: float = MASKDIT_LAMBDA
     routing: str = "on"                  # on: config routes / mask during training; off: dense
     finetune: str | None = None          # checkpoint to start from (weights only)
     finetune_weights: str = "ema"        # ema | model

@@ -12,7 +12,8 @@ token selection is a function of the sample). Routing off: gamma=0.0, a dense fo
 """
 import torch
 
-from sgkernels.flow import drop_labels, fm_loss, interpolate, maskdit_loss, tokens_to_pixels
+from sgkernels.flow import (MASKDIT_LAMBDA, drop_labels, fm_loss, interpolate, maskdit_loss,
+                            tokens_to_pixels)
 
 from .draws import Draws
 
@@ -32,7 +33,8 @@ def visible_pixels(keep: torch.Tensor, config) -> torch.Tensor:
 
 
 def batch_loss(model, config, x: torch.Tensor, y: torch.Tensor | None, draws: Draws,
-               routing: str = "on", maskdit_lambda: float = 0.1, text=None) -> torch.Tensor:
+               routing: str = "on", maskdit_lambda: float = MASKDIT_LAMBDA,
+               text=None) -> torch.Tensor:
     """Scalar loss of one batch (mean over its samples); `model` may be DDP-wrapped.
 
     y: labels [B] (None for T2I models); text: TextBatch of B captions for T2I models, None else.
