@@ -82,7 +82,7 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
            progress: bool = False, text=None, null_text=None) -> torch.Tensor:
     """Integrate from `noise` (t = 0) to samples (t = 1) in the model's space.
 
-    model: called as model(x, t, y, gamma=[B] tensor, route_scores=[R, B, N]); its
+    model: called as model(x, t, y, gamma=list of B host floats, route_scores=[R, B, N]); its
         config.num_classes is the null label. Put it in eval mode yourself.
     noise [B, C, H, W], labels [B] int64 (None for an unconditional model, num_classes=0, which
     takes no guidance with null branches: CFG, CFG+SG); guidance None = unguided dense D(c). The model sees

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from sgkernels.model.text import TextBatch
+from sgkernels.model.tokens import to_device
+
 from .captions import pick_captions
 
 
@@ -28,7 +31,7 @@ class LabelCondition:
     meta = None
 
     def __call__(self, y: torch.Tensor, drop, positions, device):
-        return y.to(device), None
+        return to_device(y, device), None
 
     def grid_text(self, count: int, device) -> None:
         return None
@@ -40,7 +43,8 @@ class CaptionCondition:
         self.meta = cache.meta
 
     def __call__(self, captions: list[list[str]], drop: torch.Tensor, positions, device):
-        return None, self.cache.get(pick_captions(captions, drop, self.seed, positions)).to(device)
+        text = self.cache.get(pick_captions(captions, drop, self.seed, positions))
+        return None, TextBatch(to_device(text.x, device), text.lengths)
 
     def grid_text(self, count: int, device):
         _, caps = self.data.get([i % len(self.data) for i in range(count)])

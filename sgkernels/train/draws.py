@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sgkernels.flow import t_from_normal
+from sgkernels.model.tokens import to_device
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -38,7 +39,8 @@ class Draws:
     scores: torch.Tensor  # [R, B, N] routing scores (R may be 0)
 
     def to(self, device) -> "Draws":
-        return Draws(*(v.to(device) for v in (self.z, self.t, self.drop, self.scores)))
+        """The draws on `device`, copied without a host sync (tokens.to_device)."""
+        return Draws(*(to_device(v, device) for v in (self.z, self.t, self.drop, self.scores)))
 
 
 def draw_samples(seed: int, indices, shape, num_routes: int, num_tokens: int,

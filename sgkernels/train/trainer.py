@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sgkernels.model.tokens import to_device
+
 from . import distributed as D
 from .args import RESUME_KEYS, TrainArgs
 from .checkpoint import link_atomic, load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -170,11 +172,14 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def batch(self, step: int):
-        """This rank's (x, y, text, draws) at `step`, on the device (y or text None)."""
+        """This rank's (x, y, text, draws) at `step`, on the device (y or text None).
+
+        Built on the host and copied with tokens.to_device (pinned, non_blocking on CUDA), so
+        preparing the next batch does not wait for the GPU to finish the previous step."""
         args, cfg, dev = self.args, self.config, self.info.device
         positions = rank_positions(step, args.batch, self.info.rank, self.info.world_size)
         x, c = self.data.get(self.order(positions))
-        x = x.to(dev)
+        x = to_device(x, dev)
         if self.vae is not None:
             from .vae import encode
 
@@ -186,7 +191,8 @@ class Trainer:
         return x, y, text, draws.to(dev)
 
     def train_step(self) -> torch.Tensor:
-        """One optimizer step; returns the detached loss (no device sync here)."""
+        """One optimizer step; returns the detached loss (not read back: the caller decides
+        when to sync, e.g. the logger every log_every steps)."""
         args, dev = self.args, self.info.device
         x, y, text, draws = self.batch(self.step)
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)

@@ -147,3 +147,27 @@ def test_cuda_bf16_autocast_training(tmp_path):
     assert all(p.dtype == torch.float32 and p.is_cuda for p in trainer.model.parameters())
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
     assert "cuda" in ckpt["args"]["rng"]
+
+
+def test_batch_is_the_same_wherever_it_is_copied(tmp_path):
+    # trainer.batch builds x / y / draws on the host and moves them with to_device
+    trainer = Trainer(tiny_args(tmp_path, label_dropout=0.3), tiny_model())
+    x, y, text, draws = trainer.batch(3)
+    again = trainer.batch(3)
+    assert text is None and x.shape == (8, 1, 8, 8) and y.dtype == torch.int64
+    assert torch.equal(x, again[0]) and torch.equal(y, again[1])
+    assert all(torch.equal(getattr(draws, k), getattr(again[3], k))
+               for k in ("z", "t", "drop", "scores"))
+
+
+@pytest.mark.gpu
+def test_cuda_batch_preparation_does_not_sync(tmp_path):
+    trainer = Trainer(tiny_args(tmp_path, device="cuda"), tiny_model())
+    trainer.train_step()                              # warm-up (allocators, pinned pool)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x, y, _, draws = trainer.batch(1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.is_cuda and y.is_cuda and draws.z.is_cuda and draws.scores.is_cuda
