@@ -13,9 +13,12 @@ Text-to-image checkpoints take --prompt (repeatable) or --prompts FILE (one per 
 labels; the prompts are cycled over the images (arr_1 then holds prompt indices, and
 OUT/prompts.txt the prompts). Their features come from the checkpoint's text encoder (or
 --text-encoder: a local model directory or a package shipping the weights; never downloaded);
-the null condition of CFG is the empty caption. --paper applies the paper's T2I settings:
-hpsv3 = SG ω 1.8, γ 0.1 / 0.8; geneval = CFG+SG (direct) with w_cfg = w_sg = 2.5, γ 0.2 / 0.7
-(explicit flags still override them).
+the null condition of CFG is the empty caption. --paper applies the paper's T2I settings as
+flag defaults (explicit flags override them):
+    hpsv3    --guidance sg --scale 1.8 --gamma-strong 0.1 --gamma-weak 0.8
+    geneval  --guidance cfg+sg --cfg-scale 2.5 --sg-scale 2.5 --gamma-strong 0.2 --gamma-weak 0.7
+The paper reports one ω 2.5 for GenEval's CFG+SG; geneval sets BOTH weights, w_cfg and w_sg, to
+2.5 under the --rule in use (direct by default).
 
 Writes OUT/samples.npz (uint8 [N, H, W, C] in arr_0, labels in arr_1; images in [-1, 1] model
 space mapped by round((x + 1)·127.5)), OUT/grid.png and OUT/sampling.json (arguments, GFLOPs
@@ -52,6 +55,13 @@ PAPER_SETTINGS = {
                     gamma_strong=Schedule.constant(0.2), gamma_weak=Schedule.constant(0.7)),
 }
 SEED_STRIDE = 2 ** 32
+
+
+def paper_flags(name: str) -> str:
+    """The flags --paper `name` stands for, e.g. '--guidance sg --scale 1.8 ...'."""
+    return " ".join(f"--{k.replace('_', '-')} "
+                    f"{v.start if isinstance(v, Schedule) else v}"
+                    for k, v in PAPER_SETTINGS[name].items())
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -114,7 +124,10 @@ def parser() -> argparse.ArgumentParser:
     a("--prompt", dest="prompt", action="append", help="text prompt (repeatable; T2I models)")
     a("--prompts", dest="prompts_file", help="file of prompts, one per line (T2I models)")
     a("--text-encoder", help="text encoder path or package (default: the checkpoint's)")
-    a("--paper", choices=tuple(PAPER_SETTINGS), help="paper T2I guidance settings")
+    a("--paper", choices=tuple(PAPER_SETTINGS),
+      help="paper T2I guidance settings as flag defaults: " + "; ".join(
+          f"{name} = {paper_flags(name)}" for name in PAPER_SETTINGS) +
+      " (geneval: both w_cfg and w_sg are 2.5, under --rule); explicit flags override")
     return p
 
 

@@ -152,3 +152,17 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
         np.testing.assert_array_equal(two["arr_0"], one["arr_0"])
         np.testing.assert_array_equal(two["arr_1"], one["arr_1"])
     assert json.loads((tmp_path / "two" / "sampling.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("name", ["hpsv3", "geneval"])
+def test_paper_help_states_exactly_the_flags_it_sets(name):
+    p = cli.parser()
+    flags = cli.paper_flags(name)
+    assert " ".join(p.format_help().split()).count(flags) >= 1     # --help and the docstring
+    base = ["--model", "Tiny/2"]
+    by_paper = vars(cli.parse(cli.parser(), base + ["--paper", name]))
+    by_flags = vars(cli.parse(cli.parser(), base + flags.split()))
+    by_paper.pop("paper"), by_flags.pop("paper")
+    assert by_paper == by_flags
+    if name == "geneval":                                    # one ω in the paper: both weights
+        assert by_paper["cfg_scale"] == by_paper["sg_scale"] == 2.5
