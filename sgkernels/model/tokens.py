@@ -100,7 +100,8 @@ def to_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A small host list / tuple / tensor as a tensor on `device` without a host sync.
 
     CUDA targets get a pinned copy of the host data (PyTorch's caching host allocator) and a
-    non_blocking, stream-ordered copy; other devices (cpu, meta) a plain one.
+    non_blocking, stream-ordered copy; other targets (cpu, meta) a plain, blocking one, so a
+    device -> cpu copy is complete when it returns.
     """
     if isinstance(data, torch.Tensor):
         host = data if dtype is None else data.to(dtype)
@@ -109,7 +110,7 @@ def to_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     device = torch.device(device)
     if device.type == "cuda" and host.device.type == "cpu":
         return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device, non_blocking=True)
+    return host.to(device, non_blocking=device.type == "cuda")
 
 
 def cu_seqlens_from_lengths(lengths, device) -> torch.Tensor:

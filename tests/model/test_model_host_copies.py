@@ -89,3 +89,9 @@ def test_default_scores_are_the_sampler_draw():
     scores = draw_route_scores(cfg, 3, torch.Generator().manual_seed(4), x.device)
     _, again = model(x, t, y, gamma=0.5, route_scores=scores, return_keep=True)
     assert torch.equal(keep, again) and not keep.all()
+
+
+@pytest.mark.gpu
+def test_to_device_back_to_cpu_is_complete_on_return():
+    big = torch.arange(1 << 20, device="cuda", dtype=torch.float32)
+    assert torch.equal(to_device(big * 2, "cpu"), torch.arange(1 << 20) * 2.0)
