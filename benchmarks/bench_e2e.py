@@ -128,7 +128,7 @@ def parse_args(argv=None):
                    help="training batch sizes (default CUDA 32, CPU 8)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--timed", type=int, default=None, help="timed steps per call (CUDA 3, CPU 1)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls (median; CUDA 5, CPU 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (median), default 5")
     p.add_argument("--dtype", default=None, choices=common.DTYPES,
                    help="sampling dtype (CUDA bf16, CPU fp32)")
     p.add_argument("--train-precision", default=None, choices=("fp32", "bf16", "amp"),
@@ -148,7 +148,7 @@ def main(argv=None) -> list[dict]:
     name = args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2")
     config = presets.get(name)
     timed = args.timed or (3 if cuda else 1)
-    repeats = args.repeats or (5 if cuda else 3)
+    repeats = args.repeats or 5
     dtype = common.DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
     precision = args.train_precision or ("bf16" if cuda else "fp32")
     rows = []

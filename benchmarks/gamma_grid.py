@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="images per step (CUDA 64, CPU 8)")
     p.add_argument("--steps", type=int, default=40, help="steps of the run throughput refers to")
     p.add_argument("--step", type=float, default=None,
-                   help="grid step (0.05: the paper's 20×20 grid); default 0.05 CUDA, 0.2 CPU")
+                   help="grid step (0.05: the paper's 20×20 grid); default 0.05 CUDA, 0.1 CPU")
     p.add_argument("--timed", type=int, default=None, help="timed sampler steps per call")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (median)")
     p.add_argument("--threads", type=int, default=None,
@@ -94,7 +94,7 @@ def settings(args, device: torch.device) -> dict:
     return {
         "model": model,
         "batch": args.batch or (64 if cuda else 4 if args.quick else 8),
-        "step": args.step or (0.25 if args.quick else 0.05 if cuda else 0.2),
+        "step": args.step or (0.25 if args.quick else 0.05 if cuda else 0.1),
         "timed": args.timed or (2 if cuda else 1),
         "repeats": args.repeats or ((3 if args.quick else 5) if cuda else (1 if args.quick else 3)),
         "warmup": 1 if cuda else 0,  # per cell; new shapes autotune Triton kernels on CUDA
