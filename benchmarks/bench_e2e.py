@@ -132,7 +132,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=common.DTYPES,
                    help="sampling dtype (CUDA bf16, CPU fp32)")
     p.add_argument("--train-precision", default=None, choices=("fp32", "bf16", "amp"),
-                   help="training: fp32, pure bf16, or amp (bf16 autocast); CUDA bf16, CPU fp32")
+                   help="training: fp32, pure bf16, or amp (bf16 autocast, as the trainer); CUDA amp, CPU fp32")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
     p.add_argument("--skip", nargs="*", default=[], choices=("sampling", "training"))
@@ -150,7 +150,7 @@ def main(argv=None) -> list[dict]:
     timed = args.timed or (3 if cuda else 1)
     repeats = args.repeats or 5
     dtype = common.DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
-    precision = args.train_precision or ("bf16" if cuda else "fp32")
+    precision = args.train_precision or ("amp" if cuda else "fp32")
     rows = []
     if "sampling" not in args.skip:
         torch.manual_seed(0)
