@@ -114,7 +114,8 @@ def _fake_reproduction(tmp_path):
 def test_best_scale_is_lowest_sweep_cfd_and_waits_for_the_whole_grid(tmp_path):
     rep = _fake_reproduction(tmp_path)
     method = methods_mod.BY_NAME["cfgsg-direct"]
-    values = [3.0, 1.0, 2.0, 5.0]
+    values = [3.0 + i for i in range(len(method.grid))]
+    values[1] = 1.0
     for scale, cfd in zip(method.grid, values):
         path = rep.sweep_path(method, scale)
         path.parent.mkdir(parents=True, exist_ok=True)

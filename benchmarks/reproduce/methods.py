@@ -23,14 +23,17 @@ from typing import Callable
 from sgkernels.guidance import (CFG, AutoGuidance, CFGSparseGuidance, SparseGuidance, Unguided)
 
 RULE_GRIDS = {
-    "direct": ((1.25, 0.5), (1.5, 0.5), (1.5, 1.0), (2.0, 1.0)),
+    "direct": ((1.25, 0.5), (1.5, 0.5), (1.5, 1.0), (2.0, 1.0), (2.0, 2.0), (3.0, 1.0)),
     "inner": ((0.25, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)),
     "compositional": ((1.0, 0.5), (1.0, 1.0), (1.5, 0.5), (1.5, 1.0)),
     "ip2p": ((1.5, 1.5), (2.0, 1.5), (1.5, 2.0), (2.0, 2.0)),
 }
+# The first session's sweep put the optimum of SG and direct at the top of their grids and that
+# of the early-checkpoint methods at the bottom, so those grids were extended there.
 CFG_GRID = ((1.25,), (1.5,), (2.0,), (3.0,))
-SG_GRID = ((1.5,), (2.0,), (3.0,), (4.0,))
-SMALL_GRID = ((1.5,), (2.0,), (3.0,))
+SG_GRID = ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,))
+SG_SMALL_GRID = ((1.5,), (2.0,), (3.0,), (4.0,))
+EARLY_GRID = ((1.25,), (1.5,), (2.0,), (3.0,))
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def scale_key(scale: tuple) -> str:
 def _sg(gs: float, gw: float) -> Method:
     return Method(f"sg-{gs:g}-{gw:g}", "routed", f"SG γ {gs:g}/{gw:g}",
                   lambda s, early: SparseGuidance(s[0], gs, gw), SG_GRID if gs == 0.5 else
-                  SMALL_GRID, headline=(gs, gw) == (0.5, 0.9))
+                  SG_SMALL_GRID, headline=(gs, gw) == (0.5, 0.9))
 
 
 def _rule(rule: str) -> Method:
@@ -70,9 +73,9 @@ METHODS = (
     _sg(0.5, 0.9),
     _rule("direct"),
     Method("autoguidance", "routed", "AutoGuidance (early ckpt)",
-           lambda s, early: AutoGuidance(early, s[0]), SMALL_GRID),
+           lambda s, early: AutoGuidance(early, s[0]), EARLY_GRID),
     Method("sg-early", "routed", "SG, early ckpt as weak",
-           lambda s, early: SparseGuidance.sg_fid(s[0], early), SMALL_GRID),
+           lambda s, early: SparseGuidance.sg_fid(s[0], early), EARLY_GRID),
     _sg(0.0, 0.5),
     _sg(0.2, 0.6),
     _rule("inner"),
