@@ -32,7 +32,7 @@ RULE_GRIDS = {
 # of the early-checkpoint methods at the bottom, so those grids were extended there.
 CFG_GRID = ((1.25,), (1.5,), (2.0,), (3.0,))
 SG_GRID = ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,))
-SG_SMALL_GRID = ((1.5,), (2.0,), (3.0,), (4.0,))
+SG_SMALL_GRID = ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,))
 EARLY_GRID = ((1.25,), (1.5,), (2.0,), (3.0,))
 
 
