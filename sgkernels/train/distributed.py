@@ -57,7 +57,10 @@ def setup(device: str | None = None) -> DistInfo:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Tear the group down together: a rank that destroys it while a peer is still working
+    (rank 0 plotting the loss curve) can abort in gloo's transport threads."""
     if info.initialized_here and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
