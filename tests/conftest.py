@@ -1,9 +1,17 @@
-import os
-
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The models and tensors in the tests are tiny: one intra-op thread is faster than two, and much
+# faster on a busy machine, where threads wait on each other at every op.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Undo a test's thread change (benchmark mains set --threads) for the tests after it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

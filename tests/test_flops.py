@@ -8,15 +8,6 @@ from sgkernels.flops.forward import block_token_counts, forward_gflops, forward_
 from sgkernels.model import ModelConfig, Route, RoutedDiT
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The hooked models are tiny: one intra-op thread avoids thread-sync stalls on busy CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sit_xl_dense_matches_paper():
     cfg = presets.get("SiT-XL/2")
     assert forward_gflops(cfg) == pytest.approx(114.42, rel=1e-3)
