@@ -24,15 +24,16 @@ from sgkernels.guidance import (CFG, AutoGuidance, CFGSparseGuidance, SparseGuid
 
 RULE_GRIDS = {
     "direct": ((1.25, 0.5), (1.5, 0.5), (1.5, 1.0), (2.0, 1.0), (2.0, 2.0), (3.0, 1.0)),
-    "inner": ((0.25, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)),
-    "compositional": ((1.0, 0.5), (1.0, 1.0), (1.5, 0.5), (1.5, 1.0)),
-    "ip2p": ((1.5, 1.5), (2.0, 1.5), (1.5, 2.0), (2.0, 2.0)),
+    "inner": ((0.25, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0), (1.5, 1.0), (1.0, 2.0)),
+    "compositional": ((1.0, 0.5), (1.0, 1.0), (1.5, 0.5), (1.5, 1.0), (2.0, 1.0), (1.5, 1.5)),
+    "ip2p": ((1.5, 1.5), (2.0, 1.5), (1.5, 2.0), (2.0, 2.0), (2.5, 2.5)),
 }
-# The first session's sweep put the optimum of SG and direct at the top of their grids and that
-# of the early-checkpoint methods at the bottom, so those grids were extended there.
+# Where a sweep put a method's optimum at an edge of its grid, the grid was extended there: SG and
+# direct at the top and the early-checkpoint methods at the bottom (first sweep), then SG γ 0/0.5
+# and 0.2/0.6 at ω 8 and inner, compositional and ip2p past their best corner (second sweep).
 CFG_GRID = ((1.25,), (1.5,), (2.0,), (3.0,))
 SG_GRID = ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,))
-SG_SMALL_GRID = ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,))
+SG_SMALL_GRID = ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,), (8.0,))
 EARLY_GRID = ((1.25,), (1.5,), (2.0,), (3.0,))
 
 
