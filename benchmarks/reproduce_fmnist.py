@@ -11,7 +11,9 @@ Stages (`--stage all` runs them in order; each skips work whose output exists un
             (cfd, KID, precision/recall/density/coverage, class agreement, bootstrap intervals,
             NFE/step and GFLOPs/step from sgkernels.flops); Inception FID on the first
             `--num-fid` samples of the headline methods → final/<method>/fid.json
-    report  report.md, report.csv, plots and a sample grid per method   (reproduce/report.py)
+            and on the CFG+SG rule with the lowest final cfd
+    report  paired differences between methods on the shared samples   (reproduce/paired.py),
+            report.md, final.csv, plots and a sample grid per method   (reproduce/report.py)
 
 All samples use `--sample-steps` Euler steps (40) and the same noise per sample index across
 methods (reproduce/generate.py). Methods: reproduce/methods.py.
@@ -35,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # source tree without install
 
 from reproduce import methods as methods_mod  # noqa: E402
-from reproduce import report, training  # noqa: E402
+from reproduce import paired, report, training  # noqa: E402
 from reproduce.generate import generate  # noqa: E402
 
 STAGES = ("train", "sweep", "final", "report")
@@ -136,6 +138,15 @@ class Reproduction:
         if method.headline and self.args.num_fid > 0:
             self.fid(method, folder)
 
+    def best_rule(self) -> methods_mod.Method | None:
+        """The CFG+SG rule with the lowest final cfd, once every rule has its final."""
+        rules = [m for m in methods_mod.METHODS if m.name.startswith("cfgsg-")]
+        paths = [self.out / "final" / m.name / "metrics.json" for m in rules]
+        if not rules or not all(p.exists() for p in paths):
+            return None
+        cfd = [json.loads(p.read_text())["metrics"]["cfd"]["value"] for p in paths]
+        return rules[cfd.index(min(cfd))]
+
     def fid(self, method, folder: Path) -> None:
         path = folder / "fid.json"
         if path.exists() and json.loads(path.read_text())["num"] == self.args.num_fid:
@@ -167,7 +178,11 @@ def run(args, log=print) -> None:
     if "final" in stages:
         for method in chosen:
             rep.final(method)
+        best = rep.best_rule()
+        if best is not None and not best.headline and args.num_fid > 0:
+            rep.fid(best, rep.out / "final" / best.name)
     if "report" in stages:
+        paired.compare(rep.out, rep.scorer, args.bootstrap, log)
         report.write(rep.out, chosen, log)
 
 

@@ -13,8 +13,11 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from sgkernels.eval import FrechetReference, bootstrap, gaussian_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "reproduce_fmnist.py"
@@ -22,6 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from reproduce import methods as methods_mod  # noqa: E402
 from reproduce.generate import inputs  # noqa: E402
+from reproduce.paired import differences  # noqa: E402
 from reproduce.training import trained_seconds  # noqa: E402
 
 FMNIST = Path(os.environ.get("SGKERNELS_FMNIST", "/usr/share/datasets/fashion-mnist"))
@@ -71,6 +75,11 @@ def test_quick_subset_end_to_end_then_rerun_reuses_cache(tmp_path):
     report = (out / "report" / "report.md").read_text()
     assert all(f"| {methods_mod.BY_NAME[n].label} |" in report for n in chosen.split(","))
     assert all((out / "report" / "grids" / f"{n}.png").exists() for n in chosen.split(","))
+    pairs = {(r["a"], r["b"]): r for r in json.loads((out / "report" / "paired.json").read_text())}
+    assert set(pairs) == {("sg-0.5-0.9", "cfg"), ("cfg", "unguided")}
+    for r in pairs.values():
+        assert r["num"] == 64 and r["cfd"]["low"] <= r["cfd"]["value"] <= r["cfd"]["high"]
+    assert "## Paired differences" in report
 
     before = _mtimes(out)
     log = _run(out, cache, "--methods", chosen)
@@ -124,6 +133,42 @@ def test_best_scale_is_lowest_sweep_cfd_and_waits_for_the_whole_grid(tmp_path):
     assert rep.best_scale(method) == method.grid[1]
     last.unlink()
     assert rep.best_scale(method) is None
+
+
+def _paired_sets(n=400, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=(4000, d))
+    noise = rng.normal(size=(n, d))           # shared per sample index, as in generate.py
+    agree = (rng.random(n) < 0.8).astype(np.float64)
+    return FrechetReference(*gaussian_stats(ref)), noise, agree
+
+
+def test_paired_difference_of_a_set_with_itself_is_exactly_zero():
+    fr, x, agree = _paired_sets()
+    out = differences({"cfd": x, "agree": agree}, {"cfd": x.copy(), "agree": agree},
+                      {"cfd": fr}, replicates=20)
+    for m in ("cfd", "acc"):
+        assert out[m]["value"] == 0 and out[m]["std"] == 0 and out[m]["low"] == out[m]["high"]
+
+
+def test_paired_interval_is_narrower_than_unpaired_and_finds_a_small_shift():
+    fr, noise, agree = _paired_sets()
+    a = 1.5 + 1.2 * noise                  # A: far from the reference, as generated sets are
+    b = a + 0.1                            # B: the same samples moved a little further away
+    out = differences({"cfd": a, "agree": agree}, {"cfd": b, "agree": agree},
+                      {"cfd": fr}, replicates=50)
+    expected = fr.distance_to(a) - fr.distance_to(b)
+    assert out["cfd"]["value"] == pytest.approx(expected)
+    assert out["cfd"]["high"] < 0          # A better, beyond the noise
+    single = bootstrap(lambda idx: {"fd": fr.distance_to(a[idx])}, len(a), 50)
+    assert out["cfd"]["std"] < single["fd"]["std"] / 3
+
+
+def test_paired_difference_rejects_sets_of_different_size():
+    fr, x, agree = _paired_sets()
+    with pytest.raises(ValueError, match="same number"):
+        differences({"cfd": x, "agree": agree}, {"cfd": x[:-1], "agree": agree[:-1]},
+                    {"cfd": fr}, replicates=5)
 
 
 def test_trained_seconds_sums_sessions(tmp_path):

@@ -108,15 +108,16 @@ def _markdown(out: Path, methods, finals, sweeps) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in finals:
             rec = _json(out / "final" / row["method"] / "metrics.json")
-            fid = (f"{row['fid']:.2f} ({row['num_fid']})" if row.get("fid") is not None
-                   else "—")
+            fid_rec = _json(out / "final" / row["method"] / "fid.json")
+            fid = f"{_ci(fid_rec, 'fid')} ({fid_rec['num']})" if fid_rec else "—"
             lines.append(
                 f"| {labels[row['method']]} | {row['model']} | {row['scale']} | {row['num']} | "
                 f"{fid} | {_ci(rec, 'cfd')} | {_ci(rec, 'kid')} | {_ci(rec, 'precision')} | "
                 f"{_ci(rec, 'recall')} | {_ci(rec, 'acc')} | {row['nfe_per_step']:.2f} | "
                 f"{row['gflops_per_step']:.4f} |")
-    lines += ["", f"Methods without a final row: {', '.join(missing) or 'none'}.", "",
-              "## Sweep (validation split; criterion: classifier FD)", "",
+    lines += ["", f"Methods without a final row: {', '.join(missing) or 'none'}.", ""]
+    lines += _paired_table(_json(out / "report" / "paired.json") or [], labels)
+    lines += ["## Sweep (validation split; criterion: classifier FD)", "",
               "| method | scale | N | classifier FD | acc | NFE/step | GFLOPs/step | s |",
               "|---|---|---|---|---|---|---|---|"]
     for p in sweeps:
@@ -124,6 +125,27 @@ def _markdown(out: Path, methods, finals, sweeps) -> str:
                      f"{_fmt(p['cfd'])} | {_fmt(p['acc'])} | {_fmt(p['nfe_per_step'], 2)} | "
                      f"{_fmt(p['gflops_per_step'], 4)} | {_fmt(p['seconds'], 0)} |")
     return "\n".join(lines) + "\n"
+
+
+def _delta(v: dict | None, digits: int) -> str:
+    if v is None:
+        return "—"
+    return f"{v['value']:+.{digits}f} [{v['low']:+.{digits}f}, {v['high']:+.{digits}f}]"
+
+
+def _paired_table(rows: list[dict], labels: dict) -> list[str]:
+    """Markdown of paired.json (reproduce/paired.py); empty without rows."""
+    if not rows:
+        return []
+    lines = ["## Paired differences A − B (same held-out samples; 95% bootstrap CI)", "",
+             "Negative Δ classifier FD / Δ FID: A is closer to the test set. An interval that "
+             "excludes 0 is a difference beyond the sampling noise.", "",
+             "| A | B | N | Δ classifier FD | Δ acc | Δ FID (N) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        fid = f"{_delta(r.get('fid'), 2)} ({r['num_fid']})" if r.get("fid") else "—"
+        lines.append(f"| {labels.get(r['a'], r['a'])} | {labels.get(r['b'], r['b'])} | "
+                     f"{r['num']} | {_delta(r['cfd'], 2)} | {_delta(r['acc'], 3)} | {fid} |")
+    return lines + [""]
 
 
 def _csv(path: Path, columns, rows) -> None:

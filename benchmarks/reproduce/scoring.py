@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sgkernels.eval import ImageSet, evaluate, load_reference
+from sgkernels.eval.cache import cached_features
 from sgkernels.eval.classifier import ClassifierFeatures, FashionCNN, train_classifier
 
 FINAL_METRICS = "cfd,kid,prdc,acc"
@@ -36,14 +37,36 @@ def _quick_classifier(out: Path) -> ClassifierFeatures:
     return ClassifierFeatures(model=model)
 
 
+class DigestCached:
+    """A feature extractor whose outputs are cached per image set (keyed by the extractor and
+    the pixels, sgkernels.eval.cache): the FID stage and the paired comparison share one pass."""
+
+    def __init__(self, extractor):
+        self.extractor, self.name, self.key = extractor, extractor.name, extractor.key
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        digest = ImageSet(images, None, self.name).digest()
+        return cached_features(self.extractor, images, digest)["features"]
+
+
 class Scorer:
-    """Holds the classifier and the reference set; scores uint8 image sets."""
+    """Holds the classifier, the Inception network (loaded on first use) and the reference set;
+    scores uint8 image sets."""
 
     def __init__(self, out: Path, quick: bool, device: str, log=print):
         self.log, self.device, self.quick = log, device, quick
         reference = load_reference("fashion-mnist-test")
         self.reference = reference.head(QUICK_REF) if quick else reference
         self.classifier = _quick_classifier(out) if quick else ClassifierFeatures(log=log)
+        self._inception = None
+
+    @property
+    def inception(self) -> DigestCached:
+        """Inception features, cached per image set; FileNotFoundError without the weights."""
+        if self._inception is None:
+            from sgkernels.eval.inception import InceptionFeatures
+            self._inception = DigestCached(InceptionFeatures(device=self.device))
+        return self._inception
 
     def _evaluate(self, images, labels, name, metrics, bootstrap, **extra) -> dict:
         return evaluate(ImageSet(images, labels, name), self.reference, metrics=metrics,
@@ -63,4 +86,4 @@ class Scorer:
 
     def fid(self, images: np.ndarray, labels: np.ndarray, name: str, bootstrap: int) -> dict:
         """Inception FID with an interval; raises FileNotFoundError without the weights."""
-        return self._evaluate(images, labels, name, "fid", bootstrap)
+        return self._evaluate(images, labels, name, "fid", bootstrap, inception=self.inception)
