@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # source tree without install
 
-from reproduce import methods as methods_mod  # noqa: E402
-from reproduce import paired, report, training  # noqa: E402
-from reproduce.generate import generate  # noqa: E402
+from reproduce import methods as methods_mod
+from reproduce import paired, report, training
+from reproduce.generate import generate
 
 STAGES = ("train", "sweep", "final", "report")
 

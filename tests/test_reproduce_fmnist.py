@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "reproduce_fmnist.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from reproduce import methods as methods_mod  # noqa: E402
-from reproduce.generate import inputs  # noqa: E402
-from reproduce.paired import differences  # noqa: E402
-from reproduce.training import trained_seconds  # noqa: E402
+from reproduce import methods as methods_mod
+from reproduce.generate import inputs
+from reproduce.paired import differences
+from reproduce.training import trained_seconds
 
 FMNIST = Path(os.environ.get("SGKERNELS_FMNIST", "/usr/share/datasets/fashion-mnist"))
 needs_data = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
@@ -79,7 +79,7 @@ def test_quick_subset_end_to_end_then_rerun_reuses_cache(tmp_path):
     assert set(pairs) == {("sg-0.5-0.9", "cfg"), ("cfg", "unguided")}
     for r in pairs.values():
         assert r["num"] == 64 and r["cfd"]["low"] <= r["cfd"]["value"] <= r["cfd"]["high"]
-    assert "## Paired differences" in report
+    assert "## Paired differences" in report and (out / "report" / "paired.png").exists()
 
     before = _mtimes(out)
     log = _run(out, cache, "--methods", chosen)

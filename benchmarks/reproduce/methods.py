@@ -17,10 +17,10 @@ with γ_s = γ_w the rules reduce to CFG at w_cfg (direct), 1 + w_cfg (inner), w
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from sgkernels.guidance import (CFG, AutoGuidance, CFGSparseGuidance, SparseGuidance, Unguided)
+from sgkernels.guidance import CFG, AutoGuidance, CFGSparseGuidance, SparseGuidance, Unguided
 
 RULE_GRIDS = {
     "direct": ((1.25, 0.5), (1.5, 0.5), (1.5, 1.0), (2.0, 1.0), (2.0, 2.0), (3.0, 1.0)),

@@ -1,12 +1,13 @@
 """Stage `report`: tables, plots and sample grids from whatever the other stages cached.
 
-Writes under OUT/report/: report.md (final table with bootstrap intervals, the sweep table, the
-status of every stage), final.csv and sweep.csv, sweep.png (classifier FD over each method's
-scale grid), cost.png (classifier FD against GFLOPs/step: the final value with its interval where
-the final stage ran, else the best sweep value, drawn hollow), grids/<method>.png (the first
-100 samples, one column per class since sample i has label i mod 10; the best sweep scale's
-samples where the final stage has not run) and samples.png (20 samples of every method). A partial run gives a
-partial report; nothing is extrapolated.
+Writes under OUT/report/: report.md (final table with bootstrap intervals, the paired
+differences of paired.json, the sweep table, the status of every stage), final.csv and
+sweep.csv, paired.png (forest plot of the paired differences), sweep.png (classifier FD over each
+method's scale grid), cost.png (classifier FD against GFLOPs/step: the final value with its
+interval where the final stage ran, else the best sweep value, drawn hollow), grids/<method>.png
+(the first 100 samples, one column per class since sample i has label i mod 10; the best sweep
+scale's samples where the final stage has not run) and samples.png (20 samples of every method).
+A partial run gives a partial report; nothing is extrapolated.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import training
-from .methods import scale_key
+from .methods import BY_NAME, scale_key
+
+LABELS = {name: m.label for name, m in BY_NAME.items()}
 
 FINAL_COLUMNS = ("method", "model", "scale", "num", "fid", "num_fid", "cfd", "cfd_low",
                  "cfd_high", "kid", "precision", "recall", "density", "coverage", "acc",
@@ -97,7 +100,6 @@ def _status(out: Path) -> list[str]:
 
 
 def _markdown(out: Path, methods, finals, sweeps) -> str:
-    labels = {m.name: m.label for m in methods}
     lines = ["# Fashion-MNIST reproduction: report", "", *_status(out), ""]
     done = {r["method"] for r in finals}
     missing = [m.name for m in methods if m.name not in done]
@@ -111,17 +113,17 @@ def _markdown(out: Path, methods, finals, sweeps) -> str:
             fid_rec = _json(out / "final" / row["method"] / "fid.json")
             fid = f"{_ci(fid_rec, 'fid')} ({fid_rec['num']})" if fid_rec else "—"
             lines.append(
-                f"| {labels[row['method']]} | {row['model']} | {row['scale']} | {row['num']} | "
+                f"| {LABELS[row['method']]} | {row['model']} | {row['scale']} | {row['num']} | "
                 f"{fid} | {_ci(rec, 'cfd')} | {_ci(rec, 'kid')} | {_ci(rec, 'precision')} | "
                 f"{_ci(rec, 'recall')} | {_ci(rec, 'acc')} | {row['nfe_per_step']:.2f} | "
                 f"{row['gflops_per_step']:.4f} |")
     lines += ["", f"Methods without a final row: {', '.join(missing) or 'none'}.", ""]
-    lines += _paired_table(_json(out / "report" / "paired.json") or [], labels)
+    lines += _paired_table(_json(out / "report" / "paired.json") or [])
     lines += ["## Sweep (validation split; criterion: classifier FD)", "",
               "| method | scale | N | classifier FD | acc | NFE/step | GFLOPs/step | s |",
               "|---|---|---|---|---|---|---|---|"]
     for p in sweeps:
-        lines.append(f"| {labels[p['method']]} | {scale_key(tuple(p['scale']))} | {p['num']} | "
+        lines.append(f"| {LABELS[p['method']]} | {scale_key(tuple(p['scale']))} | {p['num']} | "
                      f"{_fmt(p['cfd'])} | {_fmt(p['acc'])} | {_fmt(p['nfe_per_step'], 2)} | "
                      f"{_fmt(p['gflops_per_step'], 4)} | {_fmt(p['seconds'], 0)} |")
     return "\n".join(lines) + "\n"
@@ -133,7 +135,7 @@ def _delta(v: dict | None, digits: int) -> str:
     return f"{v['value']:+.{digits}f} [{v['low']:+.{digits}f}, {v['high']:+.{digits}f}]"
 
 
-def _paired_table(rows: list[dict], labels: dict) -> list[str]:
+def _paired_table(rows: list[dict]) -> list[str]:
     """Markdown of paired.json (reproduce/paired.py); empty without rows."""
     if not rows:
         return []
@@ -143,7 +145,7 @@ def _paired_table(rows: list[dict], labels: dict) -> list[str]:
              "| A | B | N | Δ classifier FD | Δ acc | Δ FID (N) |", "|---|---|---|---|---|---|"]
     for r in rows:
         fid = f"{_delta(r.get('fid'), 2)} ({r['num_fid']})" if r.get("fid") else "—"
-        lines.append(f"| {labels.get(r['a'], r['a'])} | {labels.get(r['b'], r['b'])} | "
+        lines.append(f"| {LABELS[r['a']]} | {LABELS[r['b']]} | "
                      f"{r['num']} | {_delta(r['cfd'], 2)} | {_delta(r['acc'], 3)} | {fid} |")
     return lines + [""]
 
@@ -197,6 +199,26 @@ def _plots(folder: Path, methods, finals, sweeps) -> None:
     plt.close(fig)
 
 
+def _paired_plot(path: Path, rows: list[dict]) -> None:
+    """Forest plot of the paired Δ classifier FD (A − B) with 95% intervals."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    for i, r in enumerate(rows):
+        d = r["cfd"]
+        ax.errorbar(d["value"], i, xerr=[[d["value"] - d["low"]], [d["high"] - d["value"]]],
+                    fmt="o", color="C0" if d["high"] < 0 else "C3" if d["low"] > 0 else "0.4",
+                    capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)),
+                  [f"{LABELS[r['a']]} − {LABELS[r['b']]}" for r in rows],
+                  fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="Δ classifier FD (A − B); < 0: A better", title="paired differences, held-out")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _grids(out: Path, folder: Path, methods, sweeps) -> None:
     from sgkernels.sampling.io import save_grid
     (folder / "grids").mkdir(exist_ok=True)
@@ -245,6 +267,9 @@ def write(out: Path, methods, log=print) -> Path:
     _csv(folder / "final.csv", FINAL_COLUMNS, finals)
     _csv(folder / "sweep.csv", SWEEP_COLUMNS, sweeps)
     _plots(folder, methods, finals, sweeps)
+    pairs = _json(folder / "paired.json")
+    if pairs:
+        _paired_plot(folder / "paired.png", pairs)
     _grids(out, folder, methods, sweeps)
     log(f"report: {len(finals)} final rows, {len(sweeps)} sweep points -> {folder}")
     return folder / "report.md"
