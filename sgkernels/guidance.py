@@ -29,6 +29,12 @@ D_w(c) = D(x_t,t,c; γ_weak):
 With γ_strong = γ_weak (one model) the CFG+SG rules reduce to CFG with scale w_cfg (direct),
 1 + w_cfg (inner), w_cfg + w_sg (compositional) and w_sg (ip2p).
 
+direct, compositional and ip2p are one two-parameter family a D_s(c) + β D_w(c) + (1−a−β) D_w(∅)
+in different coordinates: direct(w_cfg, w_sg) = ip2p(w_cfg + w_sg, w_cfg) covers β ≤ 0,
+compositional(w_cfg, w_sg) = ip2p(w_cfg, w_cfg + w_sg) covers β ≥ 0, and ip2p both. With
+non-negative weights, comparing them compares which part of the family each reaches; inner is
+the only rule with another branch, D_s(∅).
+
 Gammas accept a float or a `Schedule` (constant / linear / cosine from a to b over the steps).
 `interval=(t_lo, t_hi)`: step i (t_i = i/steps, the step's start time; Heun's corrector reuses the
 step's terms) is guided iff t_lo ≤ t_i ≤ t_hi; outside, one branch is evaluated: the plain

@@ -121,6 +121,17 @@ def test_terms_are_the_expanded_linear_combinations():
         assert sum(c for _, c in g.terms(0, 1)) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("wc, ws", [(2.0, 0.5), (0.5, 2.0), (1.25, 1.25), (0.0, 3.0)])
+def test_direct_and_compositional_are_ip2p_in_other_coordinates(wc, ws):
+    def rule(name, a, b):
+        return terms_of(CFGSparseGuidance(a, b, 0.2, 0.5, rule=name))
+
+    for (lhs, rhs) in ((rule("direct", wc, ws), rule("ip2p", wc + ws, wc)),
+                       (rule("compositional", wc, ws), rule("ip2p", wc, wc + ws))):
+        assert lhs.keys() == rhs.keys()
+        assert all(lhs[k] == pytest.approx(rhs[k], abs=1e-12) for k in lhs)
+
+
 @pytest.mark.parametrize("guidance, kept", [
     (CFG(1.0), [("main", 0.0, "cond")]),
     (CFG(0.0), [("main", 0.0, "null")]),
