@@ -164,6 +164,20 @@ def test_paired_interval_is_narrower_than_unpaired_and_finds_a_small_shift():
     assert out["cfd"]["std"] < single["fd"]["std"] / 3
 
 
+def test_paired_fid_uses_the_first_samples_and_fewer_replicates():
+    fr, noise, agree = _paired_sets()
+    a, b = 1.5 + 1.2 * noise, 1.6 + 1.2 * noise
+    part = 100
+    out = differences({"cfd": a, "fid": a[:part], "agree": agree},
+                      {"cfd": b, "fid": b[:part], "agree": agree},
+                      {"cfd": fr, "fid": fr}, replicates=50)
+    assert out["fid"]["value"] == pytest.approx(fr.distance_to(a[:part]) - fr.distance_to(b[:part]))
+    assert out["fid"]["high"] < 0 and out["cfd"]["high"] < 0
+    no_fid = differences({"cfd": a, "fid": a[:part], "agree": agree}, {"cfd": b, "agree": agree},
+                         {"cfd": fr, "fid": fr}, replicates=5)
+    assert set(no_fid) == {"cfd", "acc"}
+
+
 def test_paired_difference_rejects_sets_of_different_size():
     fr, x, agree = _paired_sets()
     with pytest.raises(ValueError, match="same number"):
