@@ -21,8 +21,8 @@ from sgkernels.eval import FrechetReference, bootstrap
 from sgkernels.eval.cache import cached_features
 
 from .report import load_samples
+from .scoring import FID_REPLICATES
 
-FID_REPLICATES = 20      # a 2048-d Fréchet distance costs ~1.5 s on one CPU core
 # (A, B): each question the reading of the results asks.
 PAIRS = (
     ("sg-0.5-0.9", "cfg"), ("sg-0-0.5", "cfg"), ("sg-0.2-0.6", "cfg"), ("sg-early", "cfg"),
