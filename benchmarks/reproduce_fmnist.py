@@ -120,12 +120,15 @@ class Reproduction:
             self.log(f"final {method.name}: sweep incomplete, skipped")
             return
         metrics_path = folder / "metrics.json"
-        fresh = (metrics_path.exists() and
-                 json.loads(metrics_path.read_text())["num"] == self.args.num_final)
+        cached = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+        fresh = (cached is not None and cached["num"] == self.args.num_final
+                 and tuple(cached["scale"]) == scale)
         if not fresh:
             start = time.perf_counter()
+            (folder / "fid.json").unlink(missing_ok=True)      # it scored the old samples
             images, labels = generate(self.model(method.model), self.guidance(method, scale),
-                                      "final", self.args.num_final, folder / "chunks",
+                                      "final", self.args.num_final,
+                                      folder / f"chunks-{methods_mod.scale_key(scale)}",
                                       self.args.sample_steps, self.log)
             report.save_samples(folder / "samples.npz", images, labels)
             result = self.scorer.final(images, labels, method.name, self.args.bootstrap)
@@ -139,12 +142,17 @@ class Reproduction:
             self.fid(method, folder)
 
     def best_rule(self) -> methods_mod.Method | None:
-        """The CFG+SG rule with the lowest final cfd, once every rule has its final."""
+        """The CFG+SG rule with the lowest final cfd once every rule has a final of
+        `--num-final` samples (chosen on the held-out split it then gets FID on: the FID
+        headline methods are fixed in advance, this one is picked by its held-out cfd)."""
         rules = [m for m in methods_mod.METHODS if m.name.startswith("cfgsg-")]
         paths = [self.out / "final" / m.name / "metrics.json" for m in rules]
-        if not rules or not all(p.exists() for p in paths):
+        if not all(p.exists() for p in paths):
             return None
-        cfd = [json.loads(p.read_text())["metrics"]["cfd"]["value"] for p in paths]
+        recs = [json.loads(p.read_text()) for p in paths]
+        if any(r["num"] != self.args.num_final for r in recs):
+            return None
+        cfd = [r["metrics"]["cfd"]["value"] for r in recs]
         return rules[cfd.index(min(cfd))]
 
     def fid(self, method, folder: Path) -> None:
@@ -182,7 +190,7 @@ def run(args, log=print) -> None:
         if best is not None and not best.headline and args.num_fid > 0:
             rep.fid(best, rep.out / "final" / best.name)
     if "report" in stages:
-        paired.compare(rep.out, rep.scorer, args.bootstrap, log)
+        paired.compare(rep.out, lambda: rep.scorer, args.bootstrap, log)
         report.write(rep.out, chosen, log)
 
 
@@ -212,6 +220,8 @@ def parse_args(argv=None):
     for name in ("num_sweep", "num_final", "sample_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.bootstrap < 2:
+        p.error(f"--bootstrap must be >= 2 (replicates of the intervals), got {args.bootstrap}")
     return args
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from reproduce import methods as methods_mod
 from reproduce.generate import inputs
 from reproduce.paired import differences
+from reproduce.scoring import FID_REPLICATES
 from reproduce.training import trained_seconds
 
 FMNIST = Path(os.environ.get("SGKERNELS_FMNIST", "/usr/share/datasets/fashion-mnist"))
@@ -78,7 +79,8 @@ def test_quick_subset_end_to_end_then_rerun_reuses_cache(tmp_path):
     pairs = {(r["a"], r["b"]): r for r in json.loads((out / "report" / "paired.json").read_text())}
     assert set(pairs) == {("sg-0.5-0.9", "cfg"), ("cfg", "unguided")}
     for r in pairs.values():
-        assert r["num"] == 64 and r["cfd"]["low"] <= r["cfd"]["value"] <= r["cfd"]["high"]
+        assert r["num"] == 64 and r["num_fid"] == 0 and "fid" not in r
+        assert math.isfinite(r["cfd"]["value"]) and r["cfd"]["std"] > 0
     assert "## Paired differences" in report and (out / "report" / "paired.png").exists()
 
     before = _mtimes(out)
@@ -135,6 +137,17 @@ def test_best_scale_is_lowest_sweep_cfd_and_waits_for_the_whole_grid(tmp_path):
     assert rep.best_scale(method) is None
 
 
+class _Counting:
+    """A FrechetReference that records the size of every set it scores."""
+
+    def __init__(self, ref, calls):
+        self.ref, self.calls = ref, calls
+
+    def distance_to(self, features):
+        self.calls.append(len(features))
+        return self.ref.distance_to(features)
+
+
 def _paired_sets(n=400, d=6, seed=0):
     rng = np.random.default_rng(seed)
     ref = rng.normal(size=(4000, d))
@@ -173,9 +186,18 @@ def test_paired_fid_uses_the_first_samples_and_fewer_replicates():
                       {"cfd": fr, "fid": fr}, replicates=50)
     assert out["fid"]["value"] == pytest.approx(fr.distance_to(a[:part]) - fr.distance_to(b[:part]))
     assert out["fid"]["high"] < 0 and out["cfd"]["high"] < 0
-    no_fid = differences({"cfd": a, "fid": a[:part], "agree": agree}, {"cfd": b, "agree": agree},
+    calls = []
+    counting = {"cfd": fr, "fid": _Counting(fr, calls)}
+    differences({"cfd": a, "fid": a[:part], "agree": agree},
+                {"cfd": b, "fid": b[:part], "agree": agree}, counting, replicates=50)
+    assert len(calls) == 2 * (1 + FID_REPLICATES)   # estimate + capped replicates, A and B
+    assert all(n == part for n in calls[:2]) and all(n <= part for n in calls)
+    no_fid = differences({"cfd": a, "agree": agree}, {"cfd": b, "agree": agree},
                          {"cfd": fr, "fid": fr}, replicates=5)
     assert set(no_fid) == {"cfd", "acc"}
+    with pytest.raises(ValueError, match="same N"):
+        differences({"cfd": a, "fid": a[:part], "agree": agree},
+                    {"cfd": b, "fid": b[:part - 1], "agree": agree}, {"cfd": fr, "fid": fr}, 5)
 
 
 def test_paired_difference_rejects_sets_of_different_size():
@@ -183,6 +205,27 @@ def test_paired_difference_rejects_sets_of_different_size():
     with pytest.raises(ValueError, match="same number"):
         differences({"cfd": x, "agree": agree}, {"cfd": x[:-1], "agree": agree[:-1]},
                     {"cfd": fr}, replicates=5)
+
+
+def test_best_rule_is_lowest_final_cfd_once_every_rule_has_its_final(tmp_path):
+    rep = _fake_reproduction(tmp_path)
+    rules = [m for m in methods_mod.METHODS if m.name.startswith("cfgsg-")]
+    for i, m in enumerate(rules):
+        path = tmp_path / "final" / m.name / "metrics.json"
+        path.parent.mkdir(parents=True)
+        cfd = 1.0 if m.name == "cfgsg-ip2p" else 5.0 + i
+        path.write_text(json.dumps({"num": 5000, "metrics": {"cfd": {"value": cfd}}}))
+    assert rep.best_rule().name == "cfgsg-ip2p"
+    path.write_text(json.dumps({"num": 64, "metrics": {"cfd": {"value": 1.0}}}))
+    assert rep.best_rule() is None                  # a final of another size does not count
+    path.unlink()
+    assert rep.best_rule() is None
+
+
+def test_bootstrap_needs_two_replicates():
+    import reproduce_fmnist
+    with pytest.raises(SystemExit):
+        reproduce_fmnist.parse_args(["--bootstrap", "1"])
 
 
 def test_trained_seconds_sums_sessions(tmp_path):

@@ -35,33 +35,33 @@ PAIRS = (
 
 def differences(a: dict, b: dict, references: dict, replicates: int, seed: int = 0) -> dict:
     """{metric: {"value", "low", "high", "std", "mean"}} of Δ = A − B. `a`, `b`: {"cfd": features
-    [N, D], "fid": features [N', D'] (optional), "agree": 0/1 [N]} of the same N sample indices;
-    `references`: {"cfd" / "fid": FrechetReference}."""
+    [N, D], "agree": 0/1 [N], optionally "fid": features [N', D'] of the first N'} of the same
+    sample indices; `references`: {"cfd" / "fid": FrechetReference}. FID is resampled over its
+    N' samples with at most FID_REPLICATES replicates (the same draws for A and B)."""
     n = len(a["agree"])
     if len(b["agree"]) != n or any(len(x["cfd"]) != n for x in (a, b)):
         raise ValueError(f"paired sets need the same number of samples, got {len(a['agree'])} "
                          f"and {len(b['agree'])}")
-    fid = "fid" in a and "fid" in b and "fid" in references
-    if fid and len(a["fid"]) != len(b["fid"]):
-        raise ValueError(f"fid: paired features need the same N, got {len(a['fid'])} and "
-                         f"{len(b['fid'])}")
+    if replicates < 2:
+        raise ValueError(f"replicates: expected >= 2, got {replicates}")
 
-    def delta(x_a, x_b, ref, idx):
-        return ref.distance_to(x_a[idx]) - ref.distance_to(x_b[idx])
+    def delta(name):
+        ref, x_a, x_b = references[name], a[name], b[name]
+        return lambda idx: {name: ref.distance_to(x_a[idx]) - ref.distance_to(x_b[idx])}
 
-    def classifier(idx):
-        return {"cfd": delta(a["cfd"], b["cfd"], references["cfd"], idx),
-                "acc": float(a["agree"][idx].mean() - b["agree"][idx].mean())}
+    def agree(idx):
+        return {"acc": float(a["agree"][idx].mean() - b["agree"][idx].mean())}
 
-    def inception(idx):     # the FID features cover the first N' samples: a replicate's draws
-        sub = idx[idx < len(a["fid"])]          # among those resample them (size ≈ N')
-        return {"fid": delta(a["fid"], b["fid"], references["fid"], sub)}
-
-    runs = [(classifier, replicates)] + [(inception, min(replicates, FID_REPLICATES))] * fid
+    runs = [(delta("cfd"), n, replicates), (agree, n, replicates)]
+    if "fid" in a and "fid" in b:
+        if len(a["fid"]) != len(b["fid"]):
+            raise ValueError(f"fid: paired features need the same N, got {len(a['fid'])} and "
+                             f"{len(b['fid'])}")
+        runs.append((delta("fid"), len(a["fid"]), min(replicates, FID_REPLICATES)))
     out = {}
-    for statistic, reps in runs:
-        estimate = statistic(np.arange(n))
-        intervals = bootstrap(statistic, n, reps, seed=seed, estimate=estimate)
+    for statistic, size, reps in runs:
+        estimate = statistic(np.arange(size))
+        intervals = bootstrap(statistic, size, reps, seed=seed, estimate=estimate)
         out.update({m: {"value": estimate[m], **intervals[m]} for m in estimate})
     return out
 
@@ -88,35 +88,59 @@ class _Features:
         fid = folder / "fid.json"
         if fid.exists():
             num = json.loads(fid.read_text())["num"]
-            rec["fid"] = self.scorer.inception(images[:num]).astype(np.float64)
+            try:
+                rec["fid"] = self.scorer.inception(images[:num]).astype(np.float64)
+            except FileNotFoundError as err:
+                self.scorer.log(f"paired: no FID for {name} ({err})")
         return rec
 
 
-def compare(out: Path, scorer, replicates: int, log=print) -> list[dict]:
+def _pairs(out: Path) -> list[tuple[str, str]]:
+    def done(name):
+        return (out / "final" / name / "samples.npz").exists()
+    return [(a, b) for a, b in PAIRS if done(a) and done(b)]
+
+
+def compare(out: Path, get_scorer, replicates: int, log=print) -> list[dict]:
     """Rows {"a", "b", "num", "num_fid", metric: {...}} for every pair in PAIRS whose two final
-    sample sets exist; written to OUT/report/paired.json."""
+    sample sets exist, written to OUT/report/paired.json. `get_scorer()` gives the Scorer; it is
+    only called when a pair exists. FID is left out of a pair whose two fid.json files have
+    different N, and of every pair when the Inception weights are missing."""
     out = Path(out)
-    features = _Features(out, scorer)
-    references = {"cfd": _reference(scorer.classifier, scorer)}
-    rows = []
-    for a_name, b_name in PAIRS:
-        a, b = features(a_name), features(b_name)
-        if a is None or b is None:
-            continue
-        if len(a["labels"]) != len(b["labels"]) or (a["labels"] != b["labels"]).any():
-            raise ValueError(f"paired: {a_name} and {b_name} do not hold the same sample indices")
-        if "fid" in a and "fid" in b and "fid" not in references:
-            references["fid"] = _reference(scorer.inception, scorer)
-        row = {"a": a_name, "b": b_name, "num": len(a["labels"]),
-               "num_fid": len(a["fid"]) if "fid" in a and "fid" in b else 0,
-               **differences(a, b, references, replicates)}
-        rows.append(row)
-        log(f"paired {a_name} − {b_name}: Δcfd {row['cfd']['value']:+.3f} "
-            f"[{row['cfd']['low']:+.3f}, {row['cfd']['high']:+.3f}]")
+    rows, pairs = [], _pairs(out)
+    if pairs:
+        scorer = get_scorer()
+        features = _Features(out, scorer)
+        references = {"cfd": _reference(scorer.classifier, scorer)}
+        for a_name, b_name in pairs:
+            a, b = features(a_name), features(b_name)
+            if len(a["labels"]) != len(b["labels"]) or (a["labels"] != b["labels"]).any():
+                raise ValueError(f"paired: {a_name} and {b_name} do not hold the same samples")
+            a, b = _with_fid(a, b, a_name, b_name, scorer, references, log)
+            row = {"a": a_name, "b": b_name, "num": len(a["labels"]),
+                   "num_fid": len(a["fid"]) if "fid" in a else 0,
+                   **differences(a, b, references, replicates)}
+            rows.append(row)
+            log(f"paired {a_name} − {b_name}: Δcfd {row['cfd']['value']:+.3f} "
+                f"[{row['cfd']['low']:+.3f}, {row['cfd']['high']:+.3f}]")
     path = out / "report" / "paired.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def _with_fid(a, b, a_name, b_name, scorer, references, log) -> tuple[dict, dict]:
+    """(a, b), without their "fid" features unless both have them for the same N."""
+    def strip(x):
+        return {k: v for k, v in x.items() if k != "fid"}
+    if "fid" not in a or "fid" not in b:
+        return strip(a), strip(b)
+    if len(a["fid"]) != len(b["fid"]):
+        log(f"paired {a_name} − {b_name}: FID left out (N {len(a['fid'])} != {len(b['fid'])})")
+        return strip(a), strip(b)
+    if "fid" not in references:
+        references["fid"] = _reference(scorer.inception, scorer)
+    return a, b
 
 
 def _reference(extractor, scorer) -> FrechetReference:
