@@ -217,6 +217,6 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
     scales = (heads * head_dim, total, float(scale), float(scale) * LOG2E)
     fp32 = q.dtype == torch.float32
     tensors = (q, k, v, do, lse, delta)
-    _attn_bwd_dkdv[fp32][grid_keys](*tensors, dk, dv, cu_seqlens, *scales, **common)
-    _attn_bwd_dq[fp32][grid_queries](*tensors, dq, cu_seqlens, *scales, **common)
+    _attn_bwd_dkdv[fp32].launch(grid_keys, max_seqlen, *tensors, dk, dv, cu_seqlens, *scales, **common)
+    _attn_bwd_dq[fp32].launch(grid_queries, max_seqlen, *tensors, dq, cu_seqlens, *scales, **common)
     return dq, dk, dv

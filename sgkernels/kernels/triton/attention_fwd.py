@@ -19,20 +19,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import autotune_configs
+from .launch import Autotuned
 
 LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 128
 
 
 def autotuned_by_dtype(kernel, configs_16bit, configs_fp32, interpret_config):
-    """{is_fp32: kernel autotuned (keyed on the head dim) over that dtype class's configs}.
+    """{is_fp32: kernel autotuned (keyed on the head dim and the size bucket of max_seqlen) over
+    that dtype class's configs}.
 
     fp32 tiles take twice the registers and shared memory of fp16/bf16 ones (and 3xTF32 products
     hold hi/lo parts), so fp32 gets smaller tiles of its own.
     """
-    return {fp32: triton.autotune(configs=autotune_configs(configs, interpret_config),
-                                  key=["HEAD_DIM", "BLOCK_D"])(kernel)
+    return {fp32: Autotuned(kernel, configs, ["HEAD_DIM", "BLOCK_D"], interpret_config,
+                            name=kernel.__name__ + ("_fp32" if fp32 else ""))
             for fp32, configs in ((False, configs_16bit), (True, configs_fp32))}
 
 
@@ -173,8 +174,8 @@ def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
     def grid(meta):
         return (triton.cdiv(max_seqlen, meta["BLOCK_M"]), segments, heads)
 
-    _attn_fwd[q.dtype == torch.float32][grid](
-        q, k, v, o, lse, cu_seqlens,
+    _attn_fwd[q.dtype == torch.float32].launch(
+        grid, max_seqlen, q, k, v, o, lse, cu_seqlens,
         heads * head_dim, total, abs(float(scale)) * LOG2E,
         HEAD_DIM=head_dim, BLOCK_D=width, DOT_PRECISION=dot_precision(q.dtype),
         NEGATE_Q=float(scale) < 0,

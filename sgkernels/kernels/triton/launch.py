@@ -1,15 +1,27 @@
-"""How the Triton kernels are launched: interpreter switch, launch configs, grids, static specs.
+"""How the Triton kernels are launched: autotuning, the interpreter switch, grids, static specs.
 
-Under TRITON_INTERPRET=1 (kernels run on CPU tensors, DESIGN §7) autotuning over more than one
-config fails, so every kernel runs one small fixed config there: either `tuned` returns the plain
-kernel and `launch` passes the module's fixed interpreter config, or `autotune_configs` hands the
-autotuner that single config. On a GPU the elementwise kernels are autotuned; reductions launch a
-fixed function of the shape instead (their summation order must not depend on timing).
+Every autotuned kernel is an `Autotuned`: the plain `@triton.jit` function, its GPU configs
+(meta-parameter dict, num_warps, num_stages) and one small interpreter config. A launch picks
+the config in this order:
+    1. inside `forced_config(i)`: config i of every autotuned kernel (the last one if a kernel
+       has fewer), on GPU and under the interpreter alike; the launch is recorded in `LAUNCHED`,
+       so a test can run every config of every kernel and check that it did;
+    2. under TRITON_INTERPRET=1 (kernels on CPU tensors, DESIGN §7): the interpreter config
+       (the autotuner cannot time kernels there);
+    3. on a GPU: Triton's autotuner over the configs, one autotuner per *size bucket* of the
+       launch (`size_bucket`: the problem size rounded up to a power of two), so a config tuned
+       on the first call's shape is not reused for a 100x larger one, yet a routed model with
+       many token counts tunes at most log2 of them. SGKERNELS_TRITON_ONE_CONFIG=1 keeps only
+       the first config of each kernel (bounded compile time for GPU correctness runs).
+Reductions are not autotuned at all: they launch a fixed function of the shape, because the
+summation order must not depend on timing.
 
 Elementwise kernels tile [T, D] rows into [BLOCK_M, BLOCK_D] programs: `tile_grid` is the host
 grid, `tile` the program's rows, columns and bounds masks. `ast_spec` is the ahead-of-time
 compile specification of a kernel as a real launch specializes it (benchmarks/static_check.py).
 """
+import contextlib
+import contextvars
 import os
 
 import triton
@@ -17,6 +29,69 @@ import triton.language as tl
 from triton.compiler import ASTSource
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+ONE_CONFIG = os.environ.get("SGKERNELS_TRITON_ONE_CONFIG") == "1"
+
+REGISTRY = {}    # name -> Autotuned, every autotuned kernel of the backend
+LAUNCHED = set()  # (name, config index) of the launches made under forced_config
+_forced = contextvars.ContextVar("sgkernels_triton_forced_config", default=None)
+
+
+def size_bucket(n):
+    """The autotuning bucket of problem size n: n rounded up to a power of two (at least 1)."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+@contextlib.contextmanager
+def forced_config(index):
+    """Launch every autotuned kernel with its config `index` (clamped to its last config)."""
+    token = _forced.set(int(index))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+class Autotuned:
+    """`kernel` with GPU `configs` [(meta, num_warps, num_stages)], autotuned on GPU over the
+    arguments named in `key` plus the launch's size bucket; `interpret_config` under the
+    interpreter. `name` (default: the kernel's) tells apart two config lists of one kernel."""
+
+    def __init__(self, kernel, configs, key, interpret_config, prune=None, name=None):
+        self.fn = kernel
+        self.name = name or kernel.__name__
+        self.configs = list(configs)
+        self.key = list(key)
+        self.interpret_config = interpret_config
+        self.prune = prune
+        self._tuners = {}
+        if self.name in REGISTRY:
+            raise ValueError(f"two autotuned kernels named {self.name!r}")
+        REGISTRY[self.name] = self
+
+    def _tuner(self, bucket):
+        tuner = self._tuners.get(bucket)
+        if tuner is None:
+            configs = self.configs[:1] if ONE_CONFIG else self.configs
+            prune = {"early_config_prune": self.prune} if self.prune and len(configs) > 1 else None
+            tuner = triton.autotune(configs=[triton.Config(dict(m), num_warps=w, num_stages=s)
+                                             for m, w, s in configs],
+                                    key=self.key, prune_configs_by=prune)(self.fn)
+            self._tuners[bucket] = tuner
+        return tuner
+
+    def launch(self, grid, size, *args, **constexprs):
+        """self.fn[grid](*args, **constexprs) with the config chosen as in the module docstring;
+        `size` is the problem size whose bucket keys the autotuner (rows, tokens, ...)."""
+        forced = _forced.get()
+        if forced is not None:
+            index = min(forced, len(self.configs) - 1)
+            LAUNCHED.add((self.name, index))
+            meta, warps, stages = self.configs[index]
+        elif INTERPRET:
+            meta, warps, stages = self.interpret_config
+        else:
+            return self._tuner(size_bucket(size))[grid](*args, **constexprs)
+        return self.fn[grid](*args, **constexprs, **meta, num_warps=warps, num_stages=stages)
 
 
 def ast_spec(kernel, signature, constexprs, aligned, num_warps):
@@ -27,31 +102,6 @@ def ast_spec(kernel, signature, constexprs, aligned, num_warps):
     full = {**signature, **{name: "constexpr" for name in constexprs}}
     src = ASTSource(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs)
     return kernel.__name__, src, {"num_warps": num_warps}
-
-
-def tuned(kernel, configs, key, prune=None):
-    """`kernel` autotuned over `configs` (keyed on the arguments `key`, optional early pruning) on
-    GPU; the plain kernel under the interpreter, where autotuning does not work (callers then pass
-    a fixed config through `launch`)."""
-    if INTERPRET:
-        return kernel
-    prune_by = {"early_config_prune": prune} if prune is not None else None
-    return triton.autotune(configs=configs, key=key, prune_configs_by=prune_by)(kernel)
-
-
-def launch(kernel, grid, interpret_config, *args, **constexprs):
-    """kernel[grid](*args, **constexprs) for a kernel made by `tuned`; under the interpreter the
-    fixed `interpret_config` (meta-parameters and num_warps) is passed as well."""
-    kernel[grid](*args, **constexprs, **(interpret_config if INTERPRET else {}))
-
-
-def autotune_configs(gpu_configs, interpret_config):
-    """`gpu_configs` on a GPU; the single `interpret_config` under TRITON_INTERPRET=1.
-
-    Each config is (meta-parameter dict, num_warps, num_stages).
-    """
-    chosen = [interpret_config] if INTERPRET else gpu_configs
-    return [triton.Config(dict(meta), num_warps=w, num_stages=s) for meta, w, s in chosen]
 
 
 def tile_grid(rows, cols, block_cols="BLOCK_D"):

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import INTERPRET, ast_spec, launch, tuned
+from .launch import INTERPRET, Autotuned, ast_spec
 from .segments import column_sum, plan_item, rows_per_item, segment_plan, segment_sum
 
 
@@ -207,7 +207,7 @@ def _route_gather_rms_norm_modulate_bwd_kernel(DY, H, W, SCALE, RSTD, DX, IDX, D
 
 
 def _configs(block_ms, warps):
-    return [triton.Config({"BLOCK_M": m}, num_warps=w) for m in block_ms for w in warps]
+    return [({"BLOCK_M": m}, w, 1) for m in block_ms for w in warps]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -223,10 +223,12 @@ def _prune(configs, named_args, **kwargs):
 
 _KEY = ["D", "HAS_WEIGHT"]
 _CONFIGS = _configs((1, 2, 4, 8, 16), (4, 8, 16))
-_fwd = tuned(_rms_norm_fwd_kernel, _CONFIGS, _KEY, _prune)
-_mod_fwd = tuned(_rms_norm_modulate_fwd_kernel, _CONFIGS, _KEY, _prune)
-_gather_mod_fwd = tuned(_route_gather_rms_norm_modulate_fwd_kernel, _CONFIGS, _KEY, _prune)
 _FIXED = {"BLOCK_M": 2, "num_warps": 4}
+_INTERPRET_CONFIG = ({"BLOCK_M": 2}, 4, 1)
+_fwd = Autotuned(_rms_norm_fwd_kernel, _CONFIGS, _KEY, _INTERPRET_CONFIG, _prune)
+_mod_fwd = Autotuned(_rms_norm_modulate_fwd_kernel, _CONFIGS, _KEY, _INTERPRET_CONFIG, _prune)
+_gather_mod_fwd = Autotuned(_route_gather_rms_norm_modulate_fwd_kernel, _CONFIGS, _KEY,
+                            _INTERPRET_CONFIG, _prune)
 
 
 def _bwd_config(dim):
@@ -249,7 +251,7 @@ def rms_norm_fwd(x2d, weight, eps):
     rows, dim = x2d.shape
     y = torch.empty_like(x2d)
     rstd = torch.empty(rows, device=x2d.device, dtype=torch.float32)
-    launch(_fwd, _row_grid(rows), _FIXED, x2d, weight, y, rstd, rows, dim, x2d.stride(0),
+    _fwd.launch(_row_grid(rows), rows, x2d, weight, y, rstd, rows, dim, x2d.stride(0),
            y.stride(0), float(eps), HAS_WEIGHT=weight is not None,
            BLOCK_D=triton.next_power_of_2(dim))
     return y, rstd
@@ -272,7 +274,7 @@ def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
     rows, dim = x.shape
     y = torch.empty_like(x)
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    launch(_mod_fwd, _row_grid(rows), _FIXED, x, weight, shift, scale, seg, y, rstd, rows, dim,
+    _mod_fwd.launch(_row_grid(rows), rows, x, weight, shift, scale, seg, y, rstd, rows, dim,
            x.stride(0), y.stride(0), shift.stride(0), float(eps), HAS_WEIGHT=weight is not None,
            BLOCK_D=triton.next_power_of_2(dim))
     return y, rstd
@@ -313,7 +315,7 @@ def route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, eps):
     h = torch.empty(kept, dim, device=x.device, dtype=x.dtype)
     y = torch.empty_like(h)
     rstd = torch.empty(kept, device=x.device, dtype=torch.float32)
-    launch(_gather_mod_fwd, _row_grid(kept), _FIXED, x, idx, weight, shift, scale, seg, h, y, rstd,
+    _gather_mod_fwd.launch(_row_grid(kept), kept, x, idx, weight, shift, scale, seg, h, y, rstd,
            kept, dim, x.stride(0), h.stride(0), y.stride(0), shift.stride(0), float(eps),
            HAS_WEIGHT=weight is not None, BLOCK_D=triton.next_power_of_2(dim))
     return h, y, rstd

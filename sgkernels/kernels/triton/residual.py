@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import INTERPRET, ast_spec, launch, tile, tile_grid, tuned
+from .launch import INTERPRET, Autotuned, ast_spec, tile, tile_grid
 from .segments import plan_item, rows_per_item, segment_plan, segment_sum
 
 
@@ -57,10 +57,11 @@ def _gated_residual_bwd_kernel(DOUT, Y, GATE, DY, PGATE, ITEM_START, ITEM_END, I
     tl.store(PGATE + item.to(tl.int64) * stride_p + cols, acc, mask=col_ok)
 
 
-_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_D": d}, num_warps=w)
+_CONFIGS = [({"BLOCK_M": m, "BLOCK_D": d}, w, 1)
             for m, d, w in ((4, 256, 4), (8, 256, 4), (16, 256, 8), (4, 512, 4), (8, 512, 8))]
 _FIXED = {"BLOCK_M": 2, "BLOCK_D": 64, "num_warps": 4}  # R = 4 rows per item: 2 iterations
-_fwd = tuned(_gated_residual_fwd_kernel, _CONFIGS, key=["D"])
+_fwd = Autotuned(_gated_residual_fwd_kernel, _CONFIGS, ["D"],
+                 ({"BLOCK_M": 2, "BLOCK_D": 64}, 4, 1))
 
 
 def _bwd_config(dim):
@@ -73,7 +74,7 @@ def _bwd_config(dim):
 def gated_residual_fwd(x, y, gate, seg):
     total, dim = x.shape
     out = torch.empty_like(x)
-    launch(_fwd, tile_grid(total, dim), _FIXED, x, y, gate, seg, out, total, dim, x.stride(0),
+    _fwd.launch(tile_grid(total, dim), total, x, y, gate, seg, out, total, dim, x.stride(0),
            y.stride(0), gate.stride(0), out.stride(0))
     return out
 

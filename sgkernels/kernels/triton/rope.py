@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import ast_spec, autotune_configs
+from .launch import Autotuned, ast_spec
 
 # TILE = BLOCK_T·2·Q_PAD elements per head, 8 per thread: 128-bit loads and stores, and no spills
 # in the sin/cos range reduction (16 per thread spill at Dh 128).
@@ -66,9 +66,7 @@ def _rope_axial_kernel(
         tl.store(Y + x_offs + QUARTER, (x2 * cos + x1 * sin).to(Y.dtype.element_ty), mask=mask)
 
 
-_rope_axial = triton.autotune(
-    configs=autotune_configs(ROPE_CONFIGS, ROPE_INTERPRET_CONFIG), key=["HEAD_DIM"]
-)(_rope_axial_kernel)
+_rope_axial = Autotuned(_rope_axial_kernel, ROPE_CONFIGS, ["HEAD_DIM"], ROPE_INTERPRET_CONFIG)
 
 
 @functools.lru_cache(maxsize=64)
@@ -91,8 +89,8 @@ def _rope(x, pos, theta, inverse):
     def grid(meta):
         return (triton.cdiv(total, meta["TILE"] // (2 * q_pad)), triton.cdiv(heads, meta["HEADS"]))
 
-    _rope_axial[grid](
-        x, pos, _frequencies(float(theta), head_dim, x.device), y, total, heads,
+    _rope_axial.launch(
+        grid, total, x, pos, _frequencies(float(theta), head_dim, x.device), y, total, heads,
         HEAD_DIM=head_dim, Q_PAD=q_pad, INVERSE=inverse,
     )
     return y

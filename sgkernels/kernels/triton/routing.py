@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import ast_spec, launch, tile, tile_grid, tuned
+from .launch import Autotuned, ast_spec, tile, tile_grid
 
 
 @triton.jit
@@ -60,12 +60,12 @@ def _route_scatter_bwd_kernel(DOUT, INV, DBASE, DY, T, D, stride_do, stride_db, 
     tl.store(DY + k[:, None].to(tl.int64) * stride_dy + cols[None, :], dout, mask=mask & routed)
 
 
-_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_D": d}, num_warps=w)
+_CONFIGS = [({"BLOCK_M": m, "BLOCK_D": d}, w, 1)
             for m, d, w in ((1, 1024, 4), (4, 512, 4), (8, 256, 4), (8, 512, 8), (16, 256, 8))]
-_FIXED = {"BLOCK_M": 4, "BLOCK_D": 32, "num_warps": 4}
-_gather = tuned(_route_gather_fwd_kernel, _CONFIGS, key=["D"])
-_scatter = tuned(_route_scatter_fwd_kernel, _CONFIGS, key=["D"])
-_scatter_bwd = tuned(_route_scatter_bwd_kernel, _CONFIGS, key=["D"])
+_INTERPRET_CONFIG = ({"BLOCK_M": 4, "BLOCK_D": 32}, 4, 1)
+_gather = Autotuned(_route_gather_fwd_kernel, _CONFIGS, ["D"], _INTERPRET_CONFIG)
+_scatter = Autotuned(_route_scatter_fwd_kernel, _CONFIGS, ["D"], _INTERPRET_CONFIG)
+_scatter_bwd = Autotuned(_route_scatter_bwd_kernel, _CONFIGS, ["D"], _INTERPRET_CONFIG)
 
 
 def _inverse(idx, total):
@@ -78,7 +78,7 @@ def _inverse(idx, total):
 def route_gather_fwd(x, idx):
     kept, dim = idx.shape[0], x.shape[1]
     out = torch.empty(kept, dim, device=x.device, dtype=x.dtype)
-    launch(_gather, tile_grid(kept, dim), _FIXED, x, idx, out, kept, dim, x.stride(0),
+    _gather.launch(tile_grid(kept, dim), kept, x, idx, out, kept, dim, x.stride(0),
            out.stride(0))
     return out
 
@@ -86,7 +86,7 @@ def route_gather_fwd(x, idx):
 def route_scatter_fwd(base, y, idx):
     total, dim = base.shape
     out = torch.empty_like(base)
-    launch(_scatter, tile_grid(total, dim), _FIXED, base, y, _inverse(idx, total), out, total, dim,
+    _scatter.launch(tile_grid(total, dim), total, base, y, _inverse(idx, total), out, total, dim,
            base.stride(0), y.stride(0), out.stride(0))
     return out
 
@@ -95,7 +95,7 @@ def route_scatter_bwd(dout, idx):
     total, dim = dout.shape
     dbase = torch.empty_like(dout)
     dy = torch.empty(idx.shape[0], dim, device=dout.device, dtype=dout.dtype)
-    launch(_scatter_bwd, tile_grid(total, dim), _FIXED, dout, _inverse(idx, total), dbase, dy,
+    _scatter_bwd.launch(tile_grid(total, dim), total, dout, _inverse(idx, total), dbase, dy,
            total, dim, dout.stride(0), dbase.stride(0), dy.stride(0))
     return dbase, dy
 

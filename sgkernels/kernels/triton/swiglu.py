@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import ast_spec, launch, tile, tile_grid, tuned
+from .launch import Autotuned, ast_spec, tile, tile_grid
 
 
 @triton.jit
@@ -45,24 +45,24 @@ def _swiglu_bwd_kernel(DOUT, A, B, DA, DB, M, H, stride_do, stride_a, stride_b, 
     tl.store(DA + r * stride_da + c, da.to(DA.dtype.element_ty), mask=mask)
 
 
-_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_H": h}, num_warps=w)
+_CONFIGS = [({"BLOCK_M": m, "BLOCK_H": h}, w, 1)
             for m, h, w in ((1, 1024, 4), (4, 512, 4), (8, 512, 8), (16, 256, 8), (4, 1024, 8))]
-_FIXED = {"BLOCK_M": 4, "BLOCK_H": 32, "num_warps": 4}
-_fwd = tuned(_swiglu_fwd_kernel, _CONFIGS, key=["H"])
-_bwd = tuned(_swiglu_bwd_kernel, _CONFIGS, key=["H"])
+_INTERPRET_CONFIG = ({"BLOCK_M": 4, "BLOCK_H": 32}, 4, 1)
+_fwd = Autotuned(_swiglu_fwd_kernel, _CONFIGS, ["H"], _INTERPRET_CONFIG)
+_bwd = Autotuned(_swiglu_bwd_kernel, _CONFIGS, ["H"], _INTERPRET_CONFIG)
 
 
 def swiglu_fwd(a, b):
     rows, hidden = a.shape
     out = torch.empty(rows, hidden, device=a.device, dtype=a.dtype)
-    launch(_fwd, tile_grid(rows, hidden, "BLOCK_H"), _FIXED, a, b, out, rows, hidden, a.stride(0),
+    _fwd.launch(tile_grid(rows, hidden, "BLOCK_H"), rows, a, b, out, rows, hidden, a.stride(0),
            b.stride(0), out.stride(0))
     return out
 
 
 def swiglu_bwd(dout, a, b, da, db):
     rows, hidden = a.shape
-    launch(_bwd, tile_grid(rows, hidden, "BLOCK_H"), _FIXED, dout, a, b, da, db, rows, hidden,
+    _bwd.launch(tile_grid(rows, hidden, "BLOCK_H"), rows, dout, a, b, da, db, rows, hidden,
            dout.stride(0), a.stride(0), b.stride(0), da.stride(0), db.stride(0))
 
 
