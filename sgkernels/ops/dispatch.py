@@ -110,10 +110,33 @@ def _without_autocast(fn, device_type):
     return run
 
 
+def _on_device(fn, device):
+    @functools.wraps(fn)
+    def run(*args):
+        with torch.cuda.device(device):
+            return fn(*args)
+
+    return run
+
+
+def _needs_device_guard(fn_name, fn, device):
+    """Triton launches on the current CUDA device (the CUDA backend sets its own CUDAGuard and
+    torch ops follow their tensors), so a Triton call on tensors of another device must first
+    make theirs current: otherwise the kernel runs on the wrong GPU and faults."""
+    if device.type != "cuda" or device.index is None:
+        return False
+    triton, _ = _import("triton")
+    return (triton is not None and getattr(triton, fn_name, None) is fn
+            and device.index != torch.cuda.current_device())
+
+
 def get(fn_name, device):
     """The backend function `fn_name` (e.g. "rms_norm_fwd") to run on tensors of `device`;
-    wrapped to run with autocast off when autocast is on (see sgkernels.ops.amp)."""
+    wrapped to run on `device` as the current CUDA device (Triton backend) and with autocast off
+    when autocast is on (see sgkernels.ops.amp)."""
     fn = _select(fn_name, device)
+    if _needs_device_guard(fn_name, fn, device):
+        fn = _on_device(fn, device)
     if amp.enabled(device):
         return _without_autocast(fn, device.type)
     return fn

@@ -133,3 +133,50 @@ def test_forced_backend_that_fails_to_import(monkeypatch):
                 ops.rms_norm(torch.randn(2, 4))
     finally:
         dispatch._import.cache_clear()
+
+
+@pytest.fixture
+def fake_cuda_devices(monkeypatch):
+    """torch.cuda.current_device / torch.cuda.device over a fake current-device index (starts 0),
+    so the device guard can be checked without GPUs; returns the state dict."""
+    state = {"current": 0}
+
+    class FakeDevice:
+        def __init__(self, device):
+            self.index = torch.device(device).index
+
+        def __enter__(self):
+            self.prev, state["current"] = state["current"], self.index
+
+        def __exit__(self, *exc):
+            state["current"] = self.prev
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
+    monkeypatch.setattr(torch.cuda, "device", FakeDevice)
+    return state
+
+
+def test_triton_calls_run_on_their_tensors_device(fake_backends, fake_cuda_devices):
+    """Triton launches on the current device: a call on cuda:1 tensors while cuda:0 is current
+    must make cuda:1 current for the call, and restore cuda:0 after."""
+    modules, _ = fake_backends
+    modules["cuda"].available = lambda: False
+    seen = []
+    modules["triton"].rms_norm_fwd = lambda *args: seen.append(fake_cuda_devices["current"])
+    dispatch.get("rms_norm_fwd", torch.device("cuda", 1))(None, None, 1e-6)
+    dispatch.get("rms_norm_fwd", torch.device("cuda", 0))(None, None, 1e-6)
+    assert seen == [1, 0] and fake_cuda_devices["current"] == 0
+    # same device: no wrapper (no per-call cost); the CUDA backend guards itself (CUDAGuard)
+    assert dispatch.get("rms_norm_fwd", torch.device("cuda", 0)) is modules["triton"].rms_norm_fwd
+    modules["cuda"].available = lambda: True
+    assert dispatch.get("rms_norm_fwd", torch.device("cuda", 1)) is modules["cuda"].rms_norm_fwd
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_triton_backend_on_second_gpu():
+    x = torch.randn(37, 96, device="cuda:1")
+    w = torch.randn(96, device="cuda:1")
+    with ops.use_backend("triton"):
+        y = ops.rms_norm(x, w)
+    torch.testing.assert_close(y, reference.rms_norm_fwd(x, w, 1e-6)[0])
