@@ -14,10 +14,16 @@ SiT-XL/2) vs dense (gamma 0), one model and optimizer, timed round-robin. Predic
 forward GFLOPs dense / routed (the backward costs ≈ 2× the forward in both). Precision: fp32,
 pure bf16 (CUDA default) or amp (bf16 autocast); on CUDA also the peak memory of one step above
 the resident model + optimizer.
+e2e.csv and e2e.json are rewritten after every batch size of each part (common.Results), so a
+killed run keeps what it measured; `--resume` keeps the (part, batch) groups of an earlier run
+in --out and measures only the missing ones. Exit status 3 (common.EXIT_PARTIAL) when
+--budget-s left groups out.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 import common
@@ -136,11 +142,25 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
     p.add_argument("--skip", nargs="*", default=[], choices=("sampling", "training"))
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no new batch size this many seconds after the start")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the groups of e2e.csv in --out, measure only the missing ones")
     p.add_argument("--out", type=Path, default=Path("outputs/bench_e2e"))
     return p.parse_args(argv)
 
 
+def group_key(row: dict) -> tuple:
+    return (row["part"], row["batch"])
+
+
 def main(argv=None) -> list[dict]:
+    return run(argv)[0]
+
+
+def run(argv=None) -> tuple[list[dict], bool]:
+    """main(), also saying whether every planned group was measured (not cut by --budget-s)."""
+    start = time.perf_counter()
     args = parse_args(argv)
     device = common.resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -151,18 +171,6 @@ def main(argv=None) -> list[dict]:
     repeats = args.repeats or 5
     dtype = common.DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
     precision = args.train_precision or ("amp" if cuda else "fp32")
-    rows = []
-    if "sampling" not in args.skip:
-        torch.manual_seed(0)
-        model = common.build_model(name, None, device, dtype)
-        for batch in args.batches or ([16, 64] if cuda else [8]):
-            rows += bench_sampling(model, batch, args.steps, timed, repeats, device, dtype)
-            print_table(rows[-len(methods()):])
-        del model
-    if "training" not in args.skip:
-        for batch in args.train_batches or ([32] if cuda else [8]):
-            rows += bench_training(config, batch, timed, repeats, device, precision)
-            print_table(rows[-2:])
     record = {"machine": common.machine_info(device), "model": name, "weights": "random init",
               "steps": args.steps, "timed_steps": timed, "repeats": repeats,
               "sampling_dtype": str(dtype), "training_precision": precision,
@@ -170,10 +178,37 @@ def main(argv=None) -> list[dict]:
               "guidance_scale": SCALE,
               "timing": "median over repeats of timed steps; CUDA events on GPU, wall clock on "
                         "CPU; sampling images/s extrapolated to a --steps run"}
-    common.write_csv(args.out / "e2e.csv", rows)
-    common.write_json(args.out / "e2e.json", dict(record, rows=rows))
-    print(f"wrote {args.out}/e2e.csv and e2e.json")
-    return rows
+    results = common.Results(args.out / "e2e.csv", args.out / "e2e.json", record,
+                             key=group_key, resume=args.resume, json_rows=True)
+    if results.resumed:
+        print(f"--resume: {results.resumed} rows kept from {results.csv_path}")
+    plan = []
+    if "sampling" not in args.skip:
+        plan += [("sampling", b) for b in args.batches or ([16, 64] if cuda else [8])]
+    if "training" not in args.skip:
+        plan += [("training", b) for b in args.train_batches or ([32] if cuda else [8])]
+    todo = [g for g in plan if not results.has(g)]
+    left_out, model = [], None
+    for part, batch in todo:
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            left_out.append((part, batch))
+            continue
+        if part == "sampling":
+            if model is None:
+                torch.manual_seed(0)
+                model = common.build_model(name, None, device, dtype)
+            rows = bench_sampling(model, batch, args.steps, timed, repeats, device, dtype)
+        else:
+            model = None  # free the sampling model before training
+            rows = bench_training(config, batch, timed, repeats, device, precision)
+        results.add(rows, flush=False)
+        results.flush(seconds=round(time.perf_counter() - start, 1))
+        print_table(rows)
+    results.finish(complete=not left_out, left_out=[f"{p} batch {b}" for p, b in left_out],
+                   seconds=round(time.perf_counter() - start, 1))
+    print(f"wrote {args.out}/e2e.csv and e2e.json"
+          + (f" ({len(left_out)} groups left out by --budget-s)" if left_out else ""))
+    return results.rows, not left_out
 
 
 def print_table(rows: list[dict]) -> None:
@@ -192,4 +227,4 @@ def print_table(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if run()[1] else common.EXIT_PARTIAL)

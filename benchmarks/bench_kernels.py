@@ -1,7 +1,11 @@
 """Kernel benchmarks: every sgkernels op, forward / backward / both, at DiT shapes.
 
-Shapes: width D (1152 = SiT-XL/2, 2048 = TR-DiT-2.5B), H heads (head dim D/H), N tokens per image,
-B images, in three layouts of segment lengths:
+Shapes: width D (1152 = SiT-XL/2, 2048 = TR-DiT-2.5B), H heads (head dim D/H: 72 and 128 at 16
+heads), N tokens per image, B images; plus attention-only shapes (varlen_attention, rope_axial)
+at other head dims (`--attn-head-dims`, default 64 on CUDA: D = H·64). Largest first: batches in
+decreasing order (B 256 × 256 tokens = 65536 rows on CUDA), at each batch the widths in the
+order given, then the attention-only head dims; a `--budget-s` cut leaves out the smallest.
+Per shape group every op is timed in three layouts of segment lengths:
     dense    B segments of N tokens
     routed   B segments of keep(N, 0.5) tokens                    (TREAD route at 0.5)
     packed   B of keep(N, 0.5) and B of keep(N, 0.9) tokens       (one SG_FLOPS step, 0.5 / 0.9)
@@ -18,13 +22,23 @@ sg:torch is the reference forward and backward), the reference forward with auto
 ("compile"), torch natives (F.rms_norm; SDPA per run of equal-length segments; varlen_attn on
 CUDA when torch has it), Liger-Kernel's RMSNorm / SwiGLU when installed.
 `x_ref` = t(sg:torch) / t; `x_best` (sg rows) = best t among compile, natives and Liger / t.
+torch.compile rows of a shape group are timed after all its other rows (compiling costs seconds
+per graph), so a budget cut drops compile baselines before the sgkernels rows of the next shape.
+Host work (index lists, SDPA length groups) is done before timing, never inside the timed call.
+
+Output: kernels.csv (one row per case and implementation) and kernels.json (ceilings, settings,
+`complete`), both rewritten after every case (common.Results), so a killed run keeps what it
+measured; `--resume` keeps the rows of an earlier run in --out and times only the missing cases.
+Exit status 3 (common.EXIT_PARTIAL) when --budget-s left cases out.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
-import itertools
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +55,7 @@ MODES = ("fwd", "bwd", "fwdbwd")
 LAYOUTS = ("dense", "routed", "packed")
 OPS = ("rms_norm", "rms_norm_modulate", "gated_residual", "swiglu", "route_gather",
        "route_scatter", "rope_axial", "varlen_attention")
+HEAD_DIM_OPS = ("rope_axial", "varlen_attention")  # the ops whose cost depends on the head dim
 
 
 def segment_lengths(layout: str, batch: int, tokens: int) -> list[int]:
@@ -145,20 +160,43 @@ def ref_call(op: str, i: dict):
     return getattr(ref, op + "_fwd")(*i.values())
 
 
-def sdpa_grouped(i: dict):
-    """SDPA per run of equal-length consecutive segments ([n, H, L, Dh] batches, no padding)."""
-    q, k, v, cu = i["q"], i["k"], i["v"], i["cu_seqlens"].tolist()
+def length_groups(cu_seqlens) -> list[tuple[int, int, int]]:
+    """(first row, segments, length) of each run of equal-length consecutive segments; host
+    ints (one device-to-host copy: call it before timing)."""
+    cu = cu_seqlens.tolist()
     lengths = [b - a for a, b in zip(cu, cu[1:])]
-    out, start, j = [], 0, 0
+    groups, start, j = [], 0, 0
     while j < len(lengths):
         n = 1
         while j + n < len(lengths) and lengths[j + n] == lengths[j]:
             n += 1
-        end = start + n * lengths[j]
-        views = [t[start:end].unflatten(0, (n, lengths[j])).transpose(1, 2) for t in (q, k, v)]
+        groups.append((start, n, lengths[j]))
+        start, j = start + n * lengths[j], j + n
+    return groups
+
+
+def sdpa_grouped(i: dict, groups: list[tuple[int, int, int]] | None = None):
+    """SDPA per run of equal-length consecutive segments ([n, H, L, Dh] batches, no padding).
+    `groups` (length_groups of the inputs) keeps the host sync out of the call; timed calls
+    get it from `sdpa_grouped.prepare`."""
+    q, k, v = i["q"], i["k"], i["v"]
+    out = []
+    for start, n, length in length_groups(i["cu_seqlens"]) if groups is None else groups:
+        end = start + n * length
+        views = [t[start:end].unflatten(0, (n, length)).transpose(1, 2) for t in (q, k, v)]
         out.append(F.scaled_dot_product_attention(*views).transpose(1, 2).flatten(0, 1))
-        start, j = end, j + n
     return torch.cat(out)
+
+
+# bench_case calls `fn.prepare(inputs)` once, outside the timed region, where a baseline has it
+sdpa_grouped.prepare = lambda i: functools.partial(sdpa_grouped,
+                                                   groups=length_groups(i["cu_seqlens"]))
+
+
+def prepared(fn, inputs: dict):
+    """fn with its host-side set-up for `inputs` done (see sdpa_grouped.prepare)."""
+    prepare = getattr(fn, "prepare", None)
+    return prepare(inputs) if prepare is not None else fn
 
 
 def natives(op: str, device: torch.device) -> dict:
@@ -289,7 +327,8 @@ def bench_case(op, mode, shape, impls, ceil, warmup, repeats, gen) -> list[dict]
     for name, fn in impls.items():
         row = dict(base, impl=name)
         try:
-            t = common.time_fn(runner(fn, inputs, mode), shape.device, warmup, repeats)
+            run = runner(prepared(fn, inputs), inputs, mode)  # host work before timing
+            t = common.time_fn(run, shape.device, warmup, repeats)
         except Exception as exc:  # one failing implementation must not stop the run: record it
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             rows.append(row)
@@ -300,14 +339,77 @@ def bench_case(op, mode, shape, impls, ceil, warmup, repeats, gen) -> list[dict]
             row.update(tflops=fl / t.median / 1e12)
             row["frac_matmul"] = row["tflops"] / ceil["matmul_tflops"]
         rows.append(row)
-    timed = {r["impl"]: r["ms"] for r in rows if "ms" in r}
-    others = [ms for name, ms in timed.items() if not name.startswith(("sg:", "eager"))]
-    for r in rows:
-        if "ms" in r and "sg:torch" in timed:
-            r["x_ref"] = timed["sg:torch"] / r["ms"]
-        if "ms" in r and r["impl"].startswith("sg:") and others:
-            r["x_best"] = min(others) / r["ms"]
     return rows
+
+
+def case_key(row: dict) -> tuple:
+    """(op, mode, layout, batch, dim, heads): the case a row times."""
+    return tuple(row.get(k) for k in ("op", "mode", "layout", "batch", "dim", "heads"))
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """x_ref = t(sg:torch) / t and, on sg rows, x_best = best baseline time / t, per case, over
+    every row timed so far (baselines of a case may be timed later, e.g. compile rows)."""
+    timed: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if "ms" in r:
+            timed.setdefault(case_key(r), {})[r["impl"]] = r["ms"]
+    for r in rows:
+        if "ms" not in r:
+            continue
+        case = timed[case_key(r)]
+        others = [ms for name, ms in case.items() if not name.startswith(("sg:", "eager"))]
+        if "sg:torch" in case:
+            r["x_ref"] = case["sg:torch"] / r["ms"]
+        if r["impl"].startswith("sg:") and others:
+            r["x_best"] = min(others) / r["ms"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One case (op, mode, shape) and the implementations to time on it."""
+    op: str
+    mode: str
+    shape: Shape
+    impls: tuple[str, ...]
+
+    def keys(self) -> list[tuple]:
+        s = self.shape
+        return [(self.op, self.mode, s.layout, s.batch, s.dim, s.heads, name)
+                for name in self.impls]
+
+
+def row_key(row: dict) -> tuple:
+    return (*case_key(row), row.get("impl"))
+
+
+def shape_groups(dims, heads, batches, attn_head_dims, ops) -> list[tuple[int, int, list[str]]]:
+    """(batch, dim, ops) per shape group, largest first: batches decreasing, at each batch the
+    widths in the given order, then attention-only widths heads·hd for the extra head dims."""
+    groups = []
+    head_dims = {d // heads for d in dims}
+    for batch in sorted(set(batches), reverse=True):
+        groups += [(batch, d, list(ops)) for d in dims]
+        extra = [o for o in ops if o in HEAD_DIM_OPS]
+        groups += [(batch, hd * heads, extra) for hd in attn_head_dims
+                   if hd not in head_dims and extra]
+    return groups
+
+
+def plan_jobs(groups, tokens, heads, layouts, modes, impl_names, dtype, device) -> list[Job]:
+    """Per shape group: every layout × op × mode with the implementations other than
+    `compile`, then the same cases with `compile` alone."""
+    jobs = []
+    for batch, dim, group_ops in groups:
+        cases = [(Shape(layout, batch, tokens, dim, heads, dtype, device), op, mode)
+                 for layout in layouts for op in group_ops for mode in modes]
+        for s, op, mode in cases:
+            names = tuple(n for n in impl_names[op] if n != "compile")
+            jobs.append(Job(op, mode, s, names))
+        for s, op, mode in cases:
+            if "compile" in impl_names[op]:
+                jobs.append(Job(op, mode, s, ("compile",)))
+    return jobs
 
 
 def parse_args(argv=None):
@@ -318,9 +420,12 @@ def parse_args(argv=None):
     p.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     p.add_argument("--dims", nargs="+", type=int, default=None, help="default 1152 2048")
     p.add_argument("--heads", type=int, default=None, help="default 16")
+    p.add_argument("--attn-head-dims", nargs="*", type=int, default=None,
+                   help="extra head dims timed for attention / rope only (D = heads·hd); "
+                        "default 64 (--quick: 16)")
     p.add_argument("--tokens", type=int, default=None, help="tokens per image, default 256")
     p.add_argument("--batches", nargs="+", type=int, default=None,
-                   help="default 16 256 on CUDA, 2 on CPU")
+                   help="default 256 16 on CUDA, 2 on CPU (run largest first)")
     p.add_argument("--dtype", choices=common.DTYPES, default=None,
                    help="default bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -330,7 +435,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="stop starting new cases after this many seconds")
+                   help="stop starting new cases this many seconds after the start")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of kernels.csv in --out, time only the missing cases")
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes (D 128, 4 heads, 64 tokens, batch 4): < 1 minute on CPU")
     p.add_argument("--out", type=Path, default=Path("outputs/bench_kernels"))
@@ -338,6 +445,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> list[dict]:
+    start = time.perf_counter()
     args = parse_args(argv)
     device = common.resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -345,8 +453,10 @@ def main(argv=None) -> list[dict]:
     quick = args.quick
     dims = args.dims or ([128] if quick else [1152, 2048])
     heads = args.heads or (4 if quick else 16)
+    attn_head_dims = args.attn_head_dims if args.attn_head_dims is not None else \
+        ([16] if quick else [64])
     tokens = args.tokens or (64 if quick else 256)
-    batches = args.batches or ([4] if quick else [2] if not cuda else [16, 256])
+    batches = args.batches or ([4] if quick else [2] if not cuda else [256, 16])
     dtype = common.DTYPES[args.dtype or ("bf16" if cuda and not quick else "fp32")]
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     repeats = args.repeats if args.repeats is not None else (10 if cuda else 3)
@@ -354,40 +464,63 @@ def main(argv=None) -> list[dict]:
     for d in dims:
         if d % heads or (d // heads) % 4:
             raise ValueError(f"--dims {d} / --heads {heads} must give a head dim divisible by 4")
+    for hd in attn_head_dims:
+        if hd < 4 or hd % 4:
+            raise ValueError(f"--attn-head-dims {hd} must be a multiple of 4")
     if math.isqrt(tokens) ** 2 != tokens:
         raise ValueError(f"--tokens must be a square (a token grid), got {tokens}")
 
     ceil = {"copy_gbps": common.copy_bandwidth_gbps(device),
             "matmul_tflops": common.matmul_tflops(device)}
     print(f"device {device}: copy {ceil['copy_gbps']:.1f} GB/s, matmul "
-          f"{ceil['matmul_tflops']:.2f} TFLOP/s")
+          f"{ceil['matmul_tflops']:.2f} TFLOP/s", flush=True)
     gen = torch.Generator().manual_seed(0)
     impls = {op: implementations(op, device, compile_ref) for op in args.ops}
-    start, rows = time.perf_counter(), []
-    # small shapes first, every op per shape: a time budget cuts the largest shapes, not ops
-    for dim, batch, layout, op, mode in itertools.product(dims, batches, args.layouts, args.ops,
-                                                          args.modes):
-        if args.budget_s and time.perf_counter() - start > args.budget_s:
-            rows.append({"op": op, "mode": mode, "layout": layout, "batch": batch, "dim": dim,
-                         "error": "skipped: --budget-s"})
-            continue
-        shape = Shape(layout, batch, tokens, dim, heads, dtype, device)
-        new = bench_case(op, mode, shape, impls[op], ceil, warmup, repeats, gen)
-        rows.extend(new)
-        print_rows(new)
+    groups = shape_groups(dims, heads, batches, attn_head_dims, args.ops)
+    jobs = plan_jobs(groups, tokens, heads, args.layouts, args.modes,
+                     {op: list(v) for op, v in impls.items()}, dtype, device)
     record = {"machine": common.machine_info(device), "ceilings": ceil,
               "args": {k: str(v) for k, v in vars(args).items()}, "dtype": str(dtype),
-              "cpu_threads": threads, "warmup": warmup, "repeats": repeats, "seconds": time.perf_counter() - start}
-    common.write_csv(args.out / "kernels.csv", rows)
-    common.write_json(args.out / "kernels.json", record)
-    print(f"wrote {args.out}/kernels.csv and kernels.json ({record['seconds']:.0f} s)")
-    return rows
+              "cpu_threads": threads, "warmup": warmup, "repeats": repeats,
+              "triton_one_config": os.environ.get("SGKERNELS_TRITON_ONE_CONFIG") == "1",
+              "shape_groups": [{"batch": b, "dim": d, "heads": heads, "head_dim": d // heads,
+                                "tokens_per_image": tokens, "ops": o} for b, d, o in groups],
+              "order": "shape groups largest first; per group layouts x ops x modes, "
+                       "torch.compile rows last",
+              "cases_planned": sum(len(j.impls) for j in jobs)}
+    results = common.Results(args.out / "kernels.csv", args.out / "kernels.json", record,
+                             key=row_key, resume=args.resume)
+    if results.resumed:
+        print(f"--resume: {results.resumed} rows kept from {results.csv_path}")
+    skipped = []
+    for job in jobs:
+        todo = [n for n, k in zip(job.impls, job.keys()) if not results.has(k)]
+        if not todo:
+            continue
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            skipped += [dict(zip(("op", "mode", "layout", "batch", "dim", "heads", "impl"), k),
+                             error="skipped: --budget-s")
+                        for n, k in zip(job.impls, job.keys()) if n in todo]
+            continue
+        new = bench_case(job.op, job.mode, job.shape, {n: impls[job.op][n] for n in todo},
+                         ceil, warmup, repeats, gen)
+        results.add(new, flush=False)
+        add_ratios(results.rows)
+        results.flush(seconds=round(time.perf_counter() - start, 1))
+        print_rows(new)
+    results.add(skipped, flush=False)
+    add_ratios(results.rows)
+    results.finish(complete=not skipped, seconds=round(time.perf_counter() - start, 1),
+                   cases_skipped=len(skipped))
+    print(f"wrote {results.csv_path} and kernels.json ({record['seconds']:.0f} s"
+          f"{f', {len(skipped)} cases left out by --budget-s' if skipped else ''})")
+    return results.rows
 
 
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
         head = (f"{r['op']:<18} {r['mode']:<6} {r['layout']:<6} B{r['batch']:<4} D{r['dim']:<5}"
-                f" {r['impl']:<20}")
+                f" H{r.get('heads', '')!s:<3} {r['impl']:<20}")
         if "error" in r:
             print(f"{head} -- {r['error']}")
             continue
@@ -397,4 +530,6 @@ def print_rows(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    rows = main()
+    sys.exit(common.EXIT_PARTIAL if any(str(r.get("error", "")).startswith("skipped")
+                                        for r in rows) else 0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import json
 import math
 import os
@@ -218,19 +219,36 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    """Write dict rows; columns are the union of keys in first-seen order (missing -> empty)."""
+EXIT_PARTIAL = 3  # exit status of a benchmark whose --budget-s left cases unmeasured
+
+
+def _replace_atomically(path: Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader (or
+    a run killed mid-write) sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Write dict rows (atomically); columns are the union of keys in first-seen order
+    (missing -> empty)."""
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_value(v) for k, v in row.items()})
-    return path
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    return _replace_atomically(path, buf.getvalue())
 
 
 def _csv_value(value):
@@ -239,11 +257,77 @@ def _csv_value(value):
     return value
 
 
-def write_json(path: Path, record: dict) -> Path:
+def _parse_value(text: str):
+    """A CSV cell back to int / float where it is one (empty -> absent)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV written by write_csv, numbers parsed, empty cells left out; [] if the file
+    does not exist."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return path
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: _parse_value(v) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def write_json(path: Path, record: dict) -> Path:
+    """Write `record` as indented JSON (atomically; non-JSON values via str)."""
+    return _replace_atomically(path, json.dumps(record, indent=2, default=str) + "\n")
+
+
+class Results:
+    """The CSV (+ JSON) of one benchmark run, rewritten atomically after every case, so a run
+    stopped at any point (timeout, kill) leaves files holding every case measured so far.
+
+    `record` is the JSON's content; `json_rows` also puts the rows there; `complete` in the
+    JSON is False until `finish()`. With `resume`, rows of an earlier run are read back from the
+    CSV (numbers parsed; rows whose `error` starts with "skipped" are dropped so they are
+    measured again) and `has(key)` tells which cases to leave out; `key(row)` names a case.
+    """
+
+    def __init__(self, csv_path: Path, json_path: Path | None, record: dict, key=None,
+                 resume: bool = False, json_rows: bool = False):
+        self.csv_path, self.json_path = Path(csv_path), json_path and Path(json_path)
+        self.record, self.key, self.json_rows = record, key, json_rows
+        self.rows: list[dict] = []
+        if resume:
+            self.rows = [r for r in read_csv(self.csv_path)
+                         if not str(r.get("error", "")).startswith("skipped")]
+        self.resumed = len(self.rows)
+        self._done = {key(r) for r in self.rows} if key else set()
+
+    def has(self, key) -> bool:
+        return key in self._done
+
+    def add(self, rows, flush: bool = True) -> None:
+        rows = [rows] if isinstance(rows, dict) else list(rows)
+        self.rows.extend(rows)
+        if self.key:
+            self._done.update(self.key(r) for r in rows)
+        if flush:
+            self.flush()
+
+    def flush(self, complete: bool = False, **record) -> None:
+        """Rewrite the CSV, then the JSON (record updated with `record`)."""
+        self.record.update(record)
+        write_csv(self.csv_path, self.rows)
+        if self.json_path is not None:
+            content = dict(self.record, complete=complete, rows_written=len(self.rows),
+                           rows_resumed=self.resumed)
+            if self.json_rows:
+                content["rows"] = self.rows
+            write_json(self.json_path, content)
+
+    def finish(self, complete: bool = True, **record) -> None:
+        self.flush(complete=complete, **record)
 
 
 def gamma_values(step: float) -> list[float]:

@@ -17,6 +17,10 @@ forward, adding panel (e): t_step(separate) / t_step(packed), what packing buys.
 `--ckpt --metric {fid,cfd,kid,acc}` adds quality.png: the sgkernels.eval metric of
 `--metric-num` images per cell of a coarse grid (`--metric-step`), full `--steps` runs.
 Timing: CUDA events after warm-up on GPU, wall clock on CPU; medians over repeats.
+gamma_grid.csv and gamma_grid.json are rewritten after every cell (common.Results; the PNG at
+the end), so a killed run keeps the cells it timed; `--resume` keeps the cells of an earlier
+run in --out and times only the missing ones (the references are timed again). Exit status 3
+(common.EXIT_PARTIAL) when --budget-s left cells out.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import argparse
 import contextlib
 import importlib.util
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -65,7 +70,10 @@ def parse_args(argv=None):
     p.add_argument("--ref", default="fashion-mnist-test",
                    help="--metric reference: a sgkernels.eval reference name or image path")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="stop timing new cells after this many seconds (the rest stay empty)")
+                   help="stop timing new cells this many seconds after the start (the rest "
+                        "stay empty)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the cells of gamma_grid.csv in --out, time only the missing ones")
     p.add_argument("--quick", action="store_true",
                    help="coarse grid (step 0.25), fewer repeats, CPU batch 4")
     p.add_argument("--out", type=Path, default=Path("outputs/gamma_grid"))
@@ -115,13 +123,18 @@ def interleaved(model, guidances, s, device, packed_flags, warmup) -> list[commo
     return [per_step(t, s["timed"]) for t in timings]
 
 
-def run_grid(model, s, device, separate: bool, steps: int,
-             budget_s: float | None = None) -> tuple[list[dict], dict]:
+def cell_key(row: dict) -> tuple:
+    return (row["gamma_strong"], row["gamma_weak"])
+
+
+def run_grid(model, s, device, separate: bool, steps: int, budget_s: float | None = None,
+             results: common.Results | None = None) -> tuple[list[dict], dict]:
     """Time every valid cell (and the references); returns CSV rows and reference values.
 
     Each cell is timed round-robin with CFG (and, with `separate`, with its packed forward), and
     its speedup is the median of the per-round ratios. With budget_s, cells not started within
-    budget_s seconds are left out (not measured).
+    budget_s seconds are left out (not measured). With `results`, every cell is added to it
+    (files rewritten) as soon as it is timed, and cells it already has are not timed again.
     """
     deadline = time.perf_counter() + budget_s if budget_s else math.inf
     cfg, w = model.config, s["warmup"]
@@ -132,9 +145,27 @@ def run_grid(model, s, device, separate: bool, steps: int,
     t_cfg, t_unguided, t_sg_flops = interleaved(
         model, [cfg_guidance, None, sg_flops], s, device, [packed] * 3, (1, 1, 1))
     cfg_times = list(t_cfg.times)
+
+    def references():
+        cfg_all = common.Timing(tuple(cfg_times))
+        return {
+            "unguided": reference_values(s, steps, t_unguided,
+                                         common.ratio_median(t_cfg, t_unguided),
+                                         sampling_gflops(cfg, None, steps), gflops_cfg),
+            "cfg": reference_values(s, steps, cfg_all, 1.0, gflops_cfg, gflops_cfg),
+            "sg_flops_0.5_0.9": reference_values(s, steps, t_sg_flops,
+                                                 common.ratio_median(t_cfg, t_sg_flops),
+                                                 sampling_gflops(cfg, sg_flops, steps),
+                                                 gflops_cfg),
+        }
+
+    if results is not None:
+        results.flush(reference=references())
     rows = []
     for i, g_s in enumerate(gammas):
         for g_w in gammas[i:]:
+            if results is not None and results.has((g_s, g_w)):
+                continue
             if time.perf_counter() > deadline:
                 break
             guidance = SparseGuidance(s["scale"], g_s, g_w)
@@ -155,19 +186,13 @@ def run_grid(model, s, device, separate: bool, steps: int,
             if separate:
                 row["packed_gain"] = common.ratio_median(t, t_packed[0])
             rows.append(row)
+            if results is not None:
+                results.add(row, flush=False)
+                results.flush(reference=references(), cells=len(results.rows))
             print(f"γ_s {g_s:4.2f} γ_w {g_w:4.2f}: {row['ms_per_step']:8.1f} ms/step "
                   f"{row['images_per_s']:8.2f} img/s  speedup {row['speedup_vs_cfg']:.2f} "
                   f"(FLOPs {row['predicted_speedup']:.2f})", flush=True)
-    cfg_all = common.Timing(tuple(cfg_times))
-    reference = {
-        "unguided": reference_values(s, steps, t_unguided, common.ratio_median(t_cfg, t_unguided),
-                                     sampling_gflops(cfg, None, steps), gflops_cfg),
-        "cfg": reference_values(s, steps, cfg_all, 1.0, gflops_cfg, gflops_cfg),
-        "sg_flops_0.5_0.9": reference_values(s, steps, t_sg_flops,
-                                             common.ratio_median(t_cfg, t_sg_flops),
-                                             sampling_gflops(cfg, sg_flops, steps), gflops_cfg),
-    }
-    return rows, reference
+    return rows, references()
 
 
 def reference_values(s, steps, t: common.Timing, speedup, gflops, gflops_cfg) -> dict:
@@ -293,6 +318,7 @@ def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
 
 
 def main(argv=None) -> dict:
+    start = time.perf_counter()
     args = parse_args(argv)
     device = common.resolve_device(args.device)
     s = settings(args, device)
@@ -300,10 +326,6 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     model = common.build_model(s["model"], args.ckpt, device, s["dtype"])
     backend = args.backend
-    start = time.perf_counter()
-    forced = contextlib.nullcontext() if backend == "auto" else ops.use_backend(backend)
-    with forced:
-        rows, reference = run_grid(model, s, device, args.separate, args.steps, args.budget_s)
     n = len(common.gamma_values(s["step"]))
     record = {
         "what": "Sparse Guidance sampling over the (gamma_strong, gamma_weak) grid",
@@ -320,14 +342,24 @@ def main(argv=None) -> dict:
                    + ("CUDA events" if device.type == "cuda" else "wall clock")
                    + f"; images/s extrapolated to a {args.steps}-step run"),
         "flops_convention": "paper (linear-layer MACs; attention products excluded)",
-        "reference": reference, "cells": len(rows),
-        "cells_valid": n * (n + 1) // 2,
-        "seconds": round(time.perf_counter() - start, 1),
+        "cells": 0, "cells_valid": n * (n + 1) // 2,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    common.write_csv(args.out / "gamma_grid.csv", rows)
+    results = common.Results(args.out / "gamma_grid.csv", args.out / "gamma_grid.json", record,
+                             key=cell_key, resume=args.resume)
+    if results.resumed:
+        print(f"--resume: {results.resumed} cells kept from {results.csv_path}")
+    budget = None if args.budget_s is None else max(args.budget_s - (time.perf_counter() - start),
+                                                    1e-9)
+    forced = contextlib.nullcontext() if backend == "auto" else ops.use_backend(backend)
+    with forced:
+        _, reference = run_grid(model, s, device, args.separate, args.steps, budget, results)
+    rows = results.rows
+    record.update(reference=reference, cells=len(rows),
+                  complete=len(rows) == record["cells_valid"],
+                  seconds=round(time.perf_counter() - start, 1))
+    results.flush(complete=record["complete"])
     png = plot(rows, reference, s, record, args.steps, args.separate, args.out / "gamma_grid.png")
-    common.write_json(args.out / "gamma_grid.json", record)
     if args.metric:
         q_rows, q_ref = quality_grid(model, args, s, device)
         record["quality"] = {"metric": args.metric, "reference_set": args.ref,
@@ -335,16 +367,16 @@ def main(argv=None) -> dict:
                              "cfg": q_ref["cfg"], "unguided": q_ref["unguided"], "cells": q_rows}
         common.write_csv(args.out / "quality.csv", q_rows)
         plot_quality(q_rows, q_ref, args, record, args.out / "quality.png")
-        common.write_json(args.out / "gamma_grid.json", record)
+        results.flush(complete=record["complete"])
     c, u, sg = reference["cfg"], reference["unguided"], reference["sg_flops_0.5_0.9"]
     print(f"CFG {c['images_per_s']:.3g} img/s, unguided {u['images_per_s']:.3g} img/s; "
           f"SG 0.5/0.9 {sg['images_per_s']:.3g} img/s = {sg['speedup_vs_cfg']:.2f}× CFG "
           f"(FLOPs predict {sg['predicted_speedup']:.2f}×, realized "
           f"{sg['realized_fraction']:.0%})")
     print(f"wrote {png}, gamma_grid.csv, gamma_grid.json in {args.out} "
-          f"({record['seconds']:.0f} s)")
+          f"({record['seconds']:.0f} s; {record['cells']} of {record['cells_valid']} cells)")
     return record
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main()["complete"] else common.EXIT_PARTIAL)
