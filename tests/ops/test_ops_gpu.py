@@ -1,6 +1,10 @@
 """The public ops on CUDA tensors with the automatically chosen backend (cuda, triton or torch)
 and with each backend forced, judged like the CPU tests: error vs an fp64 oracle at most 2x the
-error of plain torch in the same dtype."""
+error of plain torch in the same dtype.
+
+Dtypes: every case in bf16 (the dtype the models run in) with every backend, plus one fp16 case
+per op (the automatic backend; not repeated for the swiglu_packed / hd-72 variants): a GPU
+lease compiles each Triton kernel once per dtype, and fp16 takes the same code paths as bf16."""
 import contextlib
 
 import pytest
@@ -67,9 +71,15 @@ def _to_cuda(inputs):
     return {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
-@pytest.mark.parametrize("backend", [None, "torch", "triton", "cuda"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", list(_cases()))
+BACKENDS = (None, "torch", "triton", "cuda")
+VARIANTS = ("swiglu_packed", "varlen_attention_hd72")  # second cases of an op already covered
+CASES = [pytest.param(name, torch.bfloat16, backend, id=f"{name}-bf16-{backend or 'auto'}")
+         for name in _cases() for backend in BACKENDS]
+CASES += [pytest.param(name, torch.float16, None, id=f"{name}-fp16-auto")
+          for name in _cases() if name not in VARIANTS]
+
+
+@pytest.mark.parametrize("name, dtype, backend", CASES)
 def test_ops_on_cuda(name, dtype, backend):
     torch.manual_seed(0)
     op_fn, torch_fn, inputs, diff, keep = _cases()[name]
