@@ -28,6 +28,12 @@ def _wheel_cuda_includes():
     return found
 
 
+def _nvcc_flags():
+    """The nvcc flags of csrc/nvcc_flags.txt (also read by .ci/cuda_check.sh's ptxas check)."""
+    with open(os.path.join("csrc", "nvcc_flags.txt")) as f:
+        return [flag for line in f for flag in line.split("#", 1)[0].split()]
+
+
 def _cuda_extension():
     """Return ([ext], cmdclass) for sgkernels._C, or ([], {}) with a one-line reason."""
     sources = sorted(glob.glob("csrc/*.cu") + glob.glob("csrc/*.cpp"))
@@ -66,7 +72,7 @@ def _cuda_extension():
         sources,
         include_dirs=include,
         extra_compile_args={"cxx": ["-O3"],
-                            "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+                            "nvcc": _nvcc_flags()},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CUDA checks that need no GPU (called by .ci/run; safe to rerun).
-#   (a) every csrc/*.cu compiles alone for H100 (nvcc -gencode arch=compute_90a,code=sm_90a
-#       -Xptxas -v): prints registers / stack / spills per kernel and fails on any spill.
+#   (a) every csrc/*.cu compiles alone for H100 with the build's nvcc flags (csrc/nvcc_flags.txt,
+#       which setup.py reads too) plus -gencode arch=compute_90a,code=sm_90a -Xptxas -v: prints
+#       registers / stack / spills per kernel and fails on any spill.
 #   (b) in a second virtualenv (.venv-cuda, reused when its torch is right) with a CUDA build of
 #       torch, `pip install --no-build-isolation .` builds and links sgkernels._C, and
 #       `import sgkernels._C` succeeds from outside the source tree (importing needs no GPU).
@@ -19,12 +20,14 @@ export MAX_JOBS=${MAX_JOBS:-2}
 t0=$(date +%s)
 since() { echo $(( $(date +%s) - $1 )); }
 
-echo "-- (a) standalone sm_90a compile of csrc/*.cu ($("$NVCC" --version | tail -1))"
+# the build's nvcc flags: whitespace-separated, '#' starts a comment (as setup.py reads them)
+read -ra nvcc_flags <<< "$(sed 's/#.*//' csrc/nvcc_flags.txt | tr '\n' ' ')"
+echo "-- (a) standalone sm_90a compile of csrc/*.cu with ${nvcc_flags[*]} ($("$NVCC" --version | tail -1))"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for cu in csrc/*.cu; do
   ts=$(date +%s)
-  "$NVCC" -gencode arch=compute_90a,code=sm_90a -Xptxas -v -O3 -Icsrc -c "$cu" \
+  "$NVCC" -gencode arch=compute_90a,code=sm_90a -Xptxas -v "${nvcc_flags[@]}" -Icsrc -c "$cu" \
     -o "$tmp/$(basename "$cu").o" 2> "$tmp/$(basename "$cu").log" \
     || { cat "$tmp/$(basename "$cu").log"; echo "FAIL: $cu does not compile"; exit 1; }
   echo "   $cu compiled in $(since "$ts") s"

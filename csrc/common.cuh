@@ -24,8 +24,8 @@
 
 #include "sgk_kernels.h"
 
-// Every launch goes through SGK_LAUNCH so that tests/kernels/cuda_emu/ can run the kernels on the
-// CPU (it defines SGK_LAUNCH before this header). `kernel` must be a single token.
+// Every launch goes through SGK_LAUNCH so that the emulation of csrc/emu/ can run the kernels on
+// the CPU (it defines SGK_LAUNCH before this header). `kernel` must be a single token.
 #ifndef SGK_LAUNCH
 #define SGK_LAUNCH(kernel, grid, block, stream, ...) \
   kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)

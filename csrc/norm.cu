@@ -24,11 +24,13 @@ rms_norm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w,
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / tpr) + threadIdx.x / tpr;
   const bool valid = row < M;
   const T* xr = x + row * D;
+  // Column offsets are int (D <= SGK_MAX_ROW_DIM): one register each, which keeps
+  // <float, 4, 2, true> within ptxas's 32-register target without a spill.
   float xv[K][VEC];
   float ss = 0.f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    const int64_t c = (int64_t)(lane + k * tpr) * VEC;
+    const int c = (lane + k * tpr) * VEC;
     if (valid && c < D) load_f<VEC>(xr + c, xv[k]); else fill(xv[k], 0.f);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) ss += xv[k][i] * xv[k][i];
@@ -40,7 +42,7 @@ rms_norm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w,
   const int64_t srow = MOD ? (int64_t)seg[row] * D : 0;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    const int64_t c = (int64_t)(lane + k * tpr) * VEC;
+    const int c = (lane + k * tpr) * VEC;
     if (c >= D) continue;
     float out[VEC], wv[VEC];
     if (w != nullptr) load_f<VEC>(w + c, wv); else fill(wv, 1.f);

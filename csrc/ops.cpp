@@ -238,12 +238,14 @@ void swiglu_bwd(const at::Tensor& dout, const at::Tensor& a, const at::Tensor& b
 }
 
 // ---- routing ------------------------------------------------------------------------------------
-void check_idx(const at::Tensor& idx) {
-  TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong, "sgkernels_C: idx must be int64, got ",
-                   idx.scalar_type());
+// idx: int32 or int64 (as the public ops accept), passed to the kernels as is.
+SgkIndex check_idx(const at::Tensor& idx) {
+  TORCH_CHECK_TYPE(idx.scalar_type() == at::kInt || idx.scalar_type() == at::kLong,
+                   "sgkernels_C: idx must be int32 or int64, got ", idx.scalar_type());
   TORCH_CHECK_VALUE(idx.is_cuda() && idx.dim() == 1 && idx.is_contiguous(),
                     "sgkernels_C: idx must be a contiguous 1-D CUDA tensor, got shape ",
                     idx.sizes());
+  return idx.scalar_type() == at::kInt ? SGK_I32 : SGK_I64;
 }
 
 int64_t row_bytes(const at::Tensor& t) { return t.size(1) * (int64_t)t.element_size(); }
@@ -251,10 +253,10 @@ int64_t row_bytes(const at::Tensor& t) { return t.size(1) * (int64_t)t.element_s
 at::Tensor route_gather_fwd(const at::Tensor& x, const at::Tensor& idx) {
   TORCH_CHECK_VALUE(x.dim() == 2, "sgkernels_C.route_gather_fwd: x must be 2-D");
   check_rows(x, "x", x.size(0), x.size(1));
-  check_idx(idx);
+  const SgkIndex it = check_idx(idx);
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty({idx.size(0), x.size(1)}, x.options());
-  check_launch(sgk_route_gather(x.data_ptr(), idx.data_ptr<int64_t>(), out.data_ptr(), x.size(0),
+  check_launch(sgk_route_gather(it, x.data_ptr(), idx.data_ptr(), out.data_ptr(), x.size(0),
                                 idx.size(0), row_bytes(x), stream_of(x)),
                "route_gather_fwd");
   return out;
@@ -264,14 +266,14 @@ at::Tensor route_scatter_fwd(const at::Tensor& base, const at::Tensor& y, const 
   TORCH_CHECK_VALUE(base.dim() == 2, "sgkernels_C.route_scatter_fwd: base must be 2-D");
   const int64_t T = base.size(0), D = base.size(1);
   check_rows(base, "base", T, D);
-  check_idx(idx);
+  const SgkIndex it = check_idx(idx);
   check_rows(y, "y", idx.size(0), D);
   TORCH_CHECK_TYPE(y.scalar_type() == base.scalar_type(),
                    "sgkernels_C.route_scatter_fwd: y must have base's dtype");
   c10::cuda::CUDAGuard guard(base.device());
   at::Tensor out = at::empty_like(base);
   at::Tensor inv = at::empty({T}, base.options().dtype(at::kInt));
-  check_launch(sgk_route_scatter(base.data_ptr(), y.data_ptr(), idx.data_ptr<int64_t>(),
+  check_launch(sgk_route_scatter(it, base.data_ptr(), y.data_ptr(), idx.data_ptr(),
                                  out.data_ptr(), inv.data_ptr<int32_t>(), T, idx.size(0),
                                  row_bytes(base), stream_of(base)),
                "route_scatter_fwd");
@@ -283,12 +285,12 @@ std::tuple<at::Tensor, at::Tensor> route_scatter_bwd(const at::Tensor& dout,
   TORCH_CHECK_VALUE(dout.dim() == 2, "sgkernels_C.route_scatter_bwd: dout must be 2-D");
   const int64_t T = dout.size(0), D = dout.size(1);
   check_rows(dout, "dout", T, D);
-  check_idx(idx);
+  const SgkIndex it = check_idx(idx);
   c10::cuda::CUDAGuard guard(dout.device());
   at::Tensor dbase = at::empty_like(dout);
   at::Tensor dy = at::empty({idx.size(0), D}, dout.options());
   at::Tensor inv = at::empty({T}, dout.options().dtype(at::kInt));
-  check_launch(sgk_route_scatter_bwd(dout.data_ptr(), idx.data_ptr<int64_t>(), dbase.data_ptr(),
+  check_launch(sgk_route_scatter_bwd(it, dout.data_ptr(), idx.data_ptr(), dbase.data_ptr(),
                                      dy.data_ptr(), inv.data_ptr<int32_t>(), T, idx.size(0),
                                      row_bytes(dout), stream_of(dout)),
                "route_scatter_bwd");

@@ -1,6 +1,6 @@
 // Token routing (TREAD): gather the kept rows, scatter processed rows back, and the backward.
 //
-//   gather:       out[k] = x[idx[k]]
+//   gather:       out[k] = x[idx[k]]                                  (idx int32 or int64)
 //   scatter:      out[t] = y[inv[t]] if inv[t] >= 0 else base[t]      (inv[idx[k]] = k, else -1)
 //   scatter bwd:  dbase[t] = 0 if inv[t] >= 0 else dout[t];  dy[inv[t]] = dout[t]
 // Row copies are dtype-agnostic: a row is row_bytes bytes moved in the widest unit U (16, 8, 4, 2
@@ -25,10 +25,10 @@ __device__ __forceinline__ void zero_row(U* __restrict__ dst, int64_t n, int lan
   for (int64_t c = lane; c < n; c += tpr) dst[c] = z;
 }
 
-// One group of tpr threads per row; n units of U per row.
-template <typename U>
+// One group of tpr threads per row; n units of U per row; I is idx's element type.
+template <typename U, typename I>
 __global__ void __launch_bounds__(256)
-route_gather_kernel(const U* __restrict__ x, const int64_t* __restrict__ idx,
+route_gather_kernel(const U* __restrict__ x, const I* __restrict__ idx,
                     U* __restrict__ out, int64_t T, int64_t K, int64_t n, int tpr) {
   const int lane = threadIdx.x % tpr;
   const int64_t k = (int64_t)blockIdx.x * (blockDim.x / tpr) + threadIdx.x / tpr;
@@ -38,7 +38,8 @@ route_gather_kernel(const U* __restrict__ x, const int64_t* __restrict__ idx,
   else zero_row(out + k * n, n, lane, tpr);
 }
 
-__global__ void route_inverse_kernel(const int64_t* __restrict__ idx, int32_t* __restrict__ inv,
+template <typename I>
+__global__ void route_inverse_kernel(const I* __restrict__ idx, int32_t* __restrict__ inv,
                                      int64_t T, int64_t K) {
   const int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= K) return;
@@ -86,6 +87,16 @@ inline int copy_unit(int64_t row_bytes, const void* const* ptrs, int n_ptrs) {
   return 1;
 }
 
+// Calls f(Tag<I>{}) with idx's element type; cudaErrorInvalidValue for an unknown index type.
+template <typename F>
+inline cudaError_t dispatch_index(SgkIndex it, F&& f) {
+  switch (it) {
+    case SGK_I32: return f(Tag<int32_t>{});
+    case SGK_I64: return f(Tag<int64_t>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 // Calls f(U{}) with the unsigned type of `unit` bytes.
 template <typename F>
 inline void dispatch_unit(int unit, F&& f) {
@@ -98,38 +109,45 @@ inline void dispatch_unit(int unit, F&& f) {
   }
 }
 
-inline cudaError_t build_inverse(const int64_t* idx, int32_t* inv, int64_t T, int64_t K,
-                                 cudaStream_t stream) {
+inline cudaError_t build_inverse(SgkIndex it, const void* idx, int32_t* inv, int64_t T,
+                                 int64_t K, cudaStream_t stream) {
   cudaError_t err = cudaMemsetAsync(inv, 0xff, (size_t)T * sizeof(int32_t), stream);  // -1
   if (err != cudaSuccess || K == 0) return err;
-  auto kernel = route_inverse_kernel;
-  SGK_LAUNCH(kernel, (unsigned)((K + 255) / 256), 256, stream, idx, inv, T, K);
-  return cudaGetLastError();
+  return dispatch_index(it, [&](auto tag) {
+    using I = typename decltype(tag)::type;
+    auto kernel = route_inverse_kernel<I>;
+    SGK_LAUNCH(kernel, (unsigned)((K + 255) / 256), 256, stream, (const I*)idx, inv, T, K);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace sgk
 
 using namespace sgk;
 
-cudaError_t sgk_route_gather(const void* x, const int64_t* idx, void* out, int64_t T, int64_t K,
-                             int64_t row_bytes, cudaStream_t stream) {
+cudaError_t sgk_route_gather(SgkIndex it, const void* x, const void* idx, void* out, int64_t T,
+                             int64_t K, int64_t row_bytes, cudaStream_t stream) {
   if (K == 0 || row_bytes == 0) return cudaSuccess;
   const void* ptrs[2] = {x, out};
-  dispatch_unit(copy_unit(row_bytes, ptrs, 2), [&](auto u) {
-    using U = decltype(u);
-    const int64_t n = row_bytes / (int64_t)sizeof(U);
-    const RowPlan p = plan_rows(n, 1, false, /*keep_in_registers=*/false);
-    auto kernel = route_gather_kernel<U>;
-    SGK_LAUNCH(kernel, blocks_for(K, p), p.threads, stream, (const U*)x, idx, (U*)out, T, K, n, p.tpr);
+  return dispatch_index(it, [&](auto tag) {
+    using I = typename decltype(tag)::type;
+    dispatch_unit(copy_unit(row_bytes, ptrs, 2), [&](auto u) {
+      using U = decltype(u);
+      const int64_t n = row_bytes / (int64_t)sizeof(U);
+      const RowPlan p = plan_rows(n, 1, false, /*keep_in_registers=*/false);
+      auto kernel = route_gather_kernel<U, I>;
+      SGK_LAUNCH(kernel, blocks_for(K, p), p.threads, stream, (const U*)x, (const I*)idx,
+                 (U*)out, T, K, n, p.tpr);
+    });
+    return cudaGetLastError();
   });
-  return cudaGetLastError();
 }
 
-cudaError_t sgk_route_scatter(const void* base, const void* y, const int64_t* idx, void* out,
-                              int32_t* inv, int64_t T, int64_t K, int64_t row_bytes,
+cudaError_t sgk_route_scatter(SgkIndex it, const void* base, const void* y, const void* idx,
+                              void* out, int32_t* inv, int64_t T, int64_t K, int64_t row_bytes,
                               cudaStream_t stream) {
   if (T == 0 || row_bytes == 0) return cudaSuccess;
-  cudaError_t err = build_inverse(idx, inv, T, K, stream);
+  cudaError_t err = build_inverse(it, idx, inv, T, K, stream);
   if (err != cudaSuccess) return err;
   const void* ptrs[3] = {base, y, out};
   dispatch_unit(copy_unit(row_bytes, ptrs, 3), [&](auto u) {
@@ -142,11 +160,11 @@ cudaError_t sgk_route_scatter(const void* base, const void* y, const int64_t* id
   return cudaGetLastError();
 }
 
-cudaError_t sgk_route_scatter_bwd(const void* dout, const int64_t* idx, void* dbase, void* dy,
-                                  int32_t* inv, int64_t T, int64_t K, int64_t row_bytes,
-                                  cudaStream_t stream) {
+cudaError_t sgk_route_scatter_bwd(SgkIndex it, const void* dout, const void* idx, void* dbase,
+                                  void* dy, int32_t* inv, int64_t T, int64_t K,
+                                  int64_t row_bytes, cudaStream_t stream) {
   if (T == 0 || row_bytes == 0) return cudaSuccess;
-  cudaError_t err = build_inverse(idx, inv, T, K, stream);
+  cudaError_t err = build_inverse(it, idx, inv, T, K, stream);
   if (err != cudaSuccess) return err;
   const void* ptrs[3] = {dout, dbase, dy};
   dispatch_unit(copy_unit(row_bytes, ptrs, 3), [&](auto u) {

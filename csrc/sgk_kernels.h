@@ -4,7 +4,8 @@
 // include only CUDA headers and compile alone with nvcc; csrc/ops.cpp binds them to torch.
 // All tensors are contiguous row-major except where a row stride is passed. Every launcher
 // returns the launch status (cudaGetLastError after the last launch). C linkage, so that the
-// CPU emulation tests (tests/kernels/cuda_emu/) can call them through ctypes.
+// CPU emulation tests (csrc/emu/, tests/kernels/test_cuda_emulated.py) can call them through
+// ctypes.
 #pragma once
 
 #include <cstddef>
@@ -15,6 +16,8 @@
 extern "C" {
 
 enum SgkDtype : int { SGK_F32 = 0, SGK_F16 = 1, SGK_BF16 = 2 };
+// Element type of a row-index tensor (route_* idx): the int32 / int64 the public ops accept.
+enum SgkIndex : int { SGK_I32 = 0, SGK_I64 = 1 };
 
 // Largest row width D (elements) of the kernels that keep a row in registers:
 // norms (forward and backward) and gated_residual's backward.
@@ -61,18 +64,19 @@ cudaError_t sgk_swiglu_bwd(SgkDtype dt, const void* dout, const void* a, const v
                            int64_t ldda, int64_t lddb, cudaStream_t stream);
 
 // ---- routing (routing.cu); dtype-agnostic row copies of row_bytes bytes ----------------------
+// idx [K] has element type `it` (read as is, no conversion copy).
 // out[k] = x[idx[k]] for k < K; rows whose index is outside [0, T) are written as zeros.
-cudaError_t sgk_route_gather(const void* x, const int64_t* idx, void* out, int64_t T, int64_t K,
-                             int64_t row_bytes, cudaStream_t stream);
+cudaError_t sgk_route_gather(SgkIndex it, const void* x, const void* idx, void* out, int64_t T,
+                             int64_t K, int64_t row_bytes, cudaStream_t stream);
 
 // out = base with out[idx[k]] = y[k]; inv is an int32 [T] scratch buffer.
-cudaError_t sgk_route_scatter(const void* base, const void* y, const int64_t* idx, void* out,
-                              int32_t* inv, int64_t T, int64_t K, int64_t row_bytes,
+cudaError_t sgk_route_scatter(SgkIndex it, const void* base, const void* y, const void* idx,
+                              void* out, int32_t* inv, int64_t T, int64_t K, int64_t row_bytes,
                               cudaStream_t stream);
 
 // dbase = dout with rows idx zeroed, dy[k] = dout[idx[k]]; inv is an int32 [T] scratch buffer.
-cudaError_t sgk_route_scatter_bwd(const void* dout, const int64_t* idx, void* dbase, void* dy,
-                                  int32_t* inv, int64_t T, int64_t K, int64_t row_bytes,
-                                  cudaStream_t stream);
+cudaError_t sgk_route_scatter_bwd(SgkIndex it, const void* dout, const void* idx, void* dbase,
+                                  void* dy, int32_t* inv, int64_t T, int64_t K,
+                                  int64_t row_bytes, cudaStream_t stream);
 
 }  // extern "C"

@@ -15,7 +15,7 @@ import torch
 
 from sgkernels import ops
 from sgkernels.kernels import cuda
-from sgkernels.ops import reference
+from sgkernels.ops import reference, validate
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DEV = "cuda"
@@ -237,12 +237,14 @@ def test_swiglu_matches_reference(rows, hidden, dtype, halves, spare, assert_mat
 
 # ---- routing ------------------------------------------------------------------------------------
 @pytest.mark.gpu
+@pytest.mark.parametrize("idx_dtype", validate.INDEX_DTYPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("total, kept, dim", [(1, 1, 1), (10, 4, 33), (100, 37, 1152),
                                               (50, 0, 64), (64, 64, 16), (9, 5, 3)])
-def test_routing_matches_reference_exactly(total, kept, dim, dtype):
+def test_routing_matches_reference_exactly(total, kept, dim, dtype, idx_dtype):
+    """Every idx dtype the public ops accept (validate.INDEX_DTYPES)."""
     gen = torch.Generator().manual_seed(total * 3 + kept)
-    idx = torch.randperm(total, generator=gen)[:kept].to(DEV)
+    idx = torch.randperm(total, generator=gen)[:kept].to(DEV, idx_dtype)
     x, dout = (_randn(total, dim, dtype=dtype, gen=gen) for _ in range(2))
     y = _randn(kept, dim, dtype=dtype, gen=gen)
     for x_, y_ in ((x, y), (_misaligned(x), _misaligned(y))):
@@ -263,6 +265,8 @@ def test_cpp_ops_reject_bad_arguments_with_typed_errors():
     gate = torch.randn(1, 8, device=DEV)
     with pytest.raises(TypeError, match="seg must be int32"):
         torch.ops.sgkernels_C.gated_residual_fwd(x, x, gate, seg.long())
+    with pytest.raises(TypeError, match="idx must be int32 or int64"):
+        torch.ops.sgkernels_C.route_gather_fwd(x, seg.short())
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
         torch.ops.sgkernels_C.rms_norm_fwd(x.double(), None, 1e-6)
     with pytest.raises(ValueError, match="last dimension"):
@@ -272,16 +276,18 @@ def test_cpp_ops_reject_bad_arguments_with_typed_errors():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("idx_dtype", validate.INDEX_DTYPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_public_ops_with_cuda_backend(dtype, assert_matches):
-    """The public ops forced to the CUDA backend match the torch backend, output and grads."""
+def test_public_ops_with_cuda_backend(dtype, idx_dtype, assert_matches):
+    """The public ops forced to the CUDA backend match the torch backend, output and grads, for
+    every index dtype they accept."""
     assert cuda.available(), cuda.unavailable_reason()
     gen = torch.Generator().manual_seed(5)
     seg = _seg([4, 1, 5])
     x, dy = (_randn(10, 48, dtype=dtype, gen=gen) for _ in range(2))
     weight = _randn(48, dtype=dtype, gen=gen)
     shift, scale, gate = (_randn(3, 48, dtype=dtype, gen=gen) for _ in range(3))
-    idx = torch.tensor([7, 2, 5], device=DEV)
+    idx = torch.tensor([7, 2, 5], dtype=idx_dtype, device=DEV)
     cases = [
         (lambda x, w: ops.rms_norm(x, w), [x.reshape(2, 5, 48), weight], dy.reshape(2, 5, 48)),
         (lambda x, w, sh, sc: ops.rms_norm_modulate(x, w, sh, sc, seg),

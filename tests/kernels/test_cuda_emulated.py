@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from sgkernels.kernels.cuda import MAX_ROW_DIM
-from sgkernels.ops import reference
+from sgkernels.ops import reference, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}   # SgkDtype
+IDX_CODE = {torch.int32: 0, torch.int64: 1}                        # SgkIndex
 NAN = float("nan")
 
 pytestmark = pytest.mark.skipif(
@@ -121,23 +122,24 @@ class Emulated:
 
     def route_gather_fwd(self, x, idx):
         out = torch.full((idx.shape[0], x.shape[1]), NAN, dtype=x.dtype)
-        self._call("sgk_route_gather", x, idx, out, x.shape[0], idx.shape[0],
-                   x.shape[1] * x.element_size(), None)
+        self._call("sgk_route_gather", ctypes.c_int(IDX_CODE[idx.dtype]), x, idx, out,
+                   x.shape[0], idx.shape[0], x.shape[1] * x.element_size(), None)
         return out
 
     def route_scatter_fwd(self, base, y, idx):
         out = torch.full_like(base, NAN)
         inv = torch.empty(base.shape[0], dtype=torch.int32)
-        self._call("sgk_route_scatter", base, y, idx, out, inv, base.shape[0], idx.shape[0],
-                   base.shape[1] * base.element_size(), None)
+        self._call("sgk_route_scatter", ctypes.c_int(IDX_CODE[idx.dtype]), base, y, idx, out,
+                   inv, base.shape[0], idx.shape[0], base.shape[1] * base.element_size(), None)
         return out
 
     def route_scatter_bwd(self, dout, idx):
         dbase = torch.full_like(dout, NAN)
         dy = torch.full((idx.shape[0], dout.shape[1]), NAN, dtype=dout.dtype)
         inv = torch.empty(dout.shape[0], dtype=torch.int32)
-        self._call("sgk_route_scatter_bwd", dout, idx, dbase, dy, inv, dout.shape[0],
-                   idx.shape[0], dout.shape[1] * dout.element_size(), None)
+        self._call("sgk_route_scatter_bwd", ctypes.c_int(IDX_CODE[idx.dtype]), dout, idx, dbase,
+                   dy, inv, dout.shape[0], idx.shape[0], dout.shape[1] * dout.element_size(),
+                   None)
         return dbase, dy
 
 
@@ -268,12 +270,14 @@ def test_swiglu(lib, rows, hidden, dtype, halves, spare, assert_matches):
     assert bool(grad[:, 2 * hidden:].isnan().all()), "swiglu_bwd wrote outside da, db"
 
 
+@pytest.mark.parametrize("idx_dtype", validate.INDEX_DTYPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("total, kept, dim", [(1, 1, 1), (10, 4, 33), (40, 17, 1152),
                                               (20, 0, 64), (16, 16, 16), (9, 5, 3)])
-def test_routing_is_exact(lib, total, kept, dim, dtype):
+def test_routing_is_exact(lib, total, kept, dim, dtype, idx_dtype):
+    """Every idx dtype the public ops accept (validate.INDEX_DTYPES) reaches the kernels as is."""
     gen = torch.Generator().manual_seed(total * 3 + kept)
-    idx = torch.randperm(total, generator=gen)[:kept]
+    idx = torch.randperm(total, generator=gen)[:kept].to(idx_dtype)
     x, dout = (_randn(total, dim, dtype=dtype, gen=gen) for _ in range(2))
     y = _randn(kept, dim, dtype=dtype, gen=gen)
     for x_, y_ in ((x, y), (_misaligned(x), _misaligned(y))):
@@ -284,7 +288,8 @@ def test_routing_is_exact(lib, total, kept, dim, dtype):
         assert torch.equal(got, want)
 
 
-def test_gather_writes_zero_rows_for_out_of_range_indices(lib):
+@pytest.mark.parametrize("idx_dtype", validate.INDEX_DTYPES)
+def test_gather_writes_zero_rows_for_out_of_range_indices(lib, idx_dtype):
     x = torch.randn(4, 8)
-    out = lib.route_gather_fwd(x, torch.tensor([2, 9, -1]))
+    out = lib.route_gather_fwd(x, torch.tensor([2, 9, -1], dtype=idx_dtype))
     assert torch.equal(out[0], x[2]) and not out[1:].any()
