@@ -444,31 +444,44 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def settings(args, cuda: bool) -> dict:
+    """The device-dependent defaults, validated. CUDA: D 1152 / 2048 at 16 heads (head dims 72
+    / 128), attention also at head dim 64, batches 256 then 16 of 256 tokens, bf16."""
+    quick = args.quick
+    cfg = {
+        "dims": args.dims or ([128] if quick else [1152, 2048]),
+        "heads": args.heads or (4 if quick else 16),
+        "attn_head_dims": args.attn_head_dims if args.attn_head_dims is not None
+        else ([16] if quick else [64]),
+        "tokens": args.tokens or (64 if quick else 256),
+        "batches": args.batches or ([4] if quick else [2] if not cuda else [256, 16]),
+        "dtype": common.DTYPES[args.dtype or ("bf16" if cuda and not quick else "fp32")],
+        "warmup": args.warmup if args.warmup is not None else (3 if cuda else 1),
+        "repeats": args.repeats if args.repeats is not None else (10 if cuda else 3),
+        "compile": cuda if args.compile is None else args.compile,
+    }
+    for d in cfg["dims"]:
+        if d % cfg["heads"] or (d // cfg["heads"]) % 4:
+            raise ValueError(f"--dims {d} / --heads {cfg['heads']} must give a head dim "
+                             "divisible by 4")
+    for hd in cfg["attn_head_dims"]:
+        if hd < 4 or hd % 4:
+            raise ValueError(f"--attn-head-dims {hd} must be a multiple of 4")
+    if math.isqrt(cfg["tokens"]) ** 2 != cfg["tokens"]:
+        raise ValueError(f"--tokens must be a square (a token grid), got {cfg['tokens']}")
+    return cfg
+
+
 def main(argv=None) -> list[dict]:
     start = time.perf_counter()
     args = parse_args(argv)
     device = common.resolve_device(args.device)
     cuda = device.type == "cuda"
     threads = common.configure_threads(args.threads, device)
-    quick = args.quick
-    dims = args.dims or ([128] if quick else [1152, 2048])
-    heads = args.heads or (4 if quick else 16)
-    attn_head_dims = args.attn_head_dims if args.attn_head_dims is not None else \
-        ([16] if quick else [64])
-    tokens = args.tokens or (64 if quick else 256)
-    batches = args.batches or ([4] if quick else [2] if not cuda else [256, 16])
-    dtype = common.DTYPES[args.dtype or ("bf16" if cuda and not quick else "fp32")]
-    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    repeats = args.repeats if args.repeats is not None else (10 if cuda else 3)
-    compile_ref = cuda if args.compile is None else args.compile
-    for d in dims:
-        if d % heads or (d // heads) % 4:
-            raise ValueError(f"--dims {d} / --heads {heads} must give a head dim divisible by 4")
-    for hd in attn_head_dims:
-        if hd < 4 or hd % 4:
-            raise ValueError(f"--attn-head-dims {hd} must be a multiple of 4")
-    if math.isqrt(tokens) ** 2 != tokens:
-        raise ValueError(f"--tokens must be a square (a token grid), got {tokens}")
+    cfg = settings(args, cuda)
+    dims, heads, attn_head_dims, tokens, batches, dtype, warmup, repeats, compile_ref = (
+        cfg[k] for k in ("dims", "heads", "attn_head_dims", "tokens", "batches", "dtype",
+                         "warmup", "repeats", "compile"))
 
     ceil = {"copy_gbps": common.copy_bandwidth_gbps(device),
             "matmul_tflops": common.matmul_tflops(device)}

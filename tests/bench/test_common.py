@@ -91,3 +91,39 @@ def test_heatmap_masks_invalid_cells_and_labels_the_valid_ones():
     assert sorted(t.get_text() for t in ax.texts) == ["0.5", "1.0", "2.0", "3.0", "4.0", "5.0"]
     assert image.norm(1.0) == pytest.approx(0.5)  # the centre of the diverging scale
     plt.close(fig)
+
+
+def test_results_rewrite_both_files_after_every_add(tmp_path):
+    res = common.Results(tmp_path / "r.csv", tmp_path / "r.json", {"what": "x"},
+                         key=lambda r: r["case"])
+    res.add({"case": 1, "ms": 0.5})
+    assert common.read_csv(tmp_path / "r.csv") == [{"case": 1, "ms": 0.5}]
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["what"] == "x" and record["complete"] is False and record["rows_written"] == 1
+    res.add([{"case": 2, "ms": 1.5, "note": "b"}])
+    assert [r["case"] for r in common.read_csv(tmp_path / "r.csv")] == [1, 2]
+    res.finish(seconds=3)
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["complete"] is True and record["seconds"] == 3 and record["rows_written"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json"]  # no temp files
+
+
+def test_results_resume_keeps_measured_rows_and_drops_skipped_ones(tmp_path):
+    first = common.Results(tmp_path / "r.csv", None, {}, key=lambda r: r["case"])
+    first.add([{"case": "a", "ms": 1.0}, {"case": "b", "error": "skipped: --budget-s"},
+               {"case": "c", "error": "RuntimeError: boom"}])
+    again = common.Results(tmp_path / "r.csv", None, {}, key=lambda r: r["case"], resume=True)
+    assert again.resumed == 2 and again.has("a") and again.has("c") and not again.has("b")
+    again.add({"case": "b", "ms": 2.0})
+    assert [r["case"] for r in common.read_csv(tmp_path / "r.csv")] == ["a", "c", "b"]
+    fresh = common.Results(tmp_path / "r.csv", None, {}, key=lambda r: r["case"])
+    assert fresh.rows == [] and not fresh.has("a")   # without resume nothing is read back
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = common.write_csv(tmp_path / "x.csv", [{"a": 1}])
+    monkeypatch.setattr(common.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("full")))
+    with pytest.raises(OSError, match="full"):
+        common.write_csv(path, [{"a": 2}])
+    assert common.read_csv(path) == [{"a": 1}]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]
