@@ -40,6 +40,7 @@ from .text import TextBatch, TextConditioner, join
 from .tokens import TokenBatch, dense_batch, grid_pos, unpatchify
 
 Gamma = None | float | Sequence[float] | torch.Tensor
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class RoutedDiT(nn.Module):
@@ -104,8 +105,23 @@ class RoutedDiT(nn.Module):
                              f"{self.config.text_dim}, got {text.num_segments} of width "
                              f"{text.dim}")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's parameters (what x must be, outside autocast)."""
+        return self.patch_embed.proj.weight.dtype
+
+    def _check_dtype(self) -> None:
+        if self.dtype not in SUPPORTED_DTYPES:
+            names = ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
+            raise TypeError(f"RoutedDiT runs in {names} (the dtypes of the sgkernels ops); this "
+                            f"model's parameters are {str(self.dtype).replace('torch.', '')}: "
+                            f"convert it, e.g. model.float()")
+
     def _check_inputs(self, x, t, y, text=None) -> None:
+        """Host-side metadata always; values of t and y on CPU, on CUDA under SGKERNELS_DEBUG=1
+        (docs/contracts.md, input policy)."""
         c = self.config
+        compiling = torch.compiler.is_compiling()
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got "
                             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -115,26 +131,50 @@ class RoutedDiT(nn.Module):
                              f"got {list(x.shape)}")
         b = x.shape[0]
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError("t must be a floating-point tensor [B]")
+            raise TypeError(f"t must be a floating-point tensor [B], got "
+                            f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
         if tuple(t.shape) != (b,):
             raise ValueError(f"t must be [B] = [{b}], got {list(t.shape)}")
+        self._check_dtype()
+        weight = self.patch_embed.proj.weight
+        if x.device != weight.device or t.device != x.device:
+            raise ValueError(f"x ({x.device}) and t ({t.device}) must be on the model's device "
+                             f"({weight.device})")
+        if not compiling and x.dtype != weight.dtype and \
+                not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {str(x.dtype).replace('torch.', '')} but the model's "
+                            f"parameters are {str(weight.dtype).replace('torch.', '')}: pass x "
+                            f"in the model's dtype (x.to(model.dtype)) or run under "
+                            f"torch.autocast")
         self._check_text(text, b)
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("y must be None for a model without classes (num_classes=0)")
+        else:
+            if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"y must be an int64 or int32 tensor [B] of labels, got "
+                                f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
+            if tuple(y.shape) != (b,):
+                raise ValueError(f"y must be [B] = [{b}], got {list(y.shape)}")
+            if y.device != x.device:
+                raise ValueError(f"y ({y.device}) must be on x's device ({x.device})")
+        if compiling:                                      # value checks would break the graph
             return
-        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"y must be an int64 tensor [B] of labels, got "
-                            f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
-        if tuple(y.shape) != (b,):
-            raise ValueError(f"y must be [B] = [{b}], got {list(y.shape)}")
-        if torch.compiler.is_compiling():                  # value checks would break the graph
-            return
-        if y.device.type == "cpu" or os.environ.get("SGKERNELS_DEBUG") == "1":
+        debug = os.environ.get("SGKERNELS_DEBUG") == "1"
+        if t.device.type == "cpu" or debug:
+            if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):   # NaN fails both
+                bad = int((~((t >= 0) & (t <= 1))).nonzero()[0, 0])
+                raise ValueError(f"t must be finite and in [0, 1] (t = 1 is data), got "
+                                 f"t[{bad}] = {float(t[bad])}")
+        if y is not None and (y.device.type == "cpu" or debug):
             if y.numel() and (int(y.min()) < 0 or int(y.max()) > c.num_classes):
                 raise ValueError(f"labels y must be in [0, {c.num_classes}] "
                                  f"({c.num_classes} = null class), got "
                                  f"[{int(y.min())}, {int(y.max())}]")
+        if debug and x.numel() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0])
+            raise ValueError(f"x holds NaN or inf (first in sample {bad}) "
+                             f"[SGKERNELS_DEBUG=1 check]")
 
     def _segment_gammas(self, gamma: Gamma, num_segments: int) -> list[tuple[float, ...] | None]:
         """Per route, the host rate of every segment, or None when the route runs dense."""
