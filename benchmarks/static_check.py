@@ -1,37 +1,67 @@
-"""Ahead-of-time sm_90a (H100) check of every Triton kernel, without a GPU.
+"""Ahead-of-time sm_90a (H100) check of every Triton kernel under every launch config, no GPU.
 
-    python benchmarks/static_check.py [--json PATH] [--only SUBSTRING]
+    python benchmarks/static_check.py [--json PATH] [--only SUBSTRING] [--jobs N]
 
 Compiles each (name, ASTSource, options) of `sgkernels.kernels.triton.static_specs()` with
 `triton.compile(..., target=GPUTarget("cuda", 90, 32))` (the specs carry the divisibility
-attributes a real launch has), then reads the machine code with Triton's bundled tools:
-    ptxas -v             registers, stack frame, spill store / load bytes
+attributes a real launch has; `Autotuned.specs` gives an autotuned kernel one spec per config),
+then reads the machine code with Triton's bundled tools:
+    ptxas -v             registers, stack frame, spill store / load bytes (the bundled ptxas
+                         that accepts the PTX's ISA version: Triton 3.9 emits PTX 9.x, which
+                         its legacy `ptxas` rejects and `ptxas-blackwell` takes)
     cuobjdump -res-usage registers, static shared memory, local memory
     cuobjdump -dump-sass global load / store widths (LDG.E.128 = 128-bit), HGMMA (wgmma) use
-Prints one table row per kernel; exits 1 on any compile error or register spill.
+Prints one table row per kernel and config; exits 1 on any compile error or register spill, and
+when a config of an autotuned kernel is compiled at no shape (a new kernel or config needs a spec).
 """
 import argparse
+import functools
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import ptx_get_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+_SPECS = []  # the specs being checked, inherited by the forked workers
 COLUMNS = ("kernel", "warps", "regs", "spill_st", "spill_ld", "stack", "smem", "ldg_bits",
            "ldg128", "stg_bits", "hgmma", "status")
 
 
 def _run(*args):
-    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, check=True)
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{Path(args[0]).name}: {(out.stderr or out.stdout).strip()}")
     return out.stdout + out.stderr
+
+
+@functools.cache
+def _newest_isa(ptxas):
+    """The newest PTX ISA (e.g. 87 for 8.7) that `ptxas` accepts, from its CUDA release."""
+    release = re.search(r"release (\d+\.\d+)", _run(ptxas, "--version"))
+    return ptx_get_version(release.group(1))
+
+
+def _ptxas(ptx):
+    """The bundled ptxas that accepts the ISA version (`.version X.Y`) of `ptx`: the plain
+    `ptxas` when it can, else a newer one shipped beside it (ptxas-blackwell, ...)."""
+    major, minor = re.search(r"^\s*\.version (\d+)\.(\d+)", ptx, re.M).groups()
+    tools = sorted(BIN.glob("ptxas*"), key=lambda p: (p.name != "ptxas", p.name))
+    for tool in tools:
+        if _newest_isa(tool) >= 10 * int(major) + int(minor):
+            return tool
+    raise RuntimeError(f"no ptxas in {BIN} accepts PTX ISA {major}.{minor}: "
+                       f"{', '.join(p.name for p in tools)}")
 
 
 def _width(op):
@@ -46,7 +76,7 @@ def _width(op):
 def _ptxas_stats(ptx, workdir):
     path = Path(workdir) / "kernel.ptx"
     path.write_text(ptx)
-    log = _run(BIN / "ptxas", "-v", "--gpu-name=sm_90a", path, "-o", Path(workdir) / "ptxas.o")
+    log = _run(_ptxas(ptx), "-v", "--gpu-name=sm_90a", path, "-o", Path(workdir) / "ptxas.o")
     frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
                       log)
     regs = re.search(r"Used (\d+) registers", log)
@@ -71,6 +101,21 @@ def _sass_stats(cubin, workdir):
             "hgmma": "HGMMA" in sass}
 
 
+def configs_compiled(specs):
+    """The (launch.REGISTRY name, config index) pairs that `specs` compile: a spec of the entry's
+    kernel whose constexprs, num_warps and num_stages are those of the config."""
+    from sgkernels.kernels.triton.launch import REGISTRY
+
+    compiled = set()
+    for _, src, options in specs:
+        given = {src.fn.arg_names[key[0]]: value for key, value in src.constants.items()}
+        compiled |= {(entry.name, i) for entry in REGISTRY.values() if entry.fn is src.fn
+                     for i, (meta, warps, stages) in enumerate(entry.configs)
+                     if all(given.get(k) == v for k, v in meta.items())
+                     and (options["num_warps"], options.get("num_stages", 3)) == (warps, stages)}
+    return compiled
+
+
 def check(name, src, options):
     """One row of the table: compile `src` for sm_90a and measure it."""
     row = {"kernel": name, "warps": options.get("num_warps", 4)}
@@ -87,6 +132,10 @@ def check(name, src, options):
     return row
 
 
+def _check_spec(index):
+    return check(*_SPECS[index])
+
+
 def _table(rows):
     cells = [[str(row.get(c, "-")) for c in COLUMNS] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
@@ -99,21 +148,31 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     parser.add_argument("--only", metavar="SUBSTRING", help="check kernels whose name contains it")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(),
+                        help="compile in this many processes (default: one per CPU)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("static_check: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
     from sgkernels.kernels.triton import static_specs
+    from sgkernels.kernels.triton.launch import REGISTRY
 
-    specs = [s for s in static_specs() if args.only is None or args.only in s[0]]
-    if not specs:
+    specs = static_specs()
+    compiled = configs_compiled(specs)
+    _SPECS[:] = [s for s in specs if args.only is None or args.only in s[0]]
+    if not _SPECS:
         sys.exit(f"static_check: no kernel matches --only {args.only!r}")
-    rows = [check(name, src, options) for name, src, options in specs]
-    print(f"sm_90a static check ({len(rows)} kernels; smem = dynamic shared bytes per launch; "
-          "ldg/stg_bits = widest global load/store per thread)")
+    # forked workers inherit _SPECS (an ASTSource does not pickle)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        rows = list(pool.map(_check_spec, range(len(_SPECS))))
+    print(f"sm_90a static check, Triton {triton.__version__} ({len(rows)} kernel configs; smem = "
+          "dynamic shared bytes per launch; ldg/stg_bits = widest global load/store per thread)")
     print(_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"target": "sm_90a", "kernels": rows}, indent=2))
     failed = [r["kernel"] for r in rows if r["status"] != "ok"]
+    failed += [f"{name}[{i}] (no spec)" for name, entry in REGISTRY.items()
+               for i in range(len(entry.configs))
+               if (name, i) not in compiled and args.only is None]
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1

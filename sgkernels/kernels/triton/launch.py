@@ -16,9 +16,16 @@ the config in this order:
 Reductions are not autotuned at all: they launch a fixed function of the shape, because the
 summation order must not depend on timing.
 
+Integer arguments that count rows or tokens are `do_not_specialize` in every kernel: Triton
+specializes an int on being 1 or divisible by 16, so a routed batch with a new token count would
+otherwise compile the kernel again mid-run. Dims (D, H) and strides stay specialized: 128-bit
+loads need their divisibility.
+
 Elementwise kernels tile [T, D] rows into [BLOCK_M, BLOCK_D] programs: `tile_grid` is the host
 grid, `tile` the program's rows, columns and bounds masks. `ast_spec` is the ahead-of-time
-compile specification of a kernel as a real launch specializes it (benchmarks/static_check.py).
+compile specification of a kernel as a real launch specializes it, `Autotuned.specs` those of an
+autotuned kernel at one shape under every config its prune keeps there
+(benchmarks/static_check.py compiles them and checks that every config is compiled).
 """
 import contextlib
 import contextvars
@@ -68,16 +75,36 @@ class Autotuned:
             raise ValueError(f"two autotuned kernels named {self.name!r}")
         REGISTRY[self.name] = self
 
+    def _triton_configs(self):
+        return [triton.Config(dict(m), num_warps=w, num_stages=s) for m, w, s in self.configs]
+
     def _tuner(self, bucket):
         tuner = self._tuners.get(bucket)
         if tuner is None:
-            configs = self.configs[:1] if ONE_CONFIG else self.configs
+            configs = self._triton_configs()[:1 if ONE_CONFIG else None]
             prune = {"early_config_prune": self.prune} if self.prune and len(configs) > 1 else None
-            tuner = triton.autotune(configs=[triton.Config(dict(m), num_warps=w, num_stages=s)
-                                             for m, w, s in configs],
-                                    key=self.key, prune_configs_by=prune)(self.fn)
+            tuner = triton.autotune(configs=configs, key=self.key, prune_configs_by=prune)(self.fn)
             self._tuners[bucket] = tuner
         return tuner
+
+    def kept(self, **constexprs):
+        """Indices of the configs that the autotuner tries for a launch with these constexprs
+        (the prune's choice; every config without a prune)."""
+        if self.prune is None:
+            return list(range(len(self.configs)))
+        configs = self._triton_configs()
+        kept = {id(c) for c in self.prune(configs, {}, **constexprs)}
+        return [i for i, c in enumerate(configs) if id(c) in kept]
+
+    def specs(self, signature, constexprs, aligned, tag=""):
+        """`ast_spec` of the kernel at one shape under every config `kept` there, named
+        self.name + tag + [config index] (for benchmarks/static_check.py)."""
+        specs = []
+        for i in self.kept(**constexprs):
+            meta, warps, stages = self.configs[i]
+            specs.append(ast_spec(self.fn, signature, {**constexprs, **meta}, aligned, warps,
+                                  stages, f"{self.name}{tag}[{i}]"))
+        return specs
 
     def launch(self, grid, size, *args, **constexprs):
         """self.fn[grid](*args, **constexprs) with the config chosen as in the module docstring;
@@ -94,14 +121,25 @@ class Autotuned:
         return self.fn[grid](*args, **constexprs, **meta, num_warps=warps, num_stages=stages)
 
 
-def ast_spec(kernel, signature, constexprs, aligned, num_warps):
+def unspecialized(kernel):
+    """Names of the arguments that a launch of `kernel` never specializes (do_not_specialize),
+    for the compiled and the interpreted kernel alike."""
+    given = getattr(kernel, "do_not_specialize", None)
+    if given is None:  # InterpretedFunction keeps its jit options in kwargs
+        given = kernel.kwargs.get("do_not_specialize")
+    return {kernel.arg_names[n] if isinstance(n, int) else n for n in given or ()}
+
+
+def ast_spec(kernel, signature, constexprs, aligned, num_warps, num_stages=3, name=None):
     """(name, ASTSource, options) as a real launch specializes `kernel`: the parameters named
     in `aligned` (pointers to 16-byte aligned data, integers divisible by 16) get
-    tt.divisibility 16, so the compiler can prove the alignment that 128-bit accesses need."""
-    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    full = {**signature, **{name: "constexpr" for name in constexprs}}
+    tt.divisibility 16, so the compiler can prove the alignment that 128-bit accesses need;
+    `unspecialized` arguments never get it, as at a launch. num_stages 3 is Triton's default."""
+    hinted = [n for n in aligned if n not in unspecialized(kernel)]
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in hinted}
+    full = {**signature, **{n: "constexpr" for n in constexprs}}
     src = ASTSource(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs)
-    return kernel.__name__, src, {"num_warps": num_warps}
+    return name or kernel.__name__, src, {"num_warps": num_warps, "num_stages": num_stages}
 
 
 def tile_grid(rows, cols, block_cols="BLOCK_D"):

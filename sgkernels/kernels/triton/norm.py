@@ -46,7 +46,7 @@ def _normalize(x, W, cols, D, eps, HAS_WEIGHT: tl.constexpr):
     return n, rstd
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _rms_norm_fwd_kernel(X, W, Y, RSTD, M, D, stride_x, stride_y, eps,
                          HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -85,7 +85,7 @@ def _modulate_fwd(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, M, D, stride_x, stri
              (n * (1.0 + scale) + shift).to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _rms_norm_modulate_fwd_kernel(X, W, SHIFT, SCALE, SEG, Y, RSTD, M, D, stride_x, stride_y,
                                   stride_s, eps, HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
                                   BLOCK_D: tl.constexpr):
@@ -93,7 +93,7 @@ def _rms_norm_modulate_fwd_kernel(X, W, SHIFT, SCALE, SEG, Y, RSTD, M, D, stride
                   stride_s, eps, HAS_WEIGHT, False, BLOCK_M, BLOCK_D)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])
 def _route_gather_rms_norm_modulate_fwd_kernel(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, K, D,
                                                stride_x, stride_h, stride_y, stride_s, eps,
                                                HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -134,7 +134,7 @@ def _rms_norm_bwd_rows(DY, X, W, RSTD, DX, IDX, DH, rows, cols, end, D, stride_d
     return dy, xhat, n, dn
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, PW, M, R, D, stride_dy, stride_x, stride_dx, stride_p,
                          HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Program i: rows [i·R, min((i+1)·R, M)); fp32 partial of dweight in PW[i]."""
@@ -334,10 +334,10 @@ def route_gather_rms_norm_modulate_bwd(dh, dy, h, idx, weight, scale, seg, rstd,
 
 
 def static_specs():
-    """bf16, D = 1152 (SiT-XL, BLOCK_D 2048) with weight, as a real launch specializes them
-    (forward: a typical autotuned config; backward: its fixed config)."""
+    """bf16 with weight at D = 256, 1152 (SiT-XL) and 4096, as a real launch specializes them:
+    the forward kernels under every config the prune keeps at these widths (together: every
+    config), the backward kernels under their fixed config."""
     ptr, i32 = "*bf16", "i32"
-    d = {"HAS_WEIGHT": True, "BLOCK_D": 2048}
     fwd = {"X": ptr, "W": ptr, "Y": ptr, "RSTD": "*fp32", "M": i32, "D": i32, "stride_x": i32,
            "stride_y": i32, "eps": "fp32"}
     mod_fwd = {"X": ptr, "W": ptr, "SHIFT": ptr, "SCALE": ptr, "SEG": "*i32", "Y": ptr,
@@ -358,16 +358,16 @@ def static_specs():
                   "ITEM_END": "*i32", "ITEM_SEG": "*i32", "R": i32, "D": i32, "stride_dy": i32,
                   "stride_h": i32, "stride_dx": i32, "stride_dh": i32, "stride_s": i32,
                   "stride_pw": i32, "stride_pb": i32, "stride_p": i32}
-    unaligned = {"M", "K", "eps"}
-    return [
-        ast_spec(kernel, sig, {**d, "BLOCK_M": block_m}, [n for n in sig if n not in unaligned],
-                 num_warps=warps)
-        for kernel, sig, block_m, warps in ((_rms_norm_fwd_kernel, fwd, 4, 8),
-                                            (_rms_norm_modulate_fwd_kernel, mod_fwd, 4, 8),
-                                            (_rms_norm_bwd_kernel, bwd, 1, 8),
-                                            (_rms_norm_modulate_bwd_kernel, mod_bwd, 1, 8),
-                                            (_route_gather_rms_norm_modulate_fwd_kernel,
-                                             gather_fwd, 4, 8),
-                                            (_route_gather_rms_norm_modulate_bwd_kernel,
-                                             gather_bwd, 1, 8))
-    ]
+    specs = []
+    for dim in (256, 1152, 4096):
+        tag, shape = f"_d{dim}", {"HAS_WEIGHT": True, "BLOCK_D": triton.next_power_of_2(dim)}
+        for entry, sig in ((_fwd, fwd), (_mod_fwd, mod_fwd), (_gather_mod_fwd, gather_fwd)):
+            specs += entry.specs(sig, shape, [n for n in sig if n != "eps"], tag)
+        config = dict(_bwd_config(dim))
+        warps = config.pop("num_warps")
+        specs += [ast_spec(kernel, sig, {"HAS_WEIGHT": True, **config}, list(sig), warps,
+                           name=kernel.__name__ + tag)
+                  for kernel, sig in ((_rms_norm_bwd_kernel, bwd),
+                                      (_rms_norm_modulate_bwd_kernel, mod_bwd),
+                                      (_route_gather_rms_norm_modulate_bwd_kernel, gather_bwd))]
+    return specs

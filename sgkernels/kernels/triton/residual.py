@@ -22,7 +22,7 @@ from .launch import INTERPRET, Autotuned, ast_spec, tile, tile_grid
 from .segments import plan_item, rows_per_item, segment_plan, segment_sum
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _gated_residual_fwd_kernel(X, Y, GATE, SEG, OUT, T, D, stride_x, stride_y, stride_g, stride_o,
                                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     rows, cols, row_ok, mask = tile(T, D, BLOCK_M, BLOCK_D)
@@ -105,9 +105,7 @@ def static_specs():
                "ITEM_START": "*i32", "ITEM_END": "*i32", "ITEM_SEG": "*i32", "R": i32, "D": i32,
                "stride_do": i32, "stride_y": i32, "stride_g": i32, "stride_dy": i32,
                "stride_p": i32}
-    return [
-        ast_spec(_gated_residual_fwd_kernel, fwd_sig, {"BLOCK_M": 8, "BLOCK_D": 256},
-                 [n for n in fwd_sig if n != "T"], num_warps=4),
-        ast_spec(_gated_residual_bwd_kernel, bwd_sig, {"BLOCK_M": 4, "BLOCK_D": 512},
-                 [n for n in bwd_sig if n != "R"], num_warps=4),
-    ]
+    config = dict(_bwd_config(1152))
+    warps = config.pop("num_warps")
+    return [*_fwd.specs(fwd_sig, {}, list(fwd_sig)),
+            ast_spec(_gated_residual_bwd_kernel, bwd_sig, config, list(bwd_sig), warps)]

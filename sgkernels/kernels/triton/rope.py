@@ -32,7 +32,7 @@ ROPE_CONFIGS = [
 ROPE_INTERPRET_CONFIG = ({"TILE": 512, "HEADS": 2}, 1, 1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_tokens"])
 def _rope_axial_kernel(
     X, POS, FREQ, Y, n_tokens, n_heads,
     HEAD_DIM: tl.constexpr, Q_PAD: tl.constexpr, INVERSE: tl.constexpr,
@@ -66,7 +66,8 @@ def _rope_axial_kernel(
         tl.store(Y + x_offs + QUARTER, (x2 * cos + x1 * sin).to(Y.dtype.element_ty), mask=mask)
 
 
-_rope_axial = Autotuned(_rope_axial_kernel, ROPE_CONFIGS, ["HEAD_DIM"], ROPE_INTERPRET_CONFIG)
+_rope_axial = Autotuned(_rope_axial_kernel, ROPE_CONFIGS, ["HEAD_DIM", "n_heads"],
+                        ROPE_INTERPRET_CONFIG)
 
 
 @functools.lru_cache(maxsize=64)
@@ -110,12 +111,9 @@ def static_specs():
     """Forward (backward differs only in a sign) at Dh 64/72/128, bf16 x, int64 pos."""
     signature = {"X": "*bf16", "POS": "*i64", "FREQ": "*fp32", "Y": "*bf16", "n_tokens": "i32",
                  "n_heads": "i32"}
-    meta, num_warps, _ = ROPE_CONFIGS[0]
     specs = []
     for head_dim in (64, 72, 128):
-        constexprs = {"HEAD_DIM": head_dim, "Q_PAD": triton.next_power_of_2(head_dim // 4),
-                      "INVERSE": False, **meta}
-        name, src, options = ast_spec(_rope_axial_kernel, signature, constexprs,
-                                      list(signature), num_warps)
-        specs.append((f"{name}_d{head_dim}", src, options))
+        shape = {"HEAD_DIM": head_dim, "Q_PAD": triton.next_power_of_2(head_dim // 4),
+                 "INVERSE": False}
+        specs += _rope_axial.specs(signature, shape, list(signature), f"_d{head_dim}")
     return specs

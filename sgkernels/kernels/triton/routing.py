@@ -23,7 +23,7 @@ import triton.language as tl
 from .launch import Autotuned, ast_spec, tile, tile_grid
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])
 def _route_gather_fwd_kernel(X, IDX, OUT, K, D, stride_x, stride_o,
                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     rows, cols, row_ok, mask = tile(K, D, BLOCK_M, BLOCK_D)
@@ -41,7 +41,7 @@ def _scatter_tile(INV, T, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     return rows[:, None].to(tl.int64), cols, mask, k, (k >= 0)[:, None]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _route_scatter_fwd_kernel(BASE, Y, INV, OUT, T, D, stride_b, stride_y, stride_o,
                               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     r64, cols, mask, k, routed = _scatter_tile(INV, T, D, BLOCK_M, BLOCK_D)
@@ -50,7 +50,7 @@ def _route_scatter_fwd_kernel(BASE, Y, INV, OUT, T, D, stride_b, stride_y, strid
     tl.store(OUT + r64 * stride_o + cols[None, :], tl.where(routed, y, base), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _route_scatter_bwd_kernel(DOUT, INV, DBASE, DY, T, D, stride_do, stride_db, stride_dy,
                               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     r64, cols, mask, k, routed = _scatter_tile(INV, T, D, BLOCK_M, BLOCK_D)
@@ -109,8 +109,6 @@ def static_specs():
                "stride_b": i32, "stride_y": i32, "stride_o": i32}
     scatter_bwd = {"DOUT": ptr, "INV": "*i32", "DBASE": ptr, "DY": ptr, "T": i32, "D": i32,
                    "stride_do": i32, "stride_db": i32, "stride_dy": i32}
-    tile = {"BLOCK_M": 4, "BLOCK_D": 512}
-    return [ast_spec(kernel, sig, tile, [n for n in sig if n not in ("K", "T")], num_warps=4)
-            for kernel, sig in ((_route_gather_fwd_kernel, gather),
-                                (_route_scatter_fwd_kernel, scatter),
-                                (_route_scatter_bwd_kernel, scatter_bwd))]
+    return [spec for entry, sig in ((_gather, gather), (_scatter, scatter),
+                                    (_scatter_bwd, scatter_bwd))
+            for spec in entry.specs(sig, {}, list(sig))]

@@ -13,13 +13,22 @@ in a fixed order. Callers launch stage 1 with a config that is a fixed function 
 autotuned), so the summation order, and every gradient bit, is the same in every process on a
 given GPU model.
 
+Every block of a model shares one `seg` tensor, so the plan of a forward pass is built once: it is
+cached on the identity of `seg` (a weak reference: the plan dies with seg) together with seg's
+version counter, data pointer, length, S and R, so an in-place write to seg, a new tensor or new
+sizes build a new plan. No cache for tensor subclasses (fake and functional tensors of
+torch.compile), inference tensors, code being traced and CUDA graph capture (a plan read there
+must be computed inside the graph).
+
 Bytes: the fp32 partials, W·D·4, are written once and read once.
 """
 import functools
+import types
 
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .launch import ast_spec
 
@@ -37,10 +46,29 @@ def _sms(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+_PLANS = WeakIdKeyDictionary()  # seg -> (key, plan) of its last segment_plan
+
+
+def _cacheable(seg):
+    return (type(seg) is torch.Tensor and not seg.is_inference()
+            and not torch.compiler.is_compiling()
+            and not (seg.is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
 def segment_plan(seg, num_segments, rows):
-    """Items of at most `rows` rows per segment -> dict of int32 tensors:
+    """Items of at most `rows` rows per segment -> dict of int32 tensors (read only):
     start, end, seg [W] (item row range and segment; empty items have start = end = 0) and
-    first, last [S] (item range of each segment); W = cdiv(T, rows) + S."""
+    first, last [S] (item range of each segment); W = cdiv(T, rows) + S. Cached per seg."""
+    if not _cacheable(seg):
+        return _build_plan(seg, num_segments, rows)
+    key = (seg._version, seg.data_ptr(), seg.shape[0], num_segments, rows)
+    cached = _PLANS.get(seg)
+    if cached is None or cached[0] != key:
+        cached = _PLANS[seg] = (key, _build_plan(seg, num_segments, rows))
+    return cached[1]
+
+
+def _build_plan(seg, num_segments, rows):
     total, device = seg.shape[0], seg.device
     ids = torch.arange(num_segments, device=device, dtype=seg.dtype)
     seg_start = torch.searchsorted(seg, ids)
@@ -55,9 +83,9 @@ def segment_plan(seg, num_segments, rows):
     start = seg_start[s] + (items - first[s]) * rows
     end = torch.minimum(start + rows, seg_end[s])
     i32 = torch.int32
-    return {"start": torch.where(active, start, 0).to(i32),
-            "end": torch.where(active, end, 0).to(i32),
-            "seg": s.to(i32), "first": first.to(i32), "last": last.to(i32)}
+    return types.MappingProxyType({"start": torch.where(active, start, 0).to(i32),
+                                   "end": torch.where(active, end, 0).to(i32), "seg": s.to(i32),
+                                   "first": first.to(i32), "last": last.to(i32)})
 
 
 @triton.jit

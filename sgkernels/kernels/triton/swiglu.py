@@ -28,14 +28,14 @@ def _gate_tile(A, B, M, H, stride_a, stride_b, BLOCK_M: tl.constexpr, BLOCK_H: t
     return r, c, mask, a, b, 1.0 / (1.0 + tl.exp(-a))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _swiglu_fwd_kernel(A, B, OUT, M, H, stride_a, stride_b, stride_o,
                        BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
     r, c, mask, a, b, sig = _gate_tile(A, B, M, H, stride_a, stride_b, BLOCK_M, BLOCK_H)
     tl.store(OUT + r * stride_o + c, (a * sig * b).to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _swiglu_bwd_kernel(DOUT, A, B, DA, DB, M, H, stride_do, stride_a, stride_b, stride_da,
                        stride_db, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
     r, c, mask, a, b, sig = _gate_tile(A, B, M, H, stride_a, stride_b, BLOCK_M, BLOCK_H)
@@ -73,6 +73,4 @@ def static_specs():
            "stride_o": i32}
     bwd = {"DOUT": ptr, "A": ptr, "B": ptr, "DA": ptr, "DB": ptr, "M": i32, "H": i32,
            "stride_do": i32, "stride_a": i32, "stride_b": i32, "stride_da": i32, "stride_db": i32}
-    tile = {"BLOCK_M": 4, "BLOCK_H": 512}
-    return [ast_spec(_swiglu_fwd_kernel, fwd, tile, [n for n in fwd if n != "M"], num_warps=4),
-            ast_spec(_swiglu_bwd_kernel, bwd, tile, [n for n in bwd if n != "M"], num_warps=4)]
+    return _fwd.specs(fwd, {}, list(fwd)) + _bwd.specs(bwd, {}, list(bwd))
