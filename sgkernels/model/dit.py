@@ -110,7 +110,8 @@ class RoutedDiT(nn.Module):
         """The dtype of the model's parameters (what x must be, outside autocast)."""
         return self.patch_embed.proj.weight.dtype
 
-    def _check_dtype(self) -> None:
+    def check_dtype(self) -> None:
+        """TypeError unless the parameters are in a dtype the ops support (SUPPORTED_DTYPES)."""
         if self.dtype not in SUPPORTED_DTYPES:
             names = ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
             raise TypeError(f"RoutedDiT runs in {names} (the dtypes of the sgkernels ops); this "
@@ -135,7 +136,7 @@ class RoutedDiT(nn.Module):
                             f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
         if tuple(t.shape) != (b,):
             raise ValueError(f"t must be [B] = [{b}], got {list(t.shape)}")
-        self._check_dtype()
+        self.check_dtype()
         weight = self.patch_embed.proj.weight
         if x.device != weight.device or t.device != x.device:
             raise ValueError(f"x ({x.device}) and t ({t.device}) must be on the model's device "

@@ -38,6 +38,30 @@ def draw_route_scores(config, batch: int, generator, device) -> torch.Tensor:
     return uniform_scores(route_score_shape(config, batch), generator, device)
 
 
+def model_dtype(module, fallback: torch.dtype) -> torch.dtype:
+    """The dtype `module` takes x in: its floating parameters' dtype (RoutedDiT.dtype), or
+    `fallback` for a model without parameters (duck-typed callables)."""
+    dtype = getattr(module, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    params = getattr(module, "parameters", None)
+    if callable(params):
+        for p in params():
+            if p.is_floating_point():
+                return p.dtype
+    return fallback
+
+
+def null_branch_error(branch, text_model: bool) -> ValueError:
+    """Why `branch` (cond "null") cannot run: the model has no null label / caption."""
+    if text_model:
+        return ValueError(f"branch {branch} needs the null caption: pass null_text "
+                          f"(e.g. TextEncoder.null()) to sample with this guidance")
+    return ValueError(f"branch {branch} needs a null label, but the model is unconditional "
+                      f"(num_classes=0): use guidance without null branches (SparseGuidance, "
+                      f"AutoGuidance), not CFG / CFG+SG")
+
+
 def _group_by_model(terms, models):
     """{id(module): (module, [term index, …])} in first-seen order."""
     groups: dict[int, tuple] = {}
@@ -55,9 +79,7 @@ def _branch_conditions(terms, index, labels, text, null_text, batch, num_classes
     if text is None and labels is None:             # unconditional model (num_classes = 0)
         for k in index:
             if terms[k][0].cond == "null":
-                raise ValueError(f"branch {terms[k][0]} needs a null label, but the model is "
-                                 f"unconditional (num_classes=0): use guidance without null "
-                                 f"branches (SparseGuidance, AutoGuidance), not CFG / CFG+SG")
+                raise null_branch_error(terms[k][0], text_model=False)
         return [(None, None) for _ in index]
     if text is None:
         null = torch.full_like(labels, num_classes)
@@ -68,20 +90,20 @@ def _branch_conditions(terms, index, labels, text, null_text, batch, num_classes
             out.append((None, text))
             continue
         if null_text is None:
-            raise ValueError(f"branch {terms[k][0]} needs the null caption: pass null_text "
-                             f"(e.g. TextEncoder.null()) to sample with this guidance")
+            raise null_branch_error(terms[k][0], text_model=True)
         out.append((None, null_text.expand(batch) if null_text.num_segments == 1 else null_text))
     return out
 
 
 def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tensor | None, terms,
                     generator=None, packed: bool = True, text=None,
-                    null_text=None) -> torch.Tensor:
+                    null_text=None, input_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Σ_k a_k · D_k(x, t) over terms [(Branch, a_k)]; `models` maps "main"/"weak" to modules.
 
     Branches that resolve to the same module share one forward (packed=True) or run one by one
-    with the same route-score slices (packed=False). x goes to the model in its own dtype; t
-    and the sum are float32 or better (x's dtype promoted), the returned dtype. text /
+    with the same route-score slices (packed=False). x goes to each model in that model's
+    dtype (model_dtype; for a model without parameters input_dtype, default x's dtype); t and
+    the sum are float32 or better (x's dtype promoted), the returned dtype. text /
     null_text (TextBatch): prompts and null caption of a text-conditioned model (labels None).
     """
     batch = x.shape[0]
@@ -89,6 +111,7 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
     outputs: list[torch.Tensor | None] = [None] * len(terms)
     for module, index in _group_by_model(terms, models):
         config = module.config
+        xm = x.to(model_dtype(module, x.dtype if input_dtype is None else input_dtype))
         conds = _branch_conditions(terms, index, labels, text, null_text, batch,
                                    config.num_classes)
         gammas = [[float(terms[k][0].gamma)] * batch for k in index]   # host floats: no sync
@@ -101,11 +124,11 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
                 extra = {}
             else:
                 y, extra = None, {"text": type(text).cat([c[1] for c in conds])}
-            out = module(x.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), y,
+            out = module(xm.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), y,
                          gamma=sum(gammas, []), route_scores=scores, **extra)
             chunks = out.split(batch)
         else:
-            chunks = [module(x, tt, conds[j][0], gamma=gammas[j],
+            chunks = [module(xm, tt, conds[j][0], gamma=gammas[j],
                              route_scores=scores[:, j * batch:(j + 1) * batch],
                              **({} if text is None else {"text": conds[j][1]}))
                       for j in range(len(index))]

@@ -11,11 +11,19 @@ empty caption, needed by guidance with null branches: CFG, CFG+SG) with labels=N
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..guidance import Guidance, Unguided
-from .packing import guided_velocity
-from .solvers import check_solver, integrate
+from .packing import guided_velocity, model_dtype, null_branch_error
+from .solvers import NonFiniteTracker, check_solver, integrate
+
+LABEL_DTYPES = (torch.int64, torch.int32)
+
+
+def _debug() -> bool:
+    return os.environ.get("SGKERNELS_DEBUG") == "1"
 
 
 def _check_labels(model, noise, labels):
@@ -24,13 +32,19 @@ def _check_labels(model, noise, labels):
             raise ValueError("an unconditional model (config.num_classes=0) takes no labels: "
                              "labels must be None")
         return
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
-        raise TypeError(f"labels must be an int64 tensor [B], got "
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in LABEL_DTYPES:
+        raise TypeError(f"labels must be an int64 or int32 tensor [B], got "
                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
     if labels.shape != noise.shape[:1]:
         raise ValueError(f"labels must be [B] = [{noise.shape[0]}], got {tuple(labels.shape)}")
     if labels.device != noise.device:
         raise ValueError(f"labels ({labels.device}) and noise ({noise.device}) must share a device")
+    k = model.config.num_classes
+    if labels.numel() and (labels.device.type == "cpu" or _debug()):
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi > k:
+            raise ValueError(f"labels must be in [0, {k}] ({k} = the null class), got "
+                             f"[{lo}, {hi}]")
 
 
 def _check_text(model, noise, labels, text, null_text):
@@ -54,6 +68,59 @@ def _check_text(model, noise, labels, text, null_text):
         if value is not None and value.x.device != noise.device:
             raise ValueError(f"{name} ({value.x.device}) and noise ({noise.device}) must share "
                              f"a device")
+
+
+def _check_model(model, noise, name: str) -> None:
+    """dtype, device and image shape of one model against the noise (host metadata only)."""
+    check_dtype = getattr(model, "check_dtype", None)
+    if callable(check_dtype):
+        check_dtype()                           # RoutedDiT: fp32 / bf16 / fp16 parameters
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    if first is not None and first.device != noise.device:
+        raise ValueError(f"noise ({noise.device}) must be on the device of {name} "
+                         f"({first.device})")
+    c = model.config
+    expected = tuple(getattr(c, k, None) for k in ("in_channels", "input_size", "input_size"))
+    if None not in expected and tuple(noise.shape[1:]) != expected:
+        raise ValueError(f"noise must be [B, {', '.join(map(str, expected))}] for {name}, got "
+                         f"{list(noise.shape)}")
+
+
+def _check_weak(model, weak) -> None:
+    if not (callable(weak) and hasattr(weak, "config")):
+        raise TypeError(f"guidance.weak_model must be a callable model with a .config to sample "
+                        f"with it, got {type(weak).__name__}")
+    for key in ("in_channels", "input_size", "num_classes", "text_conditioned", "text_dim"):
+        a, b = getattr(model.config, key, None), getattr(weak.config, key, None)
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"guidance.weak_model does not match the model: config.{key} is "
+                             f"{b}, the model's {a}")
+
+
+def _check_noise(noise) -> None:
+    """Non-finite noise makes its whole image NaN: one reduction (one sync on CUDA)."""
+    finite = torch.isfinite(noise.reshape(noise.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise ValueError(f"noise holds NaN or inf in image {bad[0]} ({len(bad)} of "
+                         f"{noise.shape[0]} images): that image would come out all NaN; "
+                         f"noise must be finite (e.g. torch.randn)")
+
+
+def _check_branches(models, guidance, steps, labels, text, null_text) -> None:
+    """Every branch of every step can run: its model exists, null branches have a null
+    condition. Up front, so a bad combination fails before the first evaluation."""
+    seen = dict.fromkeys(b for i in range(steps) for b in guidance.branches(i, steps))
+    for branch in seen:
+        if models.get(branch.model) is None:
+            raise ValueError(f"branch {branch} needs model {branch.model!r}, but none was "
+                             f"given (pass weak_model to the guidance)")
+        if branch.cond == "null":
+            if text is None and labels is None:
+                raise null_branch_error(branch, text_model=False)
+            if text is not None and null_text is None:
+                raise null_branch_error(branch, text_model=True)
 
 
 def _check_inputs(model, noise, labels, guidance, generator, text, null_text):
@@ -84,27 +151,47 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
 
     model: called as model(x, t, y, gamma=list of B host floats, route_scores=[R, B, N]); its
         config.num_classes is the null label. Put it in eval mode yourself.
-    noise [B, C, H, W], labels [B] int64 (None for an unconditional model, num_classes=0, which
-    takes no guidance with null branches: CFG, CFG+SG); guidance None = unguided dense D(c). The model sees
-    x in noise's dtype (e.g. bf16); t, the guidance combination and the solver state are
-    float32 (or float64 for float64 noise); the samples come back in noise's dtype.
+    noise [B, C, H, W] of any float dtype, finite; labels [B] int64 or int32 in
+    [0, num_classes] (None for an unconditional model, num_classes=0, which takes no guidance
+    with null branches: CFG, CFG+SG); guidance None = unguided dense D(c). Each model sees x in
+    its own parameter dtype (fp32, bf16 or fp16; a model without parameters: noise's dtype);
+    t, the guidance combination and the solver state are float32 (float64 for float64 noise);
+    the samples come back in noise's dtype.
     packed=False runs every branch in its own forward (same token selections; for checks and
     benchmarks). progress shows a per-step tqdm bar. Text-conditioned models: labels None,
     text = TextBatch of B prompts, null_text = the empty caption (needed by null branches).
+
+    Errors (docs/contracts.md, input policy): TypeError / ValueError up front, before any model
+    evaluation, for bad arguments and non-finite noise (one device sync on CUDA);
+    FloatingPointError at the end when an image became NaN / inf, naming the first such image
+    and the step (tracked on the device without a per-step sync).
     """
     guidance = Unguided() if guidance is None else guidance
     _check_inputs(model, noise, labels, guidance, generator, text, null_text)
     check_solver(solver)
     guidance.validate(steps)                  # every step's settings, before any evaluation
     models = {"main": model, "weak": getattr(guidance, "weak_model", None)}
-    weak = models["weak"]
-    if weak is not None and not (callable(weak) and hasattr(weak, "config")):
-        raise TypeError(f"guidance.weak_model must be a callable model with a .config to sample "
-                        f"with it, got {type(weak).__name__}")
+    _check_model(model, noise, "the model")
+    if models["weak"] is not None:
+        _check_weak(model, models["weak"])
+        _check_model(models["weak"], noise, "guidance.weak_model")
+    _check_branches(models, guidance, steps, labels, text, null_text)
+    _check_noise(noise)
 
     def velocity(x, t, step):
-        return guided_velocity(models, x.to(noise.dtype), t, labels, guidance.terms(step, steps),
-                               generator, packed=packed, text=text, null_text=null_text)
+        return guided_velocity(models, x, t, labels, guidance.terms(step, steps), generator,
+                               packed=packed, text=text, null_text=null_text,
+                               input_dtype=noise.dtype)
 
     state = noise.to(torch.promote_types(noise.dtype, torch.float32))
-    return integrate(velocity, state, steps, solver, progress=progress).to(noise.dtype)
+    tracker = NonFiniteTracker(noise.shape[0], noise.device)
+    out = integrate(velocity, state, steps, solver, progress=progress, on_step=tracker.update)
+    failed = tracker.first_bad()              # the one host sync of the check
+    if failed is not None:
+        image, step, count = failed
+        raise FloatingPointError(
+            f"sample: image {image} became NaN or inf at step {step} of {steps} "
+            f"(t {step / steps:.4g} -> {(step + 1) / steps:.4g}) from finite noise ({count} of "
+            f"{noise.shape[0]} images non-finite): lower the guidance scale or check the "
+            f"model's weights (SGKERNELS_DEBUG=1 checks every forward's inputs)")
+    return out.to(noise.dtype)
