@@ -51,6 +51,7 @@ class TrainArgs:
     progress: bool = True
     time_limit: float = 0.0              # minutes; 0: none. Stops early as if steps were reached
     encoder: str | None = None           # caption data: text encoder (default DEFAULT_ENCODER)
+    on_nonfinite: str = "stop"           # stop: FloatingPointError; skip: skip the update (faults.py)
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -69,6 +70,7 @@ class TrainArgs:
             ("maskdit_lambda", self.maskdit_lambda >= 0, "a value >= 0"),
             ("time_limit", self.time_limit >= 0, "minutes >= 0 (0: none)"),
             ("model_set", all("=" in kv for kv in self.model_set), "items 'field=value'"),
+            ("on_nonfinite", self.on_nonfinite in ("stop", "skip"), "'stop' or 'skip'"),
         ]
         for every in ("ckpt_every", "sample_every", "log_every"):
             checks.append((every, getattr(self, every) >= 0, "an int >= 0 (0: only at the end)"))

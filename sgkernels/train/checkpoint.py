@@ -5,7 +5,11 @@ args holds "model_config" (ModelConfig.to_dict()), "train" (the training argumen
 values, so checkpoints load with torch.load(weights_only=True) (model.from_checkpoint does).
 A write goes to a temporary file in the target directory, is flushed and fsync'ed, then
 os.replace'd onto the target name, and the directory entry is fsync'ed: a crash at any point
-leaves either the old or the new file, never a torn one. `latest.pt` is a hard link (atomically replaced) to the newest numbered checkpoint.
+leaves either the old or the new file, never a torn one; a failed write (full disk: OSError
+ENOSPC from the write, the flush or the fsync) removes the temporary file and raises OSError naming
+the target. `latest.pt` is a hard link (atomically replaced) to the newest numbered checkpoint.
+Every write goes through atomic_write (args.json too); remove_stale_temps deletes the temporary
+files of a writer that was killed mid-write.
 """
 import os
 import random
@@ -29,23 +33,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_atomic(obj, path) -> Path:
-    """torch.save(obj) to `path` atomically (temp file in the same dir + fsync + os.replace)."""
+_TMP_SUFFIX = ".tmp"
+
+
+def reason(e: OSError) -> str:
+    """The OS's reason of an OSError ("No space left on device"), under our re-raises too."""
+    while isinstance(e.__cause__, OSError):
+        e = e.__cause__
+    return e.strerror or str(e)
+
+
+def os_error(e: OSError, message: str) -> OSError:
+    """An OSError with e's errno (so the same subclass) and `message`."""
+    return OSError(e.errno, message) if e.errno is not None else OSError(message)
+
+
+def atomic_write(path, write) -> Path:
+    """write(f) into a temporary file next to `path` (binary), flush, fsync, os.replace onto
+    `path`, fsync the folder. On any failure the temporary file is removed and `path` keeps its
+    previous content; an OSError is re-raised (same errno) with a message naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and str(path) not in str(e):
+            raise os_error(e, f"writing {path}: {reason(e)} (the file keeps its previous "
+                           "content; temporary file removed)") from e
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def save_atomic(obj, path) -> Path:
+    """torch.save(obj) to `path` atomically (atomic_write)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temps(folder) -> list[Path]:
+    """Delete the temporary files atomic_write / link_atomic left in `folder` when their process
+    was killed mid-write (call only where no other process writes there)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".")
+             and (p.name.endswith(_TMP_SUFFIX) or p.name.endswith(".link"))]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def link_atomic(src, dst) -> None:
@@ -55,10 +98,14 @@ def link_atomic(src, dst) -> None:
     if tmp.exists():
         tmp.unlink()
     try:
-        os.link(src, tmp)
-    except OSError:
-        save_atomic(torch.load(src, map_location="cpu", weights_only=True), tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            save_atomic(torch.load(src, map_location="cpu", weights_only=True), tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(dst.parent)
 
 

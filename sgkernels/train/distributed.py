@@ -4,6 +4,9 @@ torchrun exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; with
 run is a single process. Each rank takes a contiguous slice of the global batch (draws.py);
 gradients are averaged by DistributedDataParallel, so a k-rank step on k equal slices equals the
 1-process step on the whole batch. Only rank 0 logs, samples and writes checkpoints.
+
+Host-side agreements (stop flags, logged means) use a CPU group: the default group with gloo, an
+extra gloo group next to nccl, so they never wait on the GPU.
 """
 import os
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     initialized_here: bool = False
+    cpu_group: object = None        # gloo group for host values (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +57,10 @@ def setup(device: str | None = None) -> DistInfo:
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
-    return DistInfo(rank, world, local, dev, here)
+    group = None
+    if world > 1 and dist.get_backend() != "gloo":
+        group = dist.new_group(backend="gloo")   # every rank calls setup: collective is matched
+    return DistInfo(rank, world, local, dev, here, group)
 
 
 def cleanup(info: DistInfo) -> None:
@@ -73,16 +80,20 @@ def mean_scalar(value: float, info: DistInfo) -> float:
     """Average a python float over ranks (for logging the global loss)."""
     if not info.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64,
-                     device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, group=info.cpu_group)
     return t.item() / info.world_size
+
+
+def max_ints(values: list[int], info: DistInfo) -> list[int]:
+    """Element-wise max over ranks of a few host ints (CPU group: no device sync)."""
+    if not info.enabled:
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.cpu_group)
+    return t.tolist()
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every rank when `flag` is True on some rank (so all ranks stop together)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([int(flag)], device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(max_ints([int(flag)], info)[0])

@@ -1,16 +1,17 @@
 """Rank-0 training log: tqdm bar (steps/s; loss and images/s of the last row), JSONL and CSV
 rows, a loss-curve PNG.
 
-Each row: step, loss (mean over the steps since the last row, averaged over ranks), lr,
-steps_per_s, images_per_s (global batch / step time), elapsed_s. On resume the files are
-appended to, so one log covers the whole run.
+Each row: step, loss (mean over the finite steps since the last row, averaged over ranks), lr,
+steps_per_s, images_per_s (global batch / step time), elapsed_s, skipped (non-finite steps
+skipped so far, --on-nonfinite skip). On resume the files are appended to, so one log covers the
+whole run (a CSV begun with fewer columns keeps its header).
 """
 import csv
 import json
 import time
 from pathlib import Path
 
-FIELDS = ("step", "loss", "lr", "steps_per_s", "images_per_s", "elapsed_s")
+FIELDS = ("step", "loss", "lr", "steps_per_s", "images_per_s", "elapsed_s", "skipped")
 
 
 class TrainLog:
@@ -24,7 +25,11 @@ class TrainLog:
         self._slast = start_step
         if not enabled:
             return
-        if not self.csv.exists():
+        self.csv_fields = FIELDS
+        if self.csv.exists():
+            with open(self.csv, newline="") as f:
+                self.csv_fields = tuple(next(csv.reader(f), FIELDS))
+        else:
             with open(self.csv, "w", newline="") as f:
                 csv.writer(f).writerow(FIELDS)
         if progress:
@@ -36,19 +41,20 @@ class TrainLog:
         if self.bar is not None:
             self.bar.update(1)
 
-    def row(self, step: int, loss: float, lr: float, global_batch: int) -> dict:
+    def row(self, step: int, loss: float, lr: float, global_batch: int, skipped: int = 0) -> dict:
         now = time.perf_counter()
         rate = (step - self._slast) / max(now - self._tlast, 1e-9)
         self._tlast, self._slast = now, step
         rec = {"step": step, "loss": loss, "lr": lr, "steps_per_s": rate,
-               "images_per_s": rate * global_batch, "elapsed_s": now - self._t0}
+               "images_per_s": rate * global_batch, "elapsed_s": now - self._t0,
+               "skipped": skipped}
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rec['images_per_s']:.0f}")
         if self.enabled:
             with open(self.jsonl, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             with open(self.csv, "a", newline="") as f:
-                csv.writer(f).writerow([rec[k] for k in FIELDS])
+                csv.writer(f).writerow([rec.get(k, "") for k in self.csv_fields])
         return rec
 
     def message(self, text: str) -> None:

@@ -7,6 +7,8 @@ One step at global step s (0-based), on each of k ranks:
     y, text = condition(c, draws.drop, positions)        (conditioning.py: labels or captions)
     loss = objective.batch_loss(...); backward (DDP averages gradients over ranks)
     clip ||g|| to grad_clip (if > 0); lr_s = lr * min(1, (s + 1) / warmup); AdamW step; EMA update
+AdamW is the fused implementation (one kernel per parameter group and device; it takes the
+found_inf flag with which --on-nonfinite skip skips an update without a host sync).
 Everything random is a function of (seed, positions), so the update sequence depends only on the
 arguments in args.RESUME_KEYS, the initial weights and the step: a resumed run continues exactly.
 Class-conditional presets train on labelled data, text-conditioned (T2I) presets on caption data
@@ -14,9 +16,13 @@ Class-conditional presets train on labelled data, text-conditioned (T2I) presets
 
 Output folder: args.json, log.jsonl, log.csv, loss.png, samples/<step>.png,
 checkpoints/<step>.pt and checkpoints/latest.pt.
+
+Faults (faults.py): a non-finite loss or gradient stops the run with FloatingPointError naming the
+step, before any checkpoint of the bad state (or skips the update: --on-nonfinite skip);
+SIGTERM / SIGINT stop all ranks at the next step boundary with a checkpoint; a failed checkpoint
+write (full disk) raises OSError naming the file and leaves the previous checkpoint intact.
 """
 import json
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,11 +34,13 @@ from sgkernels.model.tokens import to_device
 
 from . import distributed as D
 from .args import RESUME_KEYS, TrainArgs
-from .checkpoint import link_atomic, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import (atomic_write, link_atomic, load_checkpoint, os_error, reason,
+                         remove_stale_temps, rng_state, save_atomic, set_rng_state)
 from .conditioning import CaptionCondition, LabelCondition, feature_cache
 from .data import CAPTION_DATASETS, load_dataset
 from .draws import GlobalOrder, draw_samples, rank_positions
 from .ema import EMA
+from .faults import NonFiniteGuard, StopSignals, nonfinite_message, signal_name
 from .grid import generate, save_grid
 from .logger import TrainLog, plot_loss
 from .objective import batch_loss, num_route_draws
@@ -102,8 +110,10 @@ class Trainer:
         self.model = model.to(self.info.device).train()
         self.ema = EMA(self.model, args.ema_decay, args.ema_warmup)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.effective_lr,
-                                     betas=args.betas, weight_decay=args.weight_decay)
+                                     betas=args.betas, weight_decay=args.weight_decay, fused=True)
         self.step = 0
+        self.last_ckpt = None         # (path, step) of the newest complete checkpoint
+        skipped = 0
         self.vae = None
         if args.vae:
             from .vae import load_vae
@@ -111,7 +121,8 @@ class Trainer:
             self.vae = load_vae(args.vae, self.info.device)
         self._load_data()
         if args.resume:
-            self._resume()
+            skipped = self._resume()
+        self.guard = NonFiniteGuard(args.on_nonfinite, self.info, self.step, skipped)
         self.ddp = self.model
         if self.info.enabled:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
@@ -160,15 +171,19 @@ class Trainer:
     def ckpt_dir(self) -> Path:
         return self.out / "checkpoints"
 
-    def _resume(self) -> None:
+    def _resume(self) -> int:
+        """Load OUT/checkpoints/latest.pt; returns the skipped-step count it holds."""
         # on CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device
-        ckpt = load_checkpoint(self.ckpt_dir / "latest.pt", map_location="cpu")
+        latest = self.ckpt_dir / "latest.pt"
+        ckpt = load_checkpoint(latest, map_location="cpu")
         _check_resume(ckpt["args"], self.args, self.config_dict)
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["opt"])
         self.step = int(ckpt["step"])
+        self.last_ckpt = (latest, self.step)
         set_rng_state(ckpt["args"]["rng"])
+        return int(ckpt["args"].get("skipped_steps", 0))
 
     # -- one step ---------------------------------------------------------------------------
     def batch(self, step: int):
@@ -202,28 +217,58 @@ class Trainer:
                               text)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if args.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
+        self.update(loss.detach())
+        return loss.detach()
+
+    def update(self, loss: torch.Tensor) -> None:
+        """After backward: grad norm (and clipping), the non-finite guard, AdamW, EMA, step + 1.
+        Reads nothing back to the host (faults.py): the norm is the one clipping computes,
+        skip mode passes found_inf to fused AdamW and the EMA as a device tensor."""
+        args = self.args
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
+        if args.grad_clip > 0:  # = clip_grad_norm_, which is these two calls
+            nn.utils.clip_grads_with_norm_(params, args.grad_clip, norm)
+        found_inf = self.guard.record(loss, norm)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(args, self.step)
-        self.opt.step()
-        self.ema.update(self.model, self.step)
+        if found_inf is None:
+            self.opt.step()
+        else:
+            self.opt.found_inf = found_inf   # read by fused AdamW (as torch.amp.GradScaler does)
+            try:
+                self.opt.step()
+            finally:
+                del self.opt.found_inf
+        self.ema.update(self.model, self.step, skip=found_inf)
         self.step += 1
-        return loss.detach()
 
     # -- outputs ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes checkpoints/<step>.pt and points latest.pt at it. A failed write (full
+        disk, ...) raises OSError naming the file; the previous checkpoint stays intact."""
+        path = self.ckpt_dir / f"{self.step:07d}.pt"
         if not self.info.is_main:
+            self.last_ckpt = (path, self.step)
             return None
         train = self.args.to_dict() | {"effective_lr": self.args.effective_lr}
         ckpt = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "opt": self.opt.state_dict(), "step": self.step,
                 "args": {"model_config": self.config_dict, "train": train, "rng": rng_state(),
-                         "world_size": self.info.world_size}}
+                         "world_size": self.info.world_size,
+                         "skipped_steps": self.guard.skipped_total}}
         if self.condition.meta is not None:       # the encoder settings sampling must reuse
             ckpt["args"]["text"] = self.condition.meta
-        path = save_atomic(ckpt, self.ckpt_dir / f"{self.step:07d}.pt")
-        link_atomic(path, self.ckpt_dir / "latest.pt")
+        try:
+            save_atomic(ckpt, path)
+            link_atomic(path, self.ckpt_dir / "latest.pt")
+        except OSError as e:
+            before = (f"the previous checkpoint {self.last_ckpt[0]} (step {self.last_ckpt[1]}) "
+                      "is intact" if self.last_ckpt else "no earlier checkpoint of this run exists")
+            raise os_error(e, f"checkpoint of step {self.step} not written to {path}: "
+                           f"{reason(e)}; {before} and no temporary file is left; free space "
+                           "and continue with --resume") from e
+        self.last_ckpt = (path, self.step)
         return path
 
     def save_samples(self) -> Path | None:
@@ -243,47 +288,68 @@ class Trainer:
                          ncol=min(cfg.num_classes or 8, 10), upscale=upscale)
 
     def run(self) -> dict:
-        """Train to args.steps; returns {"step", "loss", "wall_s"} (loss of the last log row)."""
+        """Train to args.steps; returns {"step", "loss" (of the last log row), "wall_s",
+        "skipped" (non-finite steps skipped), "stopped" (None, or the signal that stopped the run
+        at a step boundary, e.g. "SIGTERM"), "checkpoint" (the newest checkpoint or None)}."""
         args, info = self.args, self.info
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "args.json").write_text(json.dumps(
-                {"train": args.to_dict(), "model_config": self.config_dict,
-                 "world_size": info.world_size}, indent=2))
+            remove_stale_temps(self.ckpt_dir)   # left by a writer killed mid-write
+            text = json.dumps({"train": args.to_dict(), "model_config": self.config_dict,
+                               "world_size": info.world_size}, indent=2)
+            atomic_write(self.out / "args.json", lambda f: f.write(text.encode()))
         log = TrainLog(self.out, args.steps, self.step, info.is_main, args.progress)
-        t0, window, last = time.perf_counter(), [], float("nan")
+        t0, last, stopped = time.perf_counter(), float("nan"), None
         try:
-            while self.step < args.steps:
-                window.append(self.train_step())
-                log.step()
-                end = self.step == args.steps or self._out_of_time(t0)
-                if end or (args.log_every and self.step % args.log_every == 0):
-                    last = D.mean_scalar(torch.stack(window).mean().item(), info)
-                    if not math.isfinite(last):
-                        raise FloatingPointError(f"loss is {last} at step {self.step}")
-                    log.row(self.step, last, lr_at(args, self.step - 1), args.batch)
-                    window = []
-                ckpt = end or (args.ckpt_every and self.step % args.ckpt_every == 0)
-                grid = end or (args.sample_every and self.step % args.sample_every == 0)
-                if ckpt:
-                    self.save_checkpoint()
-                if grid:
-                    self.save_samples()
-                if ckpt or grid:  # other ranks wait for rank 0's writes
-                    D.barrier(info)
-                if end:
-                    break
+            with StopSignals() as signals:
+                while self.step < args.steps:
+                    self.train_step()
+                    log.step()
+                    stopped, over_time = self._stop_requests(signals, t0)
+                    end = self.step == args.steps or over_time or stopped is not None
+                    row = end or (args.log_every and self.step % args.log_every == 0)
+                    ckpt = end or (args.ckpt_every and self.step % args.ckpt_every == 0)
+                    grid = stopped is None and (
+                        end or (args.sample_every and self.step % args.sample_every == 0))
+                    if row or ckpt or grid:      # sync points: read the non-finite guard
+                        window = self._check_window(flush=bool(row))
+                    if row:
+                        last = D.mean_scalar(window.mean_loss, info)
+                        log.row(self.step, last, lr_at(args, self.step - 1), args.batch,
+                                self.guard.skipped_total)
+                        if window.bad:
+                            log.message(f"skipped step{'s' * (len(window.bad) > 1)} "
+                                        f"{', '.join(map(str, window.bad))}: non-finite loss or "
+                                        f"gradient ({self.guard.skipped_total} skipped so far)")
+                    if ckpt:
+                        self.save_checkpoint()
+                    if grid:
+                        self.save_samples()
+                    if ckpt or grid:  # other ranks wait for rank 0's writes
+                        D.barrier(info)
+                    if end:
+                        break
         finally:
             log.close()
-        if info.is_main and log.jsonl.exists() and args.steps > 0:
+        if info.is_main and log.jsonl.exists() and args.steps > 0 and stopped is None:
             plot_loss(log.jsonl, self.out / "loss.png")
-        return {"step": self.step, "loss": last, "wall_s": time.perf_counter() - t0}
+        return {"step": self.step, "loss": last, "wall_s": time.perf_counter() - t0,
+                "skipped": self.guard.skipped_total, "stopped": stopped,
+                "checkpoint": self.last_ckpt[0] if self.last_ckpt else None}
 
-    def _out_of_time(self, t0: float) -> bool:
-        if not self.args.time_limit:
-            return False
-        over = time.perf_counter() - t0 > 60.0 * self.args.time_limit
-        return D.any_rank(over, self.info)
+    def _check_window(self, flush: bool):
+        """Read the guard's window; stop mode: FloatingPointError at a non-finite step."""
+        window = self.guard.read(flush)
+        if window.first is not None:
+            raise FloatingPointError(nonfinite_message(*window.first, self.last_ckpt))
+        return window
+
+    def _stop_requests(self, signals: StopSignals, t0: float) -> tuple[str | None, bool]:
+        """(signal name or None, time limit reached), the same on every rank: one host
+        all_reduce per step under DDP (faults.py), none in a single process."""
+        over = bool(self.args.time_limit) and time.perf_counter() - t0 > 60.0 * self.args.time_limit
+        signum, over = D.max_ints([signals.signum, over], self.info)
+        return (signal_name(signum) if signum else None), bool(over)
 
     def close(self) -> None:
         D.cleanup(self.info)
