@@ -13,6 +13,11 @@ Ceilings, measured in the same run as the numbers they bound (a roofline with tw
     matmul rate      F = 2·N³ / t       one N×N by N×N matmul (bf16 on CUDA, fp32 on CPU)
 An op that moves `b` bytes in time `t` achieves b/t, i.e. the fraction (b/t)/B of the ceiling;
 a compute-bound op doing `f` FLOPs achieves (f/t)/F.
+
+Output files: `write_csv` / `write_json` replace the file atomically (temporary file + rename);
+`Results` is a benchmark's CSV (+ JSON) rewritten after every case, so a run killed at any point
+leaves every case it measured, and read back with `resume=True` so a rerun measures only the
+missing cases. A benchmark whose --budget-s left cases out exits with EXIT_PARTIAL (3).
 """
 from __future__ import annotations
 
