@@ -18,12 +18,13 @@
 # The benchmarks get --budget-s (cap minus a margin), rewrite their CSV/JSON after every case
 # (a killed step keeps what it measured) and exit 3 when the budget left cases out (PARTIAL).
 #
-# Planned GPU timeline of a 15-minute (900 s) lease, in seconds:
-#     machine start                    120-240   (counted against the lease)
-#     this script (default budget)          360   (caps below; ends by 600 at worst)
-#     --resume rerun, same warm machine   <= 200   (GPU_CHECK_BUDGET_S=200; call it at once: the
-#                                                  machine is given back ~30 s after a call)
-#     transfers, slack                    >= 100
+# Planned GPU timeline of a 15-minute (900 s) lease, in seconds (counted from the request):
+#     machine start (counted against the lease)        120-240   by 240
+#     this script, default budget (run timeout_s ~420)   <= 360   by 600
+#     transfers back, reading the summary                  ~30   by 630
+#     GPU_CHECK_BUDGET_S=200 ... --resume, at once on the   <= 200   by 830
+#       same machine (it is given back ~30 s after a call; a fresh one starts bare)
+#     slack                                               >= 70   by 900
 #   step            cap   ends by
 #   environment      15        15
 #   cuda            105       120   (nvcc build ~60 s on 16 cores + test_cuda.py)
