@@ -37,6 +37,25 @@ def parse_metrics(metrics) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _check_options(metrics, k, kid_subsets, kid_subset_size, bootstrap, alpha) -> None:
+    """The numeric options, up front (before any feature extraction)."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    checks = [("bootstrap", bootstrap, is_int(bootstrap) and (bootstrap == 0 or bootstrap >= 2),
+               "0 (none) or an int >= 2"),
+              ("alpha", alpha, isinstance(alpha, (int, float)) and 0 < alpha < 1, "in (0, 1)")]
+    if "prdc" in metrics:
+        checks.append(("k", k, is_int(k) and k >= 1, "an int >= 1"))
+    if "kid" in metrics:
+        checks += [("kid_subsets", kid_subsets, is_int(kid_subsets) and kid_subsets >= 1,
+                    "an int >= 1"),
+                   ("kid_subset_size", kid_subset_size,
+                    is_int(kid_subset_size) and kid_subset_size >= 2, "an int >= 2")]
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
 def _check_labels(samples: ImageSet) -> np.ndarray:
     if samples.labels is None:
         raise ValueError(f"acc: {samples.name} has no labels (arr_1, or integer-named "
@@ -107,6 +126,7 @@ def evaluate(samples: ImageSet, reference: ImageSet, metrics=METRICS, *, space="
     metrics = parse_metrics(metrics)
     if space not in SPACES:
         raise ValueError(f"space: expected one of {SPACES}, got {space!r}")
+    _check_options(metrics, k, kid_subsets, kid_subset_size, bootstrap, alpha)
     labels = _check_labels(samples) if "acc" in metrics else None
     n = len(samples)
     info = {"samples": samples.name, "num_samples": n, "reference": reference.name,

@@ -20,10 +20,15 @@ flag defaults (explicit flags override them):
 The paper reports one ω 2.5 for GenEval's CFG+SG; geneval sets BOTH weights, w_cfg and w_sg, to
 2.5 under the --rule in use (direct by default).
 
-Writes OUT/samples.npz (uint8 [N, H, W, C] in arr_0, labels in arr_1; images in [-1, 1] model
-space mapped by round((x + 1)·127.5)), OUT/grid.png and OUT/sampling.json (arguments, GFLOPs
-and NFE per image per step). Models whose samples are not 1- or 3-channel images (latents) get
+Writes OUT/samples.npz (uint8 [N, H, W, C] in arr_0, labels in arr_1, -1 for an unconditional
+model; images in [-1, 1] model space mapped by round((x + 1)·127.5)), OUT/grid.png and
+OUT/sampling.json (arguments, GFLOPs and NFE per image per step). Models whose samples are not 1- or 3-channel images (latents) get
 float32 OUT/latents.npz instead of the npz and grid.
+
+Errors: a bad flag value, a missing or corrupt checkpoint / prompts file or a checkpoint of
+another model is ONE line on stderr naming the flag or file, exit status 2, when run as
+`python -m sgkernels sample` (add --debug for the traceback); samples that become NaN / inf end
+the run with one line naming the image and step, exit status 1.
 
 Seeds: images are cut into global batches of --batch; batch j draws its noise and token
 selections from torch.Generator seeded with seed·2^32 + j. Under torchrun, rank r samples the
@@ -124,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     a("--prompt", dest="prompt", action="append", help="text prompt (repeatable; T2I models)")
     a("--prompts", dest="prompts_file", help="file of prompts, one per line (T2I models)")
     a("--text-encoder", help="text encoder path or package (default: the checkpoint's)")
+    a("--debug", action="store_true",
+      help="full tracebacks and SGKERNELS_DEBUG=1 value checks (python -m sgkernels ...)")
     a("--paper", choices=tuple(PAPER_SETTINGS),
       help="paper T2I guidance settings as flag defaults: " + "; ".join(
           f"{name} = {paper_flags(name)}" for name in PAPER_SETTINGS) +
@@ -145,6 +152,10 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.seed < 2 ** 31:
         p.error(f"--seed must be in [0, 2^31), got {args.seed}")
+    if args.grid < 0:
+        p.error(f"--grid must be >= 0, got {args.grid}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a file; expected a folder (created if missing)")
     needs = {"cfg": ["scale"], "sg": ["scale"], "autoguidance": ["scale"],
              "cfg+sg": ["cfg_scale", "sg_scale"]}.get(args.guidance, [])
     for name in needs:
@@ -176,12 +187,29 @@ def build_guidance(args, weak_model=None):
                              rule=args.rule, **sparse)
 
 
+def parse_device(name: str) -> torch.device:
+    """--device as a torch.device that exists here, or a ValueError naming the flag."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA device is available here (use cpu)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: only {count} CUDA device(s) here")
+    return device
+
+
 def _setup_distributed(device_name):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device_name is None:
         device_name = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    device = parse_device(device_name)
     if device.type == "cuda":
         if world > 1 and device.index is None:
             device = torch.device("cuda", local)
@@ -196,8 +224,15 @@ def _prompts(args) -> list[str] | None:
     if args.prompts_file is not None:
         path = Path(args.prompts_file)
         if not path.is_file():
-            raise SystemExit(f"sample: --prompts file not found: {path}")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            raise FileNotFoundError(f"--prompts file not found: {path}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"--prompts {path}: expected a UTF-8 text file, one prompt per "
+                             f"line") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+        if not prompts:
+            raise ValueError(f"--prompts {path} holds no prompts (expected one per line)")
     return prompts or None
 
 
@@ -205,8 +240,8 @@ def _text_meta(args) -> dict:
     """The checkpoint's text-encoder settings (args["text"]), or {} (random --model)."""
     if args.ckpt is None:
         return {}
-    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-    return dict(ckpt.get("args", {}).get("text") or {})
+    from sgkernels.model.checkpoint import read_checkpoint
+    return dict(read_checkpoint(args.ckpt)["args"].get("text") or {})
 
 
 def _encode_prompts(args, config, prompts, device):
@@ -217,14 +252,17 @@ def _encode_prompts(args, config, prompts, device):
                           max_length=int(meta.get("max_length", config.text_len)),
                           system_prompt=meta.get("system_prompt", SYSTEM_PROMPT))
     if encoder.dim != config.text_dim:
-        raise SystemExit(f"sample: the text encoder gives features of width {encoder.dim}, the "
-                         f"model expects text_dim {config.text_dim}")
+        raise ValueError(f"--text-encoder: the text encoder gives features of width "
+                         f"{encoder.dim}, the model expects text_dim {config.text_dim}")
     return encoder.encode(prompts), encoder.null()
 
 
-def _load(args, path, device):
+def _load(args, path, device, flag="--ckpt"):
     from sgkernels.model import from_checkpoint
-    return from_checkpoint(path, ema=args.weights == "ema", map_location=device)
+    try:
+        return from_checkpoint(path, ema=args.weights == "ema", map_location=device)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{flag}: {e}") from e
 
 
 def _build_model(args, device):
@@ -232,15 +270,24 @@ def _build_model(args, device):
         return _load(args, args.ckpt, device)
     from sgkernels import presets
     from sgkernels.model import RoutedDiT
+    try:
+        config = presets.get(args.model)
+    except ValueError as e:
+        raise ValueError(f"--model: {e}") from e
     torch.manual_seed(args.seed)            # the same random weights on every rank
-    return RoutedDiT(presets.get(args.model)).to(device).eval()
+    return RoutedDiT(config).to(device).eval()
 
 
 def _image_labels(args, num_classes: int) -> np.ndarray:
     labels = args.labels if args.labels is not None else list(range(num_classes))
     bad = [y for y in labels if not 0 <= y < num_classes]
+    if num_classes == 0:
+        if args.labels is not None:
+            raise ValueError("--labels: the model is unconditional (num_classes=0) and takes no "
+                             "labels")
+        return np.full(args.num, -1, dtype=np.int64)      # arr_1: -1 = no class
     if bad or not labels:
-        raise SystemExit(f"sample: --labels must be in [0, {num_classes}), got {labels}")
+        raise ValueError(f"--labels must be in [0, {num_classes}), got {labels}")
     return np.resize(np.asarray(labels, dtype=np.int64), args.num)
 
 
@@ -268,7 +315,8 @@ def _sample_rank(args, model, guidance, labels, rank, world, device, text=None):
         gen = torch.Generator().manual_seed(args.seed * SEED_STRIDE + j)
         noise = torch.randn((len(index), *shape), generator=gen).to(device)
         if text is None:
-            y, cond = torch.from_numpy(labels[index]).to(device), {}
+            y = torch.from_numpy(labels[index]).to(device) if config.num_classes else None
+            cond = {}
         else:                               # labels hold prompt indices
             y, cond = None, {"text": text[0].select(labels[index]), "null_text": text[1]}
         x = sample(model, noise, y, steps=args.steps, solver=args.solver, guidance=guidance,
@@ -288,7 +336,13 @@ def main(argv=None) -> int:
     prompts = _prompts(args)
     rank, world, device = _setup_distributed(args.device)
     model = _build_model(args, device)
-    weak = _load(args, args.weak_ckpt, device) if args.weak_ckpt else None
+    weak = _load(args, args.weak_ckpt, device, "--weak-ckpt") if args.weak_ckpt else None
+    if weak is not None:
+        for key in ("in_channels", "input_size", "num_classes", "text_conditioned"):
+            if getattr(weak.config, key) != getattr(model.config, key):
+                raise ValueError(f"--weak-ckpt {args.weak_ckpt}: a model of another kind than "
+                                 f"the main one (config.{key} {getattr(weak.config, key)} vs "
+                                 f"{getattr(model.config, key)})")
     try:
         guidance = build_guidance(args, weak)
     except (TypeError, ValueError) as e:

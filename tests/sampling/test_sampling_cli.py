@@ -126,7 +126,7 @@ def test_argument_errors(tmp_path, capsys, argv, message):
 
 
 def test_bad_labels(tmp_path):
-    with pytest.raises(SystemExit, match="labels must be in"):
+    with pytest.raises(ValueError, match="labels must be in"):
         cli.main(["--model", "Tiny/2", "--labels", "3,10", "--out", str(tmp_path),
                   "--device", "cpu"])
 
