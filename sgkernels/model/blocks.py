@@ -12,7 +12,8 @@ The adaLN linear starts at zero (adaLN-Zero), so every block starts as the ident
     llama  norm = RMSNorm (ops.rms_norm_modulate); MLP = w2(silu(a)·b), [a, b] = w1 h
            (ops.swiglu), hidden ~ 8/3·D; q, k rotated by axial RoPE of pos; no biases
 
-Attention is softmax(q kᵀ/sqrt(Dh)) v within each segment (ops.varlen_attention on cu_seqlens).
+Attention is softmax(q kᵀ/sqrt(Dh)) v within each segment (ops.varlen_attention_qkv on
+cu_seqlens, reading q, k, v in place from the qkv projection).
 The final layer is norm + modulate (shift, scale from its own zero-initialised adaLN) + linear.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgkernels import ops
+from sgkernels.ops.attention import varlen_attention_qkv
 
 from .config import ModelConfig
 from .tokens import TokenBatch
@@ -46,13 +48,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, h: torch.Tensor, b: TokenBatch) -> torch.Tensor:
+        """proj(attention(q, k, v)) with [q, k, v] = qkv(h): the projection output is viewed as
+        [T, 3, H, Dh] and read in place by one packed op (RoPE of q, k inside it), whose gradient
+        is one [T, 3, H, Dh] tensor, so neither direction copies q, k or v."""
         t = h.shape[0]
-        q, k, v = self.qkv(h).view(t, 3, self.heads, self.head_dim).unbind(1)
-        if self.rope_theta is not None:
-            q = ops.rope_axial(q, b.pos, self.rope_theta)
-            k = ops.rope_axial(k, b.pos, self.rope_theta)
-        o = ops.varlen_attention(q, k, v, b.cu_seqlens, b.max_seqlen)
-        return self.proj(o.reshape(t, -1))
+        qkv = self.qkv(h).view(t, 3, self.heads, self.head_dim)
+        rope = None if self.rope_theta is None else (b.pos, self.rope_theta)
+        o = varlen_attention_qkv(qkv, b.cu_seqlens, b.max_seqlen, rope=rope)
+        return self.proj(o.view(t, -1))
 
 
 class GeluMLP(nn.Module):

@@ -4,14 +4,33 @@ Per segment and head, with Q, K, V [L, Dh] and scale s (default Dh^-1/2):
     S = s·QKᵀ, lse = logsumexp_row(S) (fp32, kept for the backward), P = exp(S − lse), O = PV
     dV = PᵀdO, dP = dO Vᵀ, D = rowsum(dO∘O), dS = P∘(dP − D), dQ = s·dS K, dK = s·dSᵀQ
 
+Two entry points:
+    varlen_attention(q, k, v, ...)           q, k, v [T, H, Dh], each with any token stride
+    varlen_attention_qkv(qkv, ..., rope)     qkv [T, 3, H, Dh], the output of a qkv projection
+The packed one reads q, k, v in place and returns d(qkv) as ONE [T, 3, H, Dh] tensor written
+by the backward kernels, so neither the unbind of the projection nor its gradient (a stack)
+copies anything; rope=(pos, theta) applies axial RoPE (ops.rope_axial) to q and k inside the op
+(no rotated copy in autograd's graph; the backward rotates dq, dk back). Inputs are copied only
+when their head and feature dims are not dense (strides (·, Dh, 1)).
+
 Roofline per call, T tokens, H heads, head dim Dh, segment lengths L_i (S̄ = Σ L_i² / T):
     fwd FLOPs 4·T·S̄·H·Dh,  bwd FLOPs 2.5× that (10·T·S̄·H·Dh)
     fwd bytes e·4·T·H·Dh + 4·T·H (lse);  bwd bytes e·8·T·H·Dh + 4·T·H   (no N² memory in kernels)
+    rope adds e·4·T·H·Dh to each (the Triton backend rotates q, k in a pre-pass; see
+    kernels/triton/attention_fwd.py for why not inside the attention loops)
 """
 import torch
 
 from . import amp, dispatch, validate
+from .rope import check_pos
 
+
+def _rope(pos, theta):
+    """The backends' optional rope argument: ((pos, theta),) or nothing."""
+    return () if pos is None else ((pos, theta),)
+
+
+# --- q, k, v as three tensors -------------------------------------------------------------------
 
 @torch.library.custom_op("sgkernels::varlen_attention", mutates_args=())
 def _varlen_attention(
@@ -21,9 +40,14 @@ def _varlen_attention(
     return dispatch.get("varlen_attention_fwd", q.device)(q, k, v, cu_seqlens, max_seqlen, scale)
 
 
+def _outputs_like(q):
+    """(o [T, H, Dh] contiguous, lse [H, T] fp32): what every backend returns."""
+    return q.new_empty(q.shape), q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
+
+
 @_varlen_attention.register_fake
 def _(q, k, v, cu_seqlens, max_seqlen, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
+    return _outputs_like(q)
 
 
 @torch.library.custom_op("sgkernels::varlen_attention_backward", mutates_args=())
@@ -44,19 +68,22 @@ def _varlen_attention_backward(
 
 @_varlen_attention_backward.register_fake
 def _(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup(ctx, inputs, output):
     q, k, v, cu_seqlens, max_seqlen, scale = inputs
     ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
     ctx.max_seqlen, ctx.scale = max_seqlen, scale
+    ctx.set_materialize_grads(False)   # lse has no gradient: no zeros tensor for it
 
 
 def _grad(ctx, do, _dlse):
+    if do is None:
+        return None, None, None, None, None, None
     q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
     dq, dk, dv = _varlen_attention_backward(
-        do.contiguous(), q, k, v, o, lse, cu_seqlens, ctx.max_seqlen, ctx.scale
+        _dense_heads(do), q, k, v, o, lse, cu_seqlens, ctx.max_seqlen, ctx.scale
     )
     return dq, dk, dv, None, None, None
 
@@ -64,8 +91,85 @@ def _grad(ctx, do, _dlse):
 _varlen_attention.register_autograd(_grad, setup_context=_setup)
 
 
+# --- q, k, v packed as one [T, 3, H, Dh] tensor -----------------------------------------------------
+
+@torch.library.custom_op("sgkernels::varlen_attention_qkv", mutates_args=())
+def _varlen_attention_qkv(
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float,
+    pos: torch.Tensor | None, theta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    validate.cu_seqlens_values("varlen_attention_qkv", cu_seqlens, qkv.shape[0], max_seqlen)
+    q, k, v = qkv.unbind(1)
+    fn = dispatch.get("varlen_attention_fwd", qkv.device)
+    return fn(q, k, v, cu_seqlens, max_seqlen, scale, *_rope(pos, theta))
+
+
+@_varlen_attention_qkv.register_fake
+def _(qkv, cu_seqlens, max_seqlen, scale, pos, theta):
+    return _outputs_like(qkv[:, 0])
+
+
+@torch.library.custom_op("sgkernels::varlen_attention_qkv_backward", mutates_args=())
+def _varlen_attention_qkv_backward(
+    do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+    cu_seqlens: torch.Tensor, max_seqlen: int, scale: float, pos: torch.Tensor | None,
+    theta: float,
+) -> torch.Tensor:
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    fn = dispatch.get("varlen_attention_bwd", qkv.device)
+    fn(do, *qkv.unbind(1), o, lse, cu_seqlens, max_seqlen, scale, *_rope(pos, theta),
+       out=dqkv.unbind(1))
+    return dqkv
+
+
+@_varlen_attention_qkv_backward.register_fake
+def _(do, qkv, o, lse, cu_seqlens, max_seqlen, scale, pos, theta):
+    return qkv.new_empty(qkv.shape)
+
+
+def _setup_qkv(ctx, inputs, output):
+    qkv, cu_seqlens, max_seqlen, scale, pos, theta = inputs
+    ctx.save_for_backward(qkv, output[0], output[1], cu_seqlens, pos)
+    ctx.max_seqlen, ctx.scale, ctx.theta = max_seqlen, scale, theta
+    ctx.set_materialize_grads(False)
+
+
+def _grad_qkv(ctx, do, _dlse):
+    if do is None:
+        return None, None, None, None, None, None
+    qkv, o, lse, cu_seqlens, pos = ctx.saved_tensors
+    dqkv = _varlen_attention_qkv_backward(_dense_heads(do), qkv, o, lse, cu_seqlens,
+                                          ctx.max_seqlen, ctx.scale, pos, ctx.theta)
+    return dqkv, None, None, None, None, None
+
+
+_varlen_attention_qkv.register_autograd(_grad_qkv, setup_context=_setup_qkv)
+
+
+# --- public functions -------------------------------------------------------------------------
+
+def _dense_heads(t):
+    """t [..., H, Dh] itself when its head and feature dims are dense (strides (·, Dh, 1); any
+    outer strides), else a contiguous copy: the layout every backend accepts."""
+    heads, dim = t.shape[-2:]
+    if (dim > 1 and t.stride(-1) != 1) or (heads > 1 and t.stride(-2) != dim):
+        return t.contiguous()
+    return t
+
+
+def _check_common(op, ref, cu_seqlens, max_seqlen, scale):
+    validate.index(op, "cu_seqlens", cu_seqlens, "q" if op == "varlen_attention" else "qkv", ref,
+                   dtypes=(torch.int32,))
+    if cu_seqlens.shape[0] < 1:
+        raise ValueError(f"{op}: cu_seqlens must have shape [S+1] with S >= 0, got shape (0,)")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (int, torch.SymInt)) or max_seqlen < 0:
+        raise ValueError(f"{op}: max_seqlen must be a non-negative int, got {max_seqlen!r}")
+    return ref.shape[-1] ** -0.5 if scale is None else float(scale)
+
+
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
-    """softmax(scale·QKᵀ)V within each segment; q, k, v [T, H, Dh]; cu_seqlens [S+1] int32."""
+    """softmax(scale·QKᵀ)V within each segment; q, k, v [T, H, Dh] (any token strides, read in
+    place); cu_seqlens [S+1] int32. Returns o [T, H, Dh] contiguous."""
     op = "varlen_attention"
     q, k, v = amp.to_autocast_dtype(q, k, v)
     validate.floating(op, "q", q)
@@ -73,12 +177,27 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
     for name, t in (("k", k), ("v", v)):
         validate.like(op, name, t, "q", q)
         validate.shape(op, name, t, q.shape, "[T, H, Dh] (the shape of q)")
-    validate.index(op, "cu_seqlens", cu_seqlens, "q", q, dtypes=(torch.int32,))
-    if cu_seqlens.shape[0] < 1:
-        raise ValueError(f"{op}: cu_seqlens must have shape [S+1] with S >= 0, got shape (0,)")
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (int, torch.SymInt)) or max_seqlen < 0:
-        raise ValueError(f"{op}: max_seqlen must be a non-negative int, got {max_seqlen!r}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _varlen_attention(
-        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens.contiguous(), max_seqlen, scale
-    )[0]
+    scale = _check_common(op, q, cu_seqlens, max_seqlen, scale)
+    q, k, v = (_dense_heads(t) for t in (q, k, v))
+    return _varlen_attention(q, k, v, cu_seqlens.contiguous(), max_seqlen, scale)[0]
+
+
+def varlen_attention_qkv(qkv, cu_seqlens, max_seqlen, scale=None, rope=None):
+    """varlen_attention of (q, k, v) = qkv.unbind(1), read in place; qkv [T, 3, H, Dh] (e.g. a
+    qkv projection [T, 3·H·Dh] viewed so). rope: None or (pos [T, 2] int32/int64/fp32, theta):
+    q and k are first rotated by rope_axial(·, pos, theta). Returns o [T, H, Dh] contiguous; the
+    gradient of qkv is one contiguous [T, 3, H, Dh] tensor (no stack of dq, dk, dv)."""
+    op = "varlen_attention_qkv"
+    (qkv,) = amp.to_autocast_dtype(qkv)
+    validate.floating(op, "qkv", qkv)
+    validate.ndim(op, "qkv", qkv, 4)
+    if qkv.shape[1] != 3:
+        raise ValueError(f"{op}: qkv must have shape [T, 3, H, Dh], got {tuple(qkv.shape)}")
+    scale = _check_common(op, qkv, cu_seqlens, max_seqlen, scale)
+    pos, theta = None, 10000.0
+    if rope is not None:
+        pos, theta = rope
+        check_pos(op, qkv, pos, "qkv")
+        pos, theta = pos.contiguous(), float(theta)
+    return _varlen_attention_qkv(_dense_heads(qkv), cu_seqlens.contiguous(), max_seqlen, scale,
+                                 pos, theta)[0]

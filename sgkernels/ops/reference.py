@@ -2,7 +2,7 @@
 
 Every function here has the name and signature of docs/contracts.md ("Backends"); the Triton and
 CUDA backends export the same functions. Inputs arrive validated, contiguous (swiglu: last dim
-contiguous) and on one device. Statistics and accumulation run in fp32; outputs are cast to the
+contiguous; attention: any token strides) and on one device. Statistics and accumulation run in fp32; outputs are cast to the
 input dtype. Segment reductions (dshift, dscale, dgate) are deterministic: `seg` is
 non-decreasing, so they are sorted-segment sums (`torch.segment_reduce`), never float atomics.
 
@@ -20,7 +20,8 @@ Math (xf = x in fp32, r = rsqrt(mean(xf²) + eps), x̂ = xf·r, w = weight or 1)
                         dx = route_scatter of (dh + rms_norm_modulate's dx) onto zeros
     varlen_attention    per segment: S = scale·QKᵀ, lse = logsumexp_row(S), P = exp(S − lse), O = PV
                         dV = PᵀdO, dP = dO Vᵀ, D = rowsum(dO∘O), dS = P∘(dP − D),
-                        dQ = scale·dS K, dK = scale·dSᵀQ
+                        dQ = scale·dS K, dK = scale·dSᵀQ; q, k, v, do with any strides;
+                        rope=(pos, theta) rotates q, k first (dq, dk rotated back); out=(dq, dk, dv)
     rope_axial          see `_rope`; backward rotates by the negative angle
 """
 import torch
@@ -168,9 +169,20 @@ def _heads_first(t, tok):
     return t[tok].float().permute(0, 2, 1, 3)
 
 
-def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
+def _rotated(q, k, rope, sign=1.0):
+    """(q, k) rotated by rope = (pos, theta) (sign -1: the inverse rotation), or as given."""
+    if rope is None:
+        return q, k
+    pos, theta = rope
+    return _rope(q, pos, theta, sign), _rope(k, pos, theta, sign)
+
+
+def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale, rope=None):
+    """q, k, v may have any strides; rope = (pos, theta): attention of the rotated q, k (rounded
+    to q's dtype after the rotation, as the Triton backend does)."""
+    q, k = _rotated(q, k, rope)
     total, heads, dim = q.shape
-    o = torch.zeros_like(q)
+    o = torch.zeros((total, heads, dim), dtype=q.dtype, device=q.device)
     lse = torch.full((heads, total), float("-inf"), dtype=torch.float32, device=q.device)
     for length, tokens in _length_groups(cu_seqlens):
         for tok in _chunks(tokens, heads, length):
@@ -185,9 +197,14 @@ def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
     return o, lse
 
 
-def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
+def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, rope=None,
+                         out=None):
+    """Gradients of the unrotated q, k with rope (dq, dk of the rotated ones rounded to the
+    dtype, then rotated back); out = (dq, dk, dv) tensors to write into (returned)."""
+    q, k = _rotated(q, k, rope)
     total, heads, dim = q.shape
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dq, dk, dv = (torch.zeros((total, heads, dim), dtype=q.dtype, device=q.device)
+                  for _ in range(3))
     for length, tokens in _length_groups(cu_seqlens):
         for tok in _chunks(tokens, heads, length):
             qg, kg, vg = _heads_first(q, tok), _heads_first(k, tok), _heads_first(v, tok)
@@ -202,7 +219,12 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
             flat = tok.reshape(-1)
             for grad, part in ((dq, dqg), (dk, dkg), (dv, dvg)):
                 grad[flat] = part.permute(0, 2, 1, 3).reshape(-1, heads, dim).to(grad.dtype)
-    return dq, dk, dv
+    dq, dk = _rotated(dq, dk, rope, -1.0)
+    if out is None:
+        return dq, dk, dv
+    for dst, src in zip(out, (dq, dk, dv)):
+        dst.copy_(src)
+    return out
 
 
 def rope_frequencies(theta, head_dim, device):

@@ -49,17 +49,23 @@ def _grad(ctx, dy):
 _rope_axial.register_autograd(_grad, setup_context=_setup)
 
 
+def check_pos(op, x, pos, name="x"):
+    """x [T, ..., Dh] with Dh % 4 == 0 and pos [T, 2] of POS_DTYPES on x's device (also used by
+    ops.varlen_attention_qkv, whose rope rotates q and k by the same rule)."""
+    if x.shape[-1] % 4:
+        raise ValueError(f"{op}: {name} head dim Dh must be divisible by 4, got {x.shape[-1]}")
+    validate.tensor(op, "pos", pos)
+    if pos.dtype not in POS_DTYPES:
+        raise TypeError(f"{op}: pos must have dtype int32, int64 or float32, got {pos.dtype}")
+    validate.same_device(op, "pos", pos, name, x)
+    validate.shape(op, "pos", pos, (x.shape[0], 2), "[T, 2]")
+
+
 def rope_axial(x, pos, theta=10000.0):
     """Rotate x [T, H, Dh] by axial (row, col) angles from pos [T, 2]."""
     op = "rope_axial"
     (x,) = amp.to_autocast_dtype(x)
     validate.floating(op, "x", x)
     validate.ndim(op, "x", x, 3)
-    if x.shape[-1] % 4:
-        raise ValueError(f"{op}: x head dim Dh must be divisible by 4, got {x.shape[-1]}")
-    validate.tensor(op, "pos", pos)
-    if pos.dtype not in POS_DTYPES:
-        raise TypeError(f"{op}: pos must have dtype int32, int64 or float32, got {pos.dtype}")
-    validate.same_device(op, "pos", pos, "x", x)
-    validate.shape(op, "pos", pos, (x.shape[0], 2), "[T, 2]")
+    check_pos(op, x, pos)
     return _rope_axial(x.contiguous(), pos.contiguous(), float(theta))

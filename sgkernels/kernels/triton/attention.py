@@ -15,8 +15,12 @@ for dK/dV (a key tile iterates over the query tiles of its segment) and one for 
 tile iterates over the key tiles), after a D = rowsum(dO∘O) preprocess: no atomics, so the
 gradients are deterministic (attention_bwd.py). Products run on tensor cores (wgmma on sm_90a)
 for fp16/bf16 with fp32 accumulation; fp32 inputs use 3xTF32 products (~fp32 accurate) and
-smaller tiles. Head dims up to 128 are padded to a power of two inside the kernel
-(72 -> BLOCK_D 128), never in memory.
+smaller tiles. Head dims up to 128 are padded inside the kernel, never in memory, to two
+power-of-two register blocks (attention_fwd.head_split: 72 -> 64 + 16 = 80, 96 -> 64 + 32).
+q, k, v, o, dO, dQ, dK, dV each have their own token stride (dense heads and features), so the
+packed op (ops.varlen_attention_qkv) reads q, k, v in place from one [T, 3, H, Dh] projection and
+writes dQ, dK, dV into one [T, 3, H, Dh] gradient; rope=(pos, theta) adds axial RoPE of q, k
+(a rotation pre-pass; the backward rotates dQ, dK back in place): attention_fwd.py says why.
 
 Roofline: FLOPs per call 4·Σ_s L_s²·H·Dh forward (two matmuls of 2·L²·Dh each), 2.5× that
 backward (five matmuls); compulsory bytes 4·T·H·Dh·e forward (q, k, v, o; e bytes per element)
@@ -33,46 +37,71 @@ from .attention_bwd import (
     _attn_bwd_preprocess_kernel,
     varlen_attention_bwd,
 )
-from .attention_fwd import FWD_CONFIGS, _attn_fwd_kernel, block_d, varlen_attention_fwd
+from .attention_fwd import (
+    FWD_CONFIGS,
+    ROPE_HEADS,
+    ROPE_TILE,
+    ROPE_WARPS,
+    TOKEN_ARGS,
+    _attn_fwd_kernel,
+    _attn_rope_kernel,
+    head_split,
+    rope_q_pad,
+    varlen_attention_fwd,
+)
 from .launch import ast_spec
 
 __all__ = ["static_specs", "varlen_attention_bwd", "varlen_attention_fwd"]
 
 SPEC_HEAD_DIMS = (64, 72, 128)
+# Integer arguments that a real launch never specializes (token counts): no divisibility hint.
+_UNHINTED = {*TOKEN_ARGS, "n_rows"}
 
 
 def _spec(kernel, signature, constexprs, config, tag):
-    """bf16 spec of `kernel` under autotune `config`, specialized like a real launch: every
-    pointer 16-byte aligned; row stride H·Dh and token count divisible by 16 (SiT: H 16, T 256·B);
-    the float scales carry no hint."""
+    """bf16 spec of `kernel` under `config`, specialized like a real launch: every pointer
+    16-byte aligned; token strides (H·Dh or 3·H·Dh) divisible by 16 (SiT: H 16); token counts
+    (`TOKEN_ARGS`, do_not_specialize) and float scales carry no hint."""
     meta, num_warps, num_stages = config
-    aligned = [name for name, ty in signature.items() if ty != "fp32"]
+    aligned = [name for name, ty in signature.items() if ty != "fp32" and name not in _UNHINTED]
     _, src, options = ast_spec(kernel, signature, {**constexprs, **meta}, aligned, num_warps)
     return f"{kernel.__name__}_{tag}", src, {**options, "num_stages": num_stages}
 
 
 def static_specs():
-    """Forward, preprocess, dK/dV and dQ kernels at Dh 64/72/128, bf16, default configs."""
+    """Forward, preprocess, dK/dV and dQ kernels and the RoPE pre-pass at Dh 64/72/128, bf16:
+    one row per (kernel, head dim, config) of the fp16/bf16 config lists (names end in _c<i>)."""
     ptr = "*bf16"
     fwd = {"Q": ptr, "K": ptr, "V": ptr, "O": ptr, "LSE": "*fp32", "CU_SEQLENS": "*i32",
-           "stride_t": "i32", "n_tokens": "i32", "qk_scale_log2": "fp32"}
+           "stride_qt": "i32", "stride_kt": "i32", "stride_vt": "i32", "stride_ot": "i32",
+           "n_tokens": "i32", "qk_scale_log2": "fp32"}
     bwd = {"Q": ptr, "K": ptr, "V": ptr, "DO": ptr, "LSE": "*fp32", "DELTA": "*fp32"}
-    dkdv = {**bwd, "DK": ptr, "DV": ptr}
-    dq = {**bwd, "DQ": ptr}
-    tail = {"CU_SEQLENS": "*i32", "stride_t": "i32", "n_tokens": "i32", "sm_scale": "fp32",
-            "qk_scale_log2": "fp32"}
-    pre = {"O": ptr, "DO": ptr, "DELTA": "*fp32", "n_rows": "i32", "n_heads": "i32",
-           "n_tokens": "i32"}
+    strides = {"stride_qt": "i32", "stride_kt": "i32", "stride_vt": "i32", "stride_dot": "i32"}
+    tail = {"n_tokens": "i32", "sm_scale": "fp32", "qk_scale_log2": "fp32"}
+    dkdv = {**bwd, "DK": ptr, "DV": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dkt": "i32",
+            "stride_dvt": "i32", **tail}
+    dq = {**bwd, "DQ": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dqt": "i32", **tail}
+    pre = {"O": ptr, "DO": ptr, "DELTA": "*fp32", "stride_ot": "i32", "stride_dot": "i32",
+           "n_rows": "i32", "n_heads": "i32", "n_tokens": "i32"}
+    rope = {"Q": ptr, "K": ptr, "Q_OUT": ptr, "K_OUT": ptr, "POS": "*i32", "FREQ": "*fp32",
+            "stride_qt": "i32", "stride_kt": "i32", "stride_qot": "i32", "stride_kot": "i32",
+            "n_tokens": "i32", "n_heads": "i32"}
     specs = []
     for head_dim in SPEC_HEAD_DIMS:
-        shape = {"HEAD_DIM": head_dim, "BLOCK_D": block_d(head_dim)}
-        mma = {**shape, "DOT_PRECISION": "tf32"}
+        d_a, d_b = head_split(head_dim)
+        mma = {"HEAD_DIM": head_dim, "D_A": d_a, "D_B": d_b, "DOT_PRECISION": "tf32"}
         tag = f"d{head_dim}"
-        specs += [
-            _spec(_attn_fwd_kernel, fwd, {**mma, "NEGATE_Q": False}, FWD_CONFIGS[0], tag),
-            _spec(_attn_bwd_preprocess_kernel, pre, shape,
-                  ({"BLOCK_R": PREPROCESS_ROWS}, 4, 1), tag),
-            _spec(_attn_bwd_dkdv_kernel, {**dkdv, **tail}, mma, DKDV_CONFIGS[0], tag),
-            _spec(_attn_bwd_dq_kernel, {**dq, **tail}, mma, DQ_CONFIGS[0], tag),
-        ]
+        for i, config in enumerate(FWD_CONFIGS):
+            specs.append(_spec(_attn_fwd_kernel, fwd, {**mma, "NEGATE_Q": False}, config,
+                               f"{tag}_c{i}"))
+        specs.append(_spec(_attn_bwd_preprocess_kernel, pre,
+                           {"HEAD_DIM": head_dim, "BLOCK_D": max(16, 1 << (head_dim - 1).bit_length())},
+                           ({"BLOCK_R": PREPROCESS_ROWS}, 4, 1), tag))
+        for i, config in enumerate(DKDV_CONFIGS):
+            specs.append(_spec(_attn_bwd_dkdv_kernel, dkdv, mma, config, f"{tag}_c{i}"))
+        for i, config in enumerate(DQ_CONFIGS):
+            specs.append(_spec(_attn_bwd_dq_kernel, dq, mma, config, f"{tag}_c{i}"))
+        specs.append(_spec(_attn_rope_kernel, rope,
+                           {"HEAD_DIM": head_dim, "Q_PAD": rope_q_pad(head_dim), "INVERSE": False,
+                            "TILE": ROPE_TILE, "HEADS": ROPE_HEADS}, ({}, ROPE_WARPS, 1), tag))
     return specs

@@ -8,13 +8,19 @@ Three launches, no atomics, so every gradient is deterministic:
                                   and streams the segment's key blocks (K, V)
 P is rebuilt from the saved lse as 2^(s·log2 e − lse·log2 e); P and dS are cast to the input
 dtype before their products so that fp16/bf16 inputs run on tensor cores (wgmma on sm_90a).
+Head rows are split in two power-of-two blocks like the forward (attention_fwd.head_split):
+every product over the head dim is a sum of two dots, every product into it two dots.
+Every tensor has its own token stride, so dQ, dK, dV may be the three slots of one [T, 3, H, Dh]
+buffer. With rope, Q and K are the rotated ones (recomputed), and dQ, dK are rotated back in
+place after the kernels (one more launch).
 """
 import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import (LOG2E, autotuned_by_dtype, block_d, dot_precision, program_rows,
-                            program_segment)
+from .attention_fwd import (LOG2E, TOKEN_ARGS, autotuned_by_dtype, check_layout, dot_precision,
+                            head_rows, head_split, load_part, program_segment, rotate_qk,
+                            store_part)
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
 DKDV_CONFIGS = [
@@ -40,11 +46,12 @@ DQ_FP32_CONFIGS = [
 ]
 DQ_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 PREPROCESS_ROWS = 64
+PREPROCESS_TOKEN_ARGS = ["n_rows", "n_tokens"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PREPROCESS_TOKEN_ARGS)
 def _attn_bwd_preprocess_kernel(
-    O, DO, DELTA, n_rows, n_heads, n_tokens,
+    O, DO, DELTA, stride_ot, stride_dot, n_rows, n_heads, n_tokens,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     # Rows r = t·H + h of the [T·H, Dh] view; D is stored head-major like lse: DELTA[h, t].
@@ -52,137 +59,188 @@ def _attn_bwd_preprocess_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     r_mask = rows < n_rows
     mask = r_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
-    offs = rows.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
-    o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + offs, mask=mask, other=0.0).to(tl.float32)
+    tokens = (rows // n_heads).to(tl.int64)
+    heads = rows % n_heads
+    o_offs = (tokens * stride_ot + heads * HEAD_DIM)[:, None] + offs_d[None, :]
+    do_offs = (tokens * stride_dot + heads * HEAD_DIM)[:, None] + offs_d[None, :]
+    o = tl.load(O + o_offs, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + do_offs, mask=mask, other=0.0).to(tl.float32)
     delta = tl.sum(o * do, axis=1)
-    tl.store(DELTA + (rows % n_heads) * n_tokens + rows // n_heads, delta, mask=r_mask)
+    tl.store(DELTA + heads * n_tokens + tokens, delta, mask=r_mask)
 
 
 @triton.jit
 def _attn_bwd_dkdv_tiles(
-    dk, dv, k, v, Q, DO, stats, deltas, base, stride_t, m_lo, m_hi, seqlen, qk_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dk_a, dk_b, dv_a, dv_b, k_a, k_b, v_a, v_b, Q, DO, stats, deltas, stride_qt, stride_dot,
+    m_lo, m_hi, seqlen, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, PARTIAL: tl.constexpr,
 ):
     """dK, dV contributions of the query tiles starting in [m_lo, m_hi); only the PARTIAL tile
     (the segment's last, shorter one) masks queries at or past `seqlen`."""
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     for m0 in range(m_lo, m_hi, BLOCK_M):
         rows = m0 + offs_m
-        q_offs = base + rows[:, None] * stride_t + offs_d[None, :]
-        q_mask = (offs_d < HEAD_DIM)[None, :]
+        m_ok = rows < seqlen
         if PARTIAL:
-            m_mask = rows < seqlen
-            q_mask = q_mask & m_mask[:, None]
-            lse_log2 = tl.load(stats + rows, mask=m_mask, other=0.0) * 1.4426950408889634
-            delta = tl.load(deltas + rows, mask=m_mask, other=0.0)
+            lse_log2 = tl.load(stats + rows, mask=m_ok, other=0.0) * 1.4426950408889634
+            delta = tl.load(deltas + rows, mask=m_ok, other=0.0)
         else:
             lse_log2 = tl.load(stats + rows) * 1.4426950408889634
             delta = tl.load(deltas + rows)
-        q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
+        q_a = load_part(Q, rows, m_ok, stride_qt, 0, D_A, HEAD_DIM, PARTIAL)
         # Transposed scores sᵀ [BLOCK_N, BLOCK_M]: rows are this program's keys.
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        s_t = tl.dot(k_a, tl.trans(q_a), input_precision=DOT_PRECISION)
+        if D_B > 0:
+            q_b = load_part(Q, rows, m_ok, stride_qt, D_A, D_B, HEAD_DIM, PARTIAL)
+            s_t = tl.dot(k_b, tl.trans(q_b), s_t, input_precision=DOT_PRECISION)
         p_t = tl.exp2(s_t * qk_scale_log2 - lse_log2[None, :])
         if PARTIAL:
-            p_t = tl.where(m_mask[None, :], p_t, 0.0)
-        do = tl.load(DO + q_offs, mask=q_mask, other=0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
-    return dk, dv
+            p_t = tl.where(m_ok[None, :], p_t, 0.0)
+        do_a = load_part(DO, rows, m_ok, stride_dot, 0, D_A, HEAD_DIM, PARTIAL)
+        p_lo = p_t.to(do_a.dtype)
+        dv_a = tl.dot(p_lo, do_a, dv_a, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v_a, tl.trans(do_a), input_precision=DOT_PRECISION)
+        if D_B > 0:
+            do_b = load_part(DO, rows, m_ok, stride_dot, D_A, D_B, HEAD_DIM, PARTIAL)
+            dv_b = tl.dot(p_lo, do_b, dv_b, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v_b, tl.trans(do_b), dp_t, input_precision=DOT_PRECISION)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q_a.dtype)
+        dk_a = tl.dot(ds_t, q_a, dk_a, input_precision=DOT_PRECISION)
+        if D_B > 0:
+            dk_b = tl.dot(ds_t, q_b, dk_b, input_precision=DOT_PRECISION)
+    return dk_a, dk_b, dv_a, dv_b
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TOKEN_ARGS)
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU_SEQLENS,
-    stride_t, n_tokens, sm_scale, qk_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    stride_qt, stride_kt, stride_vt, stride_dot, stride_dkt, stride_dvt,
+    n_tokens, sm_scale, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    head, start, seqlen, base = program_segment(CU_SEQLENS, stride_t, HEAD_DIM)
+    head, start, seqlen = program_segment(CU_SEQLENS)
     if tl.program_id(0) * BLOCK_N >= seqlen:
         return
-
-    _, _, kv_offs, kv_mask = program_rows(base, stride_t, seqlen, HEAD_DIM, BLOCK_D, BLOCK_N)
-    # Keys past the segment load as zeros; their rows of dK/dV are garbage and never stored.
-    k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
-    v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
+    Q = head_rows(Q, start, head, stride_qt, HEAD_DIM)
+    K = head_rows(K, start, head, stride_kt, HEAD_DIM)
+    V = head_rows(V, start, head, stride_vt, HEAD_DIM)
+    DO = head_rows(DO, start, head, stride_dot, HEAD_DIM)
+    DK = head_rows(DK, start, head, stride_dkt, HEAD_DIM)
+    DV = head_rows(DV, start, head, stride_dvt, HEAD_DIM)
     stats = LSE + head * n_tokens + start
     deltas = DELTA + head * n_tokens + start
 
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    # Keys past the segment load as zeros; their rows of dK/dV are garbage and never stored.
+    keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = keys < seqlen
+    k_a = load_part(K, keys, key_ok, stride_kt, 0, D_A, HEAD_DIM, True)
+    v_a = load_part(V, keys, key_ok, stride_vt, 0, D_A, HEAD_DIM, True)
+    dk_a = tl.zeros([BLOCK_N, D_A], dtype=tl.float32)
+    dv_a = tl.zeros([BLOCK_N, D_A], dtype=tl.float32)
+    if D_B > 0:
+        k_b = load_part(K, keys, key_ok, stride_kt, D_A, D_B, HEAD_DIM, True)
+        v_b = load_part(V, keys, key_ok, stride_vt, D_A, D_B, HEAD_DIM, True)
+        dk_b = tl.zeros([BLOCK_N, D_B], dtype=tl.float32)
+        dv_b = tl.zeros([BLOCK_N, D_B], dtype=tl.float32)
+    else:  # placeholders, never read
+        k_b, v_b, dk_b, dv_b = k_a, v_a, dk_a, dv_a
+
     full_end = seqlen - seqlen % BLOCK_M
-    dk, dv = _attn_bwd_dkdv_tiles(dk, dv, k, v, Q, DO, stats, deltas, base, stride_t, 0, full_end,
-                                  seqlen, qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION, BLOCK_M,
-                                  PARTIAL=False)
-    dk, dv = _attn_bwd_dkdv_tiles(dk, dv, k, v, Q, DO, stats, deltas, base, stride_t, full_end,
-                                  seqlen, seqlen, qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION,
-                                  BLOCK_M, PARTIAL=True)
-    tl.store(DK + kv_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + kv_offs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    dk_a, dk_b, dv_a, dv_b = _attn_bwd_dkdv_tiles(
+        dk_a, dk_b, dv_a, dv_b, k_a, k_b, v_a, v_b, Q, DO, stats, deltas, stride_qt, stride_dot,
+        0, full_end, seqlen, qk_scale_log2, HEAD_DIM, D_A, D_B, DOT_PRECISION, BLOCK_M,
+        PARTIAL=False)
+    dk_a, dk_b, dv_a, dv_b = _attn_bwd_dkdv_tiles(
+        dk_a, dk_b, dv_a, dv_b, k_a, k_b, v_a, v_b, Q, DO, stats, deltas, stride_qt, stride_dot,
+        full_end, seqlen, seqlen, qk_scale_log2, HEAD_DIM, D_A, D_B, DOT_PRECISION, BLOCK_M,
+        PARTIAL=True)
+    store_part(DK, keys, key_ok, stride_dkt, dk_a * sm_scale, 0, D_A, HEAD_DIM)
+    store_part(DV, keys, key_ok, stride_dvt, dv_a, 0, D_A, HEAD_DIM)
+    if D_B > 0:
+        store_part(DK, keys, key_ok, stride_dkt, dk_b * sm_scale, D_A, D_B, HEAD_DIM)
+        store_part(DV, keys, key_ok, stride_dvt, dv_b, D_A, D_B, HEAD_DIM)
 
 
 @triton.jit
 def _attn_bwd_dq_tiles(
-    dq, q, do, lse_log2, delta, K, V, base, stride_t, n_lo, n_hi, seqlen, qk_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dq_a, dq_b, q_a, q_b, do_a, do_b, lse_log2, delta, K, V, stride_kt, stride_vt,
+    n_lo, n_hi, seqlen, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
 ):
     """dQ contributions of the key tiles starting in [n_lo, n_hi); only the PARTIAL tile masks
     keys at or past `seqlen` (their zero scores would give p = 2^(−lse), which may overflow)."""
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     for n0 in range(n_lo, n_hi, BLOCK_N):
-        kv_offs = base + (n0 + offs_n)[:, None] * stride_t + offs_d[None, :]
-        kv_mask = (offs_d < HEAD_DIM)[None, :]
-        if PARTIAL:
-            n_mask = (n0 + offs_n) < seqlen
-            kv_mask = kv_mask & n_mask[:, None]
-        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        keys = n0 + offs_n
+        n_ok = keys < seqlen
+        k_a = load_part(K, keys, n_ok, stride_kt, 0, D_A, HEAD_DIM, PARTIAL)
+        s = tl.dot(q_a, tl.trans(k_a), input_precision=DOT_PRECISION)
+        if D_B > 0:
+            k_b = load_part(K, keys, n_ok, stride_kt, D_A, D_B, HEAD_DIM, PARTIAL)
+            s = tl.dot(q_b, tl.trans(k_b), s, input_precision=DOT_PRECISION)
         p = tl.exp2(s * qk_scale_log2 - lse_log2[:, None])
         if PARTIAL:
-            p = tl.where(n_mask[None, :], p, 0.0)
-        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-    return dq
+            p = tl.where(n_ok[None, :], p, 0.0)
+        v_a = load_part(V, keys, n_ok, stride_vt, 0, D_A, HEAD_DIM, PARTIAL)
+        dp = tl.dot(do_a, tl.trans(v_a), input_precision=DOT_PRECISION)
+        if D_B > 0:
+            v_b = load_part(V, keys, n_ok, stride_vt, D_A, D_B, HEAD_DIM, PARTIAL)
+            dp = tl.dot(do_b, tl.trans(v_b), dp, input_precision=DOT_PRECISION)
+        ds = (p * (dp - delta[:, None])).to(k_a.dtype)
+        dq_a = tl.dot(ds, k_a, dq_a, input_precision=DOT_PRECISION)
+        if D_B > 0:
+            dq_b = tl.dot(ds, k_b, dq_b, input_precision=DOT_PRECISION)
+    return dq_a, dq_b
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TOKEN_ARGS)
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU_SEQLENS,
-    stride_t, n_tokens, sm_scale, qk_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    stride_qt, stride_kt, stride_vt, stride_dot, stride_dqt,
+    n_tokens, sm_scale, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    head, start, seqlen, base = program_segment(CU_SEQLENS, stride_t, HEAD_DIM)
+    head, start, seqlen = program_segment(CU_SEQLENS)
     if tl.program_id(0) * BLOCK_M >= seqlen:
         return
+    Q = head_rows(Q, start, head, stride_qt, HEAD_DIM)
+    K = head_rows(K, start, head, stride_kt, HEAD_DIM)
+    V = head_rows(V, start, head, stride_vt, HEAD_DIM)
+    DO = head_rows(DO, start, head, stride_dot, HEAD_DIM)
+    DQ = head_rows(DQ, start, head, stride_dqt, HEAD_DIM)
 
-    offs_m, m_mask, q_offs, q_mask = program_rows(base, stride_t, seqlen, HEAD_DIM, BLOCK_D,
-                                                  BLOCK_M)
     # Queries past the segment load as zeros (finite p); their rows of dQ are never stored.
-    q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
-    do = tl.load(DO + q_offs, mask=q_mask, other=0.0)
-    row = head * n_tokens + start + offs_m
-    lse_log2 = tl.load(LSE + row, mask=m_mask, other=0.0) * 1.4426950408889634
-    delta = tl.load(DELTA + row, mask=m_mask, other=0.0)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < seqlen
+    q_a = load_part(Q, rows, row_ok, stride_qt, 0, D_A, HEAD_DIM, True)
+    do_a = load_part(DO, rows, row_ok, stride_dot, 0, D_A, HEAD_DIM, True)
+    dq_a = tl.zeros([BLOCK_M, D_A], dtype=tl.float32)
+    if D_B > 0:
+        q_b = load_part(Q, rows, row_ok, stride_qt, D_A, D_B, HEAD_DIM, True)
+        do_b = load_part(DO, rows, row_ok, stride_dot, D_A, D_B, HEAD_DIM, True)
+        dq_b = tl.zeros([BLOCK_M, D_B], dtype=tl.float32)
+    else:  # placeholders, never read
+        q_b, do_b, dq_b = q_a, do_a, dq_a
+    stat = head * n_tokens + start + rows
+    lse_log2 = tl.load(LSE + stat, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
 
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     full_end = seqlen - seqlen % BLOCK_N
-    dq = _attn_bwd_dq_tiles(dq, q, do, lse_log2, delta, K, V, base, stride_t, 0, full_end, seqlen,
-                            qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION, BLOCK_N,
-                            PARTIAL=False)
-    dq = _attn_bwd_dq_tiles(dq, q, do, lse_log2, delta, K, V, base, stride_t, full_end, seqlen,
-                            seqlen, qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION, BLOCK_N,
-                            PARTIAL=True)
-    tl.store(DQ + q_offs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+    dq_a, dq_b = _attn_bwd_dq_tiles(
+        dq_a, dq_b, q_a, q_b, do_a, do_b, lse_log2, delta, K, V, stride_kt, stride_vt, 0,
+        full_end, seqlen, qk_scale_log2, HEAD_DIM, D_A, D_B, DOT_PRECISION, BLOCK_N,
+        PARTIAL=False)
+    dq_a, dq_b = _attn_bwd_dq_tiles(
+        dq_a, dq_b, q_a, q_b, do_a, do_b, lse_log2, delta, K, V, stride_kt, stride_vt,
+        full_end, seqlen, seqlen, qk_scale_log2, HEAD_DIM, D_A, D_B, DOT_PRECISION, BLOCK_N,
+        PARTIAL=True)
+    store_part(DQ, rows, row_ok, stride_dqt, dq_a * sm_scale, 0, D_A, HEAD_DIM)
+    if D_B > 0:
+        store_part(DQ, rows, row_ok, stride_dqt, dq_b * sm_scale, D_A, D_B, HEAD_DIM)
 
 
 _attn_bwd_dkdv = autotuned_by_dtype(_attn_bwd_dkdv_kernel, DKDV_CONFIGS, DKDV_FP32_CONFIGS,
@@ -191,20 +249,34 @@ _attn_bwd_dq = autotuned_by_dtype(_attn_bwd_dq_kernel, DQ_CONFIGS, DQ_FP32_CONFI
                                   DQ_INTERPRET_CONFIG)
 
 
-def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
-    """(dq, dk, dv) of varlen_attention_fwd given dO, its output o and lse [H, T] fp32."""
+def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, rope=None,
+                         out=None):
+    """(dq, dk, dv) of varlen_attention_fwd given dO, its output o and lse [H, T] fp32.
+
+    Every [T, H, Dh] argument may have its own token stride (dense heads and features). rope:
+    the forward's (pos, theta); dq, dk are then the gradients of the unrotated q, k. out: an
+    optional (dq, dk, dv) to write into (e.g. the slots of one [T, 3, H, Dh] buffer), returned;
+    otherwise three new contiguous tensors."""
     total, heads, head_dim = q.shape
-    width = block_d(head_dim)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    check_layout("varlen_attention_bwd", do=do, q=q, k=k, v=v, o=o)
+    d_a, d_b = head_split(head_dim)
+    if out is None:
+        out = tuple(torch.empty((total, heads, head_dim), dtype=q.dtype, device=q.device)
+                    for _ in range(3))
+    dq, dk, dv = out
+    check_layout("varlen_attention_bwd", dq=dq, dk=dk, dv=dv)
     segments = cu_seqlens.shape[0] - 1
     if total == 0 or segments == 0 or max_seqlen == 0:
         return dq, dk, dv
+    if rope is not None:
+        q, k = rotate_qk(q, k, rope)
 
     delta = torch.empty((heads, total), dtype=torch.float32, device=q.device)
     rows = total * heads
     _attn_bwd_preprocess_kernel[(triton.cdiv(rows, PREPROCESS_ROWS),)](
-        o, do, delta, rows, heads, total,
-        HEAD_DIM=head_dim, BLOCK_D=width, BLOCK_R=PREPROCESS_ROWS,
+        o, do, delta, o.stride(0), do.stride(0), rows, heads, total,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_R=PREPROCESS_ROWS,
     )
 
     def grid_keys(meta):
@@ -213,10 +285,16 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale):
     def grid_queries(meta):
         return (triton.cdiv(max_seqlen, meta["BLOCK_M"]), segments, heads)
 
-    common = {"HEAD_DIM": head_dim, "BLOCK_D": width, "DOT_PRECISION": dot_precision(q.dtype)}
-    scales = (heads * head_dim, total, float(scale), float(scale) * LOG2E)
+    common = {"HEAD_DIM": head_dim, "D_A": d_a, "D_B": d_b,
+              "DOT_PRECISION": dot_precision(q.dtype)}
+    scales = (total, float(scale), float(scale) * LOG2E)
+    strides = (q.stride(0), k.stride(0), v.stride(0), do.stride(0))
     fp32 = q.dtype == torch.float32
     tensors = (q, k, v, do, lse, delta)
-    _attn_bwd_dkdv[fp32].launch(grid_keys, max_seqlen, *tensors, dk, dv, cu_seqlens, *scales, **common)
-    _attn_bwd_dq[fp32].launch(grid_queries, max_seqlen, *tensors, dq, cu_seqlens, *scales, **common)
+    _attn_bwd_dkdv[fp32].launch(grid_keys, max_seqlen, *tensors, dk, dv, cu_seqlens, *strides,
+                                dk.stride(0), dv.stride(0), *scales, **common)
+    _attn_bwd_dq[fp32].launch(grid_queries, max_seqlen, *tensors, dq, cu_seqlens, *strides,
+                              dq.stride(0), *scales, **common)
+    if rope is not None:
+        rotate_qk(dq, dk, rope, out=(dq, dk), inverse=True)
     return dq, dk, dv

@@ -10,9 +10,26 @@ and values in BLOCK_N tiles and keeps the online-softmax state in fp32 registers
 
 Full key tiles run unmasked; only a segment's last, partial tile masks keys (score −inf).
 
-Head dims that are not a power of two (72 in SiT-XL) are padded to BLOCK_D inside the kernel with
-masked loads (zeros contribute nothing to q·kᵀ or p·v); memory keeps the packed [T, H, Dh] layout.
+Head split: tl.arange and tl.dot need power-of-two widths (K a multiple of 16), so a head row is
+held as two register blocks, channels [0, D_A) and [D_A, D_A + D_B) (`head_split`), and every
+product is the sum of two dots: Dh 72 runs as 64 + 16 (padded width 80, where one power-of-two
+block would need 128: 1.6x the tensor-core work; FlashAttention pads 72 to 96). Powers of two
+keep one block (D_B = 0). The pad channels load as zeros and add nothing to q·kᵀ or p·v.
+
+Memory layout: q, k, v, o (and dO, dQ, dK, dV in the backward) are [T, H, Dh] with dense head
+and feature dims and each its own token stride, so q, k, v are read in place from the [T, 3, H,
+Dh] output of a qkv projection and the gradients are written straight into one [T, 3, H, Dh]
+buffer (ops.varlen_attention_qkv). Strides stay specialized (divisible by 16): together with the
+16-byte aligned base pointers that is what lets the compiler emit 128-bit loads of each row.
+Token counts are not specialized (`TOKEN_ARGS`), so a new routed token count reuses the binary.
+
+Axial RoPE (rope=(pos, theta)): `_attn_rope_kernel` rotates q and k (read in place) into one
+[T, 2, H, Dh] buffer before the attention; the backward recomputes it and rotates dQ, dK back in
+place. Rotating inside the attention loops instead would put sin/cos of every streamed k (q in
+dK/dV) tile on the special-function unit that the softmax exp2 already saturates, and the
+rotate-half partner of channel j (j ± Dh/4, 18 apart at Dh 72) crosses the 64 + 16 blocks.
 """
+import functools
 import math
 
 import torch
@@ -23,6 +40,9 @@ from .launch import Autotuned
 
 LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 128
+# Kernel arguments that change with the routed token count: never specialized (a new count must
+# not compile a new binary); also left without a divisibility hint in the static specs.
+TOKEN_ARGS = ["n_tokens"]
 
 
 def autotuned_by_dtype(kernel, configs_16bit, configs_fp32, interpret_config):
@@ -32,23 +52,46 @@ def autotuned_by_dtype(kernel, configs_16bit, configs_fp32, interpret_config):
     fp32 tiles take twice the registers and shared memory of fp16/bf16 ones (and 3xTF32 products
     hold hi/lo parts), so fp32 gets smaller tiles of its own.
     """
-    return {fp32: Autotuned(kernel, configs, ["HEAD_DIM", "BLOCK_D"], interpret_config,
+    return {fp32: Autotuned(kernel, configs, ["HEAD_DIM", "D_A", "D_B"], interpret_config,
                             name=kernel.__name__ + ("_fp32" if fp32 else ""))
             for fp32, configs in ((False, configs_16bit), (True, configs_fp32))}
 
 
-def block_d(head_dim):
-    """Power-of-two register width of one head row (>= 16, the smallest tl.dot K)."""
+def head_split(head_dim):
+    """(D_A, D_B): register widths of the two blocks of a head row, each a power of two >= 16
+    (the smallest tl.dot K) or D_B = 0. D_A is the largest power of two <= Dh; the second block
+    is kept only where D_A + D_B is narrower than one power-of-two block (72 -> 64 + 16,
+    96 -> 64 + 32, 40 -> 32 + 16; 100 -> 128 + 0)."""
     if not 0 < head_dim <= MAX_HEAD_DIM:
         raise ValueError(
             f"varlen_attention: head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
-    return max(16, triton.next_power_of_2(head_dim))
+    whole = max(16, triton.next_power_of_2(head_dim))
+    d_a = max(16, 1 << (head_dim.bit_length() - 1))
+    if d_a >= head_dim:
+        return whole, 0
+    d_b = max(16, triton.next_power_of_2(head_dim - d_a))
+    return (d_a, d_b) if d_a + d_b < whole else (whole, 0)
+
+
+def block_d(head_dim):
+    """Padded register width of one head row (D_A + D_B)."""
+    return sum(head_split(head_dim))
 
 
 def dot_precision(dtype):
     """fp16/bf16 products on tensor cores; fp32 products as 3xTF32 (hi·hi + hi·lo + lo·hi on
     tensor cores, ~fp32 accuracy, where plain tf32 would keep only 10 mantissa bits)."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def check_layout(op, **tensors):
+    """Each [T, H, Dh] tensor must have dense head and feature dims (strides (·, Dh, 1)); the
+    token stride is free. The ops layer copies tensors that are not (docs/contracts.md)."""
+    for name, t in tensors.items():
+        _, heads, head_dim = t.shape
+        if (head_dim > 1 and t.stride(2) != 1) or (heads > 1 and t.stride(1) != head_dim):
+            raise ValueError(f"{op}: {name} must have strides (any, Dh, 1) = (any, {head_dim}, 1) "
+                             f"(dense heads and features), got {tuple(t.stride())}")
 
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
@@ -67,47 +110,68 @@ FWD_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 
 
 @triton.jit
-def program_segment(CU_SEQLENS, stride_t, HEAD_DIM: tl.constexpr):
-    """(head, start, seqlen, base) of the program's segment (grid axis 1) and head (axis 2); base
-    is the element offset of the segment's first token at this head."""
+def program_segment(CU_SEQLENS):
+    """(head, start, seqlen) of the program's segment (grid axis 1) and head (grid axis 2)."""
     head = tl.program_id(2)
     start = tl.load(CU_SEQLENS + tl.program_id(1))
     seqlen = tl.load(CU_SEQLENS + tl.program_id(1) + 1) - start
-    return head, start, seqlen, start.to(tl.int64) * stride_t + head * HEAD_DIM
+    return head, start, seqlen
 
 
 @triton.jit
-def program_rows(base, stride_t, seqlen, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK: tl.constexpr):
-    """The program's block (grid axis 0) of BLOCK tokens of its segment: (offs [BLOCK], in_seg
-    [BLOCK], element offsets [BLOCK, BLOCK_D], mask [BLOCK, BLOCK_D] inside segment and head)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    in_seg = offs < seqlen
-    return (offs, in_seg, base + offs[:, None] * stride_t + offs_d[None, :],
-            in_seg[:, None] & (offs_d < HEAD_DIM)[None, :])
+def head_rows(X, start, head, stride_t, HEAD_DIM: tl.constexpr):
+    """Pointer to channel 0 of token `start` at `head` of a [T, H, Dh] tensor."""
+    return X + start.to(tl.int64) * stride_t + head * HEAD_DIM
+
+
+@triton.jit
+def load_part(X, rows, row_ok, stride_t, LO: tl.constexpr, WIDTH: tl.constexpr,
+              HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """[len(rows), WIDTH] block of channels LO .. LO + WIDTH of `rows` (zeros past the head and,
+    with MASK_ROWS, at rows where row_ok is False)."""
+    cols = LO + tl.arange(0, WIDTH)
+    ptrs = X + (rows.to(tl.int64)[:, None] * stride_t + cols[None, :])
+    if LO + WIDTH > HEAD_DIM:
+        if MASK_ROWS:
+            return tl.load(ptrs, mask=row_ok[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+        return tl.load(ptrs, mask=(cols < HEAD_DIM)[None, :], other=0.0)
+    if MASK_ROWS:
+        return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def store_part(X, rows, row_ok, stride_t, value, LO: tl.constexpr, WIDTH: tl.constexpr,
+               HEAD_DIM: tl.constexpr):
+    """Store a [len(rows), WIDTH] block at channels LO .. LO + WIDTH of the rows where row_ok."""
+    cols = LO + tl.arange(0, WIDTH)
+    ptrs = X + (rows.to(tl.int64)[:, None] * stride_t + cols[None, :])
+    value = value.to(X.dtype.element_ty)
+    if LO + WIDTH > HEAD_DIM:
+        tl.store(ptrs, value, mask=row_ok[:, None] & (cols < HEAD_DIM)[None, :])
+    else:
+        tl.store(ptrs, value, mask=row_ok[:, None])
 
 
 @triton.jit
 def _attn_fwd_tiles(
-    acc, l_i, m_i, q, K, V, base, stride_t, n_lo, n_hi, seqlen, qk_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
+    acc_a, acc_b, l_i, m_i, q_a, q_b, K, V, stride_kt, stride_vt, n_lo, n_hi, seqlen,
+    qk_scale_log2, HEAD_DIM: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
 ):
     """Online-softmax update over the key tiles starting in [n_lo, n_hi). Only the PARTIAL tile
     (the segment's last, shorter one) pays for masking keys at or past `seqlen`."""
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     for n0 in range(n_lo, n_hi, BLOCK_N):
-        kv_offs = base + (n0 + offs_n)[:, None] * stride_t + offs_d[None, :]
-        kv_mask = (offs_d < HEAD_DIM)[None, :]
+        keys = n0 + offs_n
+        n_ok = keys < seqlen
+        k_a = load_part(K, keys, n_ok, stride_kt, 0, D_A, HEAD_DIM, PARTIAL)
+        s = tl.dot(q_a, tl.trans(k_a), input_precision=DOT_PRECISION)
+        if D_B > 0:
+            k_b = load_part(K, keys, n_ok, stride_kt, D_A, D_B, HEAD_DIM, PARTIAL)
+            s = tl.dot(q_b, tl.trans(k_b), s, input_precision=DOT_PRECISION)
         if PARTIAL:
-            n_mask = (n0 + offs_n) < seqlen
-            kv_mask = kv_mask & n_mask[:, None]
-        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if PARTIAL:
-            s = tl.where(n_mask[None, :], s * qk_scale_log2, float("-inf"))
+            s = tl.where(n_ok[None, :], s * qk_scale_log2, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             p = tl.exp2(s - m_new[:, None])
         else:
@@ -117,67 +181,173 @@ def _attn_fwd_tiles(
             p = tl.exp2(s * qk_scale_log2 - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        v_a = load_part(V, keys, n_ok, stride_vt, 0, D_A, HEAD_DIM, PARTIAL)
+        p = p.to(v_a.dtype)
+        acc_a = tl.dot(p, v_a, acc_a * alpha[:, None], input_precision=DOT_PRECISION)
+        if D_B > 0:
+            v_b = load_part(V, keys, n_ok, stride_vt, D_A, D_B, HEAD_DIM, PARTIAL)
+            acc_b = tl.dot(p, v_b, acc_b * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
-    return acc, l_i, m_i
+    return acc_a, acc_b, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TOKEN_ARGS)
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU_SEQLENS,
-    stride_t, n_tokens, qk_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    stride_qt, stride_kt, stride_vt, stride_ot, n_tokens, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
     NEGATE_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    head, start, seqlen, base = program_segment(CU_SEQLENS, stride_t, HEAD_DIM)
+    head, start, seqlen = program_segment(CU_SEQLENS)
     if tl.program_id(0) * BLOCK_M >= seqlen:
         return
+    Q = head_rows(Q, start, head, stride_qt, HEAD_DIM)
+    K = head_rows(K, start, head, stride_kt, HEAD_DIM)
+    V = head_rows(V, start, head, stride_vt, HEAD_DIM)
+    O = head_rows(O, start, head, stride_ot, HEAD_DIM)
 
-    offs_m, m_mask, q_offs, row_mask = program_rows(base, stride_t, seqlen, HEAD_DIM, BLOCK_D,
-                                                    BLOCK_M)
-    q = tl.load(Q + q_offs, mask=row_mask, other=0.0)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < seqlen
+    q_a = load_part(Q, rows, row_ok, stride_qt, 0, D_A, HEAD_DIM, True)
+    acc_a = tl.zeros([BLOCK_M, D_A], dtype=tl.float32)
     if NEGATE_Q:
-        q = -q
+        q_a = -q_a
+    if D_B > 0:
+        q_b = load_part(Q, rows, row_ok, stride_qt, D_A, D_B, HEAD_DIM, True)
+        acc_b = tl.zeros([BLOCK_M, D_B], dtype=tl.float32)
+        if NEGATE_Q:
+            q_b = -q_b
+    else:  # placeholders, never read
+        q_b = q_a
+        acc_b = acc_a
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     full_end = seqlen - seqlen % BLOCK_N
-    acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, base, stride_t, 0, full_end, seqlen,
-                                    qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION, BLOCK_N,
-                                    PARTIAL=False)
-    acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, base, stride_t, full_end, seqlen,
-                                    seqlen, qk_scale_log2, HEAD_DIM, BLOCK_D, DOT_PRECISION,
-                                    BLOCK_N, PARTIAL=True)
+    acc_a, acc_b, l_i, m_i = _attn_fwd_tiles(
+        acc_a, acc_b, l_i, m_i, q_a, q_b, K, V, stride_kt, stride_vt, 0, full_end, seqlen,
+        qk_scale_log2, HEAD_DIM, D_A, D_B, DOT_PRECISION, BLOCK_N, PARTIAL=False)
+    acc_a, acc_b, l_i, m_i = _attn_fwd_tiles(
+        acc_a, acc_b, l_i, m_i, q_a, q_b, K, V, stride_kt, stride_vt, full_end, seqlen, seqlen,
+        qk_scale_log2, HEAD_DIM, D_A, D_B, DOT_PRECISION, BLOCK_N, PARTIAL=True)
     # Every row saw key 0 of its segment, so m_i is finite and l_i >= 1.
-    o = acc * (1.0 / l_i)[:, None]
-    tl.store(O + q_offs, o.to(O.dtype.element_ty), mask=row_mask)
+    inv_l = 1.0 / l_i
+    store_part(O, rows, row_ok, stride_ot, acc_a * inv_l[:, None], 0, D_A, HEAD_DIM)
+    if D_B > 0:
+        store_part(O, rows, row_ok, stride_ot, acc_b * inv_l[:, None], D_A, D_B, HEAD_DIM)
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # ln 2: back to natural log
-    tl.store(LSE + head * n_tokens + start + offs_m, lse, mask=m_mask)
+    tl.store(LSE + head * n_tokens + start + rows, lse, mask=row_ok)
 
 
 _attn_fwd = autotuned_by_dtype(_attn_fwd_kernel, FWD_CONFIGS, FWD_FP32_CONFIGS,
                                FWD_INTERPRET_CONFIG)
 
 
-def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
-    """o [T, H, Dh] (q's dtype) and lse [H, T] fp32 of softmax(scale·QKᵀ)V within each segment."""
+# --- axial RoPE of q and k (docs/contracts.md, rope_axial) ------------------------------------
+# TILE = BLOCK_T·2·Q_PAD elements of one head per program step, 8 per thread (128-bit accesses,
+# no spills in the sin/cos range reduction: the configuration of kernels/triton/rope.py).
+ROPE_TILE, ROPE_HEADS, ROPE_WARPS = 1024, 4, 4
+
+
+@triton.jit(do_not_specialize=TOKEN_ARGS)
+def _attn_rope_kernel(
+    Q, K, Q_OUT, K_OUT, POS, FREQ, stride_qt, stride_kt, stride_qot, stride_kot,
+    n_tokens, n_heads,
+    HEAD_DIM: tl.constexpr, Q_PAD: tl.constexpr, INVERSE: tl.constexpr, TILE: tl.constexpr,
+    HEADS: tl.constexpr,
+):
+    """Rotate q (grid axis 2 = 0) or k (= 1), [T, H, Dh] with any token strides, into Q_OUT /
+    K_OUT (which may be Q / K: each program reads both halves of a pair before writing them)."""
+    BLOCK_T: tl.constexpr = TILE // (2 * Q_PAD)
+    HALF: tl.constexpr = HEAD_DIM // 2
+    QUARTER: tl.constexpr = HEAD_DIM // 4
+    if tl.program_id(2) == 0:
+        X, Y, stride_xt, stride_yt = Q, Q_OUT, stride_qt, stride_qot
+    else:
+        X, Y, stride_xt, stride_yt = K, K_OUT, stride_kt, stride_kot
+    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    axis = tl.arange(0, 2)
+    j = tl.arange(0, Q_PAD)
+    t_ok = tokens < n_tokens
+
+    pos = tl.load(POS + tokens[:, None] * 2 + axis[None, :], mask=t_ok[:, None], other=0)
+    freq = tl.load(FREQ + j, mask=j < QUARTER, other=0.0)
+    angle = pos.to(tl.float32)[:, :, None] * freq[None, None, :]          # [BLOCK_T, 2, Q_PAD]
+    cos = tl.cos(angle)
+    sin = tl.sin(angle)
+    if INVERSE:
+        sin = -sin
+
+    chan = axis[None, :, None] * HALF + j[None, None, :]
+    x_offs = tokens.to(tl.int64)[:, None, None] * stride_xt + chan
+    y_offs = tokens.to(tl.int64)[:, None, None] * stride_yt + chan
+    mask = t_ok[:, None, None] & (j < QUARTER)[None, None, :]
+    head_end = tl.minimum(tl.program_id(1) * HEADS + HEADS, n_heads)
+    for head in range(tl.program_id(1) * HEADS, head_end):
+        x1 = tl.load(X + x_offs + head * HEAD_DIM, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(X + x_offs + head * HEAD_DIM + QUARTER, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + y_offs + head * HEAD_DIM, (x1 * cos - x2 * sin).to(Y.dtype.element_ty),
+                 mask=mask)
+        tl.store(Y + y_offs + head * HEAD_DIM + QUARTER,
+                 (x2 * cos + x1 * sin).to(Y.dtype.element_ty), mask=mask)
+
+
+
+def rope_q_pad(head_dim):
+    return triton.next_power_of_2(head_dim // 4)
+
+
+@functools.lru_cache(maxsize=64)
+def _frequencies(theta, head_dim, device):
+    """The reference's f_j = theta^(-2j/h) [Dh/4] fp32, once per (theta, Dh, device)."""
+    from sgkernels.ops import reference  # the ops layer imports the backends: import on use
+
+    return reference.rope_frequencies(theta, head_dim, device)
+
+
+def rotate_qk(q, k, rope, out=None, inverse=False):
+    """(q, k) rotated by rope = (pos [T, 2] contiguous, theta) (inverse: by the negative angles)
+    in one launch, into `out` = (q_out, k_out) (may be q, k themselves: in place) or a new
+    [T, 2, H, Dh] buffer."""
+    pos, theta = rope
     total, heads, head_dim = q.shape
-    width = block_d(head_dim)
-    o = torch.empty_like(q)
+    if out is None:
+        out = torch.empty((total, 2, heads, head_dim), dtype=q.dtype, device=q.device).unbind(1)
+    if total == 0 or heads == 0:
+        return out
+    q_pad = rope_q_pad(head_dim)
+    grid = (triton.cdiv(total, ROPE_TILE // (2 * q_pad)), triton.cdiv(heads, ROPE_HEADS), 2)
+    _attn_rope_kernel[grid](
+        q, k, out[0], out[1], pos, _frequencies(float(theta), head_dim, q.device),
+        q.stride(0), k.stride(0), out[0].stride(0), out[1].stride(0), total, heads,
+        HEAD_DIM=head_dim, Q_PAD=q_pad, INVERSE=inverse, TILE=ROPE_TILE, HEADS=ROPE_HEADS,
+        num_warps=ROPE_WARPS, num_stages=1,
+    )
+    return out
+
+
+def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale, rope=None):
+    """o [T, H, Dh] (q's dtype, contiguous) and lse [H, T] fp32 of softmax(scale·QKᵀ)V within
+    each segment. q, k, v: any token strides, dense heads and features (`check_layout`).
+    rope = (pos [T, 2], theta): attention of q and k rotated by rope_axial(·, pos, theta)."""
+    total, heads, head_dim = q.shape
+    check_layout("varlen_attention_fwd", q=q, k=k, v=v)
+    d_a, d_b = head_split(head_dim)
+    o = torch.empty((total, heads, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
     segments = cu_seqlens.shape[0] - 1
     if total == 0 or segments == 0 or max_seqlen == 0:
         return o, lse
+    if rope is not None:
+        q, k = rotate_qk(q, k, rope)
 
     def grid(meta):
         return (triton.cdiv(max_seqlen, meta["BLOCK_M"]), segments, heads)
 
     _attn_fwd[q.dtype == torch.float32].launch(
         grid, max_seqlen, q, k, v, o, lse, cu_seqlens,
-        heads * head_dim, total, abs(float(scale)) * LOG2E,
-        HEAD_DIM=head_dim, BLOCK_D=width, DOT_PRECISION=dot_precision(q.dtype),
+        q.stride(0), k.stride(0), v.stride(0), o.stride(0), total, abs(float(scale)) * LOG2E,
+        HEAD_DIM=head_dim, D_A=d_a, D_B=d_b, DOT_PRECISION=dot_precision(q.dtype),
         NEGATE_Q=float(scale) < 0,
     )
     return o, lse
