@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -53,6 +54,11 @@ CONDS = ("cond", "null")
 RULES = ("direct", "inner", "compositional", "ip2p")
 SCHEDULE_KINDS = ("constant", "linear", "cosine")
 ZERO = 1e-12
+
+
+def _real(value) -> bool:
+    """A real number (Python, numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Branch(NamedTuple):
@@ -84,7 +90,7 @@ class Schedule:
             raise ValueError(f"Schedule.kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")
         for name in ("start", "end"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not _real(value):
                 raise TypeError(f"Schedule.{name} must be a float, got {type(value).__name__}")
             if not math.isfinite(value):
                 raise ValueError(f"Schedule.{name} must be finite, got {value}")
@@ -135,11 +141,11 @@ def as_gamma(value, name: str) -> Schedule:
     """A float or Schedule of drop rates in [0, 1), as a Schedule."""
     if isinstance(value, Schedule):
         schedule = value
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+    elif not _real(value):
         raise TypeError(f"{name} must be a float in [0, 1) or a Schedule, got "
                         f"{type(value).__name__}")
     else:
-        schedule = Schedule.constant(value)
+        schedule = Schedule.constant(float(value))
     for end in (schedule.start, schedule.end):
         if not 0.0 <= end < 1.0:
             raise ValueError(f"{name} must be in [0, 1) at every step, got {schedule}")
@@ -148,7 +154,7 @@ def as_gamma(value, name: str) -> Schedule:
 
 def check_scale(value, name: str) -> float:
     """A guidance weight: a finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _real(value):
         raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__}")
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite float >= 0, got {value}")
@@ -159,7 +165,7 @@ def check_interval(interval) -> tuple[float, float] | None:
     if interval is None:
         return None
     ok = isinstance(interval, (tuple, list)) and len(interval) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+        _real(v) for v in interval)
     if not ok:
         raise TypeError(f"interval must be None or a pair (t_lo, t_hi) of floats, got {interval!r}")
     lo, hi = float(interval[0]), float(interval[1])
