@@ -272,7 +272,7 @@ def runner(fn, inputs: dict, mode: str):
     dout = torch.randn_like(out)
     if mode == "bwd":
         return lambda: torch.autograd.grad(out, wrt, dout, retain_graph=True)
-    del out  # fwdbwd builds a fresh graph per call
+    out = None  # fwdbwd builds a fresh graph per call: free this one
 
     def run():
         torch.autograd.grad(fn(leaves), wrt, dout)
