@@ -48,17 +48,47 @@ def os_error(e: OSError, message: str) -> OSError:
     return OSError(e.errno, message) if e.errno is not None else OSError(message)
 
 
+class _Sink:
+    """The file object handed to the writer: records the OSError of a failed write. torch.save
+    reports one (e.g. ENOSPC on a full disk) as a RuntimeError about the stream position; the
+    recorded error lets atomic_write raise the OS's error instead."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        try:
+            self.f.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+
 def atomic_write(path, write) -> Path:
     """write(f) into a temporary file next to `path` (binary), flush, fsync, os.replace onto
     `path`, fsync the folder. On any failure the temporary file is removed and `path` keeps its
-    previous content; an OSError is re-raised (same errno) with a message naming `path`."""
+    previous content; a failed write, flush or fsync raises OSError (the OS's errno, e.g. ENOSPC)
+    with a message naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            sink = _Sink(f)
+            try:
+                write(sink)
+            except Exception as e:
+                if sink.error is not None and sink.error is not e:
+                    raise sink.error from e
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -364,27 +364,71 @@ def test_ddp_signal_to_one_rank_stops_all_ranks_at_one_step(tmp_path):
 
 
 # -- full disk during a checkpoint write ----------------------------------------------------------
+class _FillingFile:
+    """A file opened by atomic_write on a disk that is full after `room` more bytes: its write
+    raises OSError(ENOSPC) like a real one (a real full tmpfs gives the same result)."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        self.room -= len(memoryview(data).cast("B"))
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _full_disk(monkeypatch, when) -> None:
+    """While when() is true, files opened by atomic_write fill up after 1000 bytes (torch.save
+    itself runs: it reports the failed write as a RuntimeError, atomic_write as the OSError)."""
+    fdopen = os.fdopen
+    monkeypatch.setattr(C.os, "fdopen", lambda fd, mode: (
+        _FillingFile(fdopen(fd, mode), 1000) if when() else fdopen(fd, mode)))
+
+
+def test_save_atomic_on_a_full_disk_raises_oserror_and_keeps_previous(tmp_path, monkeypatch):
+    path = C.save_atomic({"step": 1}, tmp_path / "latest.pt")
+    _full_disk(monkeypatch, lambda: True)
+    with pytest.raises(OSError, match=rf"writing {re.escape(str(path))}: No space left on device "
+                       r"\(the file keeps its previous content; temporary file removed\)") as info:
+        C.save_atomic({"w": torch.zeros(10_000)}, path)
+    assert info.value.errno == errno.ENOSPC
+    assert isinstance(info.value.__cause__.__cause__, RuntimeError)  # what torch.save raised
+    assert os.listdir(tmp_path) == ["latest.pt"]
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
 @pytest.mark.parametrize("where", ["write", "fsync"])
 def test_full_disk_during_checkpoint_keeps_previous(tmp_path, monkeypatch, where):
-    real_save, real_fsync = C.torch.save, C.os.fsync
-    state = {"saves": 0, "fail_fsync": False}
+    state = {"full": False}
+    save_checkpoint, real_fsync = Trainer.save_checkpoint, C.os.fsync
 
-    def save(obj, f):
-        state["saves"] += 1
-        if state["saves"] == 2 and where == "write":                 # the step-4 checkpoint
-            f.write(b"PK\x03\x04 part of a checkpoint")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_save(obj, f)
-        state["fail_fsync"] = state["saves"] == 2 and where == "fsync"
+    def save_on_full_disk_at_4(self):
+        state["full"] = self.step == 4
+        try:
+            return save_checkpoint(self)
+        finally:
+            state["full"] = False
 
     def fsync(fd):
-        if state["fail_fsync"]:
-            state["fail_fsync"] = False
+        if state["full"]:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(C.torch, "save", save)
-    monkeypatch.setattr(C.os, "fsync", fsync)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_on_full_disk_at_4)
+    if where == "write":
+        _full_disk(monkeypatch, lambda: state["full"])
+    else:
+        monkeypatch.setattr(C.os, "fsync", fsync)
     with pytest.raises(OSError) as info:
         train(tiny_args(tmp_path, steps=6, ckpt_every=2), tiny_model())
     ckpts = tmp_path / "checkpoints"
@@ -395,8 +439,7 @@ def test_full_disk_during_checkpoint_keeps_previous(tmp_path, monkeypatch, where
     assert sorted(p.name for p in ckpts.iterdir()) == ["0000002.pt", "latest.pt"]  # no temp file
     assert load_checkpoint(ckpts / "latest.pt")["step"] == 2
 
-    monkeypatch.setattr(C.torch, "save", real_save)                 # space freed: resume
-    monkeypatch.setattr(C.os, "fsync", real_fsync)
+    monkeypatch.undo()                                              # space freed: resume
     resumed = Trainer(tiny_args(tmp_path, steps=4, ckpt_every=2, resume=True), tiny_model(seed=1))
     assert resumed.step == 2 and resumed.run()["step"] == 4
 
