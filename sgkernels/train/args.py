@@ -51,7 +51,7 @@ class TrainArgs:
     progress: bool = True
     time_limit: float = 0.0              # minutes; 0: none. Stops early as if steps were reached
     encoder: str | None = None           # caption data: text encoder (default DEFAULT_ENCODER)
-    on_nonfinite: str = "stop"           # stop: FloatingPointError; skip: skip the update (faults.py)
+    on_nonfinite: str = "stop"           # stop: FloatingPointError; skip: skip the update
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)

@@ -116,7 +116,8 @@ def test_skip_mode_run_logs_skipped_steps(tmp_path, monkeypatch, capsys):
     summary = train(tiny_args(tmp_path, steps=4, log_every=2, on_nonfinite="skip"), tiny_model())
     assert summary["skipped"] == 1 and summary["step"] == 4
     assert [r["skipped"] for r in read_log(tmp_path / "log.jsonl")] == [0, 1]
-    assert "skipped step 3: non-finite loss or gradient (1 skipped so far)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped step 3: non-finite loss or gradient (1 skipped so far)" in out
     assert (tmp_path / "log.csv").read_text().splitlines()[0].endswith(",skipped")
 
 
@@ -141,7 +142,8 @@ class _HostReads(TorchDispatchMode):
         super().__init__()
         self.reads = []
         for name in ("cpu", "tolist", "numpy"):
-            monkeypatch.setattr(torch.Tensor, name, self._counting(name, getattr(torch.Tensor, name)))
+            method = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._counting(name, method))
 
     def _counting(self, name, method):
         def wrapper(tensor, *args, **kwargs):
