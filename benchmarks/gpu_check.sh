@@ -329,7 +329,9 @@ if [ -z "${WHY[gpu_tests]:-}" ]; then
   PYTEST=(-q -p no:cacheprovider -rfEs --tb=short --durations=15 "${TEST_SELECTION[@]}")
   if has_module xdist; then PYTEST+=(-n "$WORKERS"); else say "pytest-xdist missing: one process"; fi
   if has_module pytest_timeout; then
-    PYTEST+=(--timeout "${GPU_CHECK_TEST_TIMEOUT_S:-60}")
+    # thread method: a test hung inside a CUDA call ends its worker (xdist reports it, starts a
+    # new one) instead of waiting for the call to return, as the signal method would
+    PYTEST+=(--timeout "${GPU_CHECK_TEST_TIMEOUT_S:-45}" --timeout-method thread)
     # >= 2.3: stop starting tests before the step's limit, so the summary reaches the log
     "$PYTHON" -c "import importlib.metadata as m, sys
 sys.exit(tuple(map(int, m.version('pytest-timeout').split('.')[:2])) < (2, 3))" 2>/dev/null &&

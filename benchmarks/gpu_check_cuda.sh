@@ -37,7 +37,7 @@ if "$PYTHON" -c "import xdist" 2>/dev/null; then
   TEST_ARGS+=(-n "${CUDA_TEST_WORKERS:-4}")
 fi
 if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then
-  TEST_ARGS+=(--timeout "${CUDA_TEST_TIMEOUT_S:-60}")
+  TEST_ARGS+=(--timeout "${CUDA_TEST_TIMEOUT_S:-60}" --timeout-method thread)
 fi
 
 if [ "$DRY" -eq 1 ]; then
