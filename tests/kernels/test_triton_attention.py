@@ -1,5 +1,8 @@
-"""Triton varlen attention (forward, lse and every gradient) vs the torch reference backend and
-per-segment SDPA, run by the Triton interpreter on CPU tensors (GPU tests at the end)."""
+"""Triton varlen attention (forward, lse and every gradient) vs the torch reference backend,
+per-segment SDPA and an fp64 oracle (house rule: at most 2x the error of a same-dtype torch
+implementation), with strided q, k, v, o, dO and gradients written into one [T, 3, H, Dh]
+buffer, axial RoPE, odd head dims (split 64 + 16 etc.), run by the Triton interpreter on CPU
+tensors (GPU tests at the end)."""
 import itertools
 
 import pytest
@@ -8,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgkernels.kernels.triton import attention
+from sgkernels.kernels.triton import attention, attention_bwd, attention_fwd
 from sgkernels.kernels.triton.launch import INTERPRET as INTERPRETING
 from sgkernels.ops import reference
 
@@ -61,7 +64,8 @@ def _check(lengths, heads, dim, dtype, assert_matches, seed=0, spread=1.0, max_s
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("lengths, heads, dim", [([1, 0, 37, 50], 2, 64), ([5, 33, 0, 1], 1, 72),
-                                                 ([32, 19, 2], 2, 128)])
+                                                 ([32, 19, 2], 2, 128), ([17, 1, 0], 2, 40),
+                                                 ([0, 21, 3], 1, 96)])
 @pytest.mark.interpret
 def test_matches_reference(lengths, heads, dim, dtype, poisoned_empty, assert_matches):
     """Output, lse, dQ, dK, dV over odd segment lengths (0, 1, several blocks, partial blocks);
@@ -133,6 +137,244 @@ def test_empty_batches():
         assert o.shape == (0, 2, 64) and lse.shape == (2, 0) and lse.dtype == torch.float32
         grads = attention.varlen_attention_bwd(q, q, q, q, o, lse, _cu(lengths), 0, 0.125)
         assert [g.shape for g in grads] == [q.shape] * 3
+
+
+# --- house rule: error vs an fp64 oracle at most 2x that of a same-dtype torch implementation ---
+
+# tiny absolute slack, relative to the magnitude of the fp64 result (fp16 as tests/ops/ops_oracle.py;
+# fp32 errors here are ~5e-7, so its slack is kept below theirs x 10)
+REL_ATOL = {torch.float32: 2e-6, torch.float16: 1e-4}
+
+
+def _torch_rope(x, pos, theta):
+    """Rotate-half axial RoPE in x's dtype (cos, sin rounded to it), as plain torch code would."""
+    half, quarter = x.shape[-1] // 2, x.shape[-1] // 4
+    work = torch.promote_types(x.dtype, torch.float32)
+    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64) * 2 / half)
+    outs = []
+    for axis in range(2):
+        angles = pos[:, axis].to(work)[:, None] * freqs.to(work)
+        cos = torch.cat([angles.cos()] * 2, -1)[:, None].to(x.dtype)
+        sin = torch.cat([angles.sin()] * 2, -1)[:, None].to(x.dtype)
+        part = x[..., axis * half:(axis + 1) * half]
+        x1, x2 = part.chunk(2, -1)
+        outs.append(part * cos + torch.cat([-x2, x1], -1) * sin)
+    return torch.cat(outs, -1)
+
+
+def _torch_attention(q, k, v, cu_seqlens, scale, rope=None):
+    """(o [T, H, Dh], lse [H, T]) segment by segment in the inputs' dtype, autograd-capable."""
+    if rope is not None:
+        q, k = _torch_rope(q, *rope), _torch_rope(k, *rope)
+    outs, lses = [], []
+    for start, end in itertools.pairwise(cu_seqlens.tolist()):
+        if end > start:
+            qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))    # [H, L, Dh]
+            scores = (qs @ ks.transpose(-1, -2)) * scale
+            outs.append((torch.softmax(scores, -1) @ vs).transpose(0, 1))
+            lses.append(torch.logsumexp(scores.float(), -1))
+    return torch.cat(outs), torch.cat(lses, -1)
+
+
+def _torch_run(q, k, v, do, cu_seqlens, scale, rope, dtype):
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    o, lse = _torch_attention(*leaves, cu_seqlens, scale, rope)
+    o.backward(do.to(dtype))
+    return [o.detach(), lse.detach()] + [t.grad for t in leaves]
+
+
+def _judge(name, mine, plain, oracle, dtype):
+    err = (mine.double() - oracle).abs().max().item()
+    plain_err = (plain.double() - oracle).abs().max().item()
+    bound = 2 * plain_err + REL_ATOL[dtype] * (1.0 + oracle.abs().max().item())
+    assert err <= bound, (f"{name} ({dtype}): max error {err:.3g} vs fp64 exceeds 2 x same-dtype "
+                          f"torch error {plain_err:.3g} + atol ({bound:.3g})")
+
+
+def _house_rule(lengths, heads, dim, dtype, rope=False, seed=0, scale=None):
+    """Triton o, lse, dq, dk, dv vs the fp64 oracle, bounded by the same-dtype torch error."""
+    q, k, v, do = _inputs(lengths, heads, dim, dtype, seed)
+    cu, total = _cu(lengths), sum(lengths)
+    scale = dim ** -0.5 if scale is None else scale
+    gen = torch.Generator().manual_seed(seed + 1)
+    rope_args = (torch.randint(0, 24, (total, 2), generator=gen, dtype=torch.int32), 100.0) \
+        if rope else None
+    o, lse = attention.varlen_attention_fwd(q, k, v, cu, max(lengths), scale, rope_args)
+    grads = attention.varlen_attention_bwd(do, q, k, v, o, lse, cu, max(lengths), scale,
+                                           rope_args)
+    oracle = _torch_run(q, k, v, do, cu, scale, rope_args, torch.float64)
+    plain = _torch_run(q, k, v, do, cu, scale, rope_args, dtype)
+    for name, mine, want, same_dtype in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads),
+                                            oracle, plain):
+        assert mine.shape == want.shape and not mine.isnan().any(), name
+        _judge(name, mine, same_dtype, want, dtype)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dim", [40, 64, 72, 80, 96, 100, 128])
+def test_house_rule_odd_head_dims(dim, dtype, poisoned_empty):
+    """Head dims split 32 + 16 (40), 64 + 16 (72, 80), 64 + 32 (96) or kept whole (64, 100, 128);
+    segments of length 1 and 0, partial key and query tiles; every gradient; outputs poisoned."""
+    _house_rule([1, 0, 37, 20], 2, dim, dtype, seed=dim)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dim", [72, 64, 40])
+def test_house_rule_with_rope(dim, dtype, poisoned_empty):
+    """Axial RoPE of q, k (pre-pass) and the rotation of dq, dk back, against fp64 RoPE +
+    attention."""
+    _house_rule([19, 1, 0, 33], 2, dim, dtype, rope=True, seed=dim + 1)
+
+
+@pytest.mark.interpret
+def test_house_rule_negative_scale():
+    _house_rule([20, 7], 1, 72, torch.float16, seed=5, scale=-0.2)
+
+
+# --- strided q, k, v, o, dO; gradients into one buffer; RoPE ------------------------------------
+
+def _qkv_views(lengths, heads, dim, dtype, seed):
+    """q, k, v as the three slots of one [T, 3, H, Dh] buffer; dO and o padded by an extra head
+    (their own token strides); contiguous copies of all of them."""
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    qkv = torch.randn(total, 3, heads, dim, generator=gen).to(dtype)
+    do_buf = torch.randn(total, heads + 1, dim, generator=gen).to(dtype)
+    return qkv, do_buf[:, 1:], [t.contiguous() for t in (*qkv.unbind(1), do_buf[:, 1:])]
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("dim", [72, 64])
+def test_strided_inputs_and_one_gradient_buffer(dim, rope, poison, poisoned_empty,
+                                                assert_matches):
+    """q, k, v read in place from [T, 3, H, Dh], o and dO with other token strides, dq, dk, dv
+    written into the slots of one poisoned [T, 3, H, Dh] buffer: bitwise the results of
+    contiguous inputs, and equal to the reference backend (with RoPE: rotated q, k)."""
+    lengths, heads, scale = [13, 0, 1, 40], 2, 0.2
+    cu, total = _cu(lengths), sum(lengths)
+    qkv, do, (q, k, v, do_c) = _qkv_views(lengths, heads, dim, torch.float32, seed=dim)
+    rope_args = (torch.randint(0, 9, (total, 2), dtype=torch.int32), 50.0) if rope else None
+    o, lse = attention.varlen_attention_fwd(*qkv.unbind(1), cu, 40, scale, rope_args)
+    o_c, lse_c = attention.varlen_attention_fwd(q, k, v, cu, 40, scale, rope_args)
+    assert torch.equal(o, o_c) and torch.equal(lse, lse_c)
+    o_ref, lse_ref = reference.varlen_attention_fwd(q, k, v, cu, 40, scale, rope_args)
+    assert_matches(o, o_ref, "o")
+    assert_matches(lse, lse_ref, "lse")
+
+    o_strided = poison(torch.empty(total, heads + 3, dim))[:, 2:2 + heads].copy_(o)
+    dqkv = poison(torch.empty(total, 3, heads, dim))
+    out = attention.varlen_attention_bwd(do, *qkv.unbind(1), o_strided, lse, cu, 40, scale,
+                                         rope_args, out=dqkv.unbind(1))
+    assert all(g.data_ptr() == d.data_ptr() for g, d in zip(out, dqkv.unbind(1)))
+    grads_c = attention.varlen_attention_bwd(do_c, q, k, v, o_c, lse_c, cu, 40, scale,
+                                             rope_args)
+    assert torch.equal(dqkv, torch.stack(grads_c, 1))
+    grads_ref = reference.varlen_attention_bwd(do_c, q, k, v, o_ref, lse_ref, cu, 40, scale,
+                                               rope_args)
+    for name, got, want in zip(("dq", "dk", "dv"), dqkv.unbind(1), grads_ref):
+        assert_matches(got, want, name)
+
+
+def test_layout_check_rejects_sparse_heads():
+    """Head and feature dims must be dense (the ops layer copies other layouts)."""
+    q = torch.zeros(4, 2, 16)
+    heads_apart = torch.zeros(2, 4, 16).transpose(0, 1)         # strides (16, 64, 1)
+    features_apart = torch.zeros(4, 2, 32)[..., ::2]            # strides (64, 32, 2)
+    for bad in (heads_apart, features_apart):
+        with pytest.raises(ValueError, match="strides"):
+            attention.varlen_attention_fwd(bad, q, q, _cu([4]), 4, 0.1)
+
+
+@pytest.mark.interpret
+def test_rope_rotation_in_place_round_trip():
+    """rotate_qk in place, then its inverse, returns q, k (a rotation); out-of-place equals the
+    reference rotation, for views of one [T, 3, H, Dh] buffer."""
+    qkv, _, _ = _qkv_views([11, 30], 3, 72, torch.float32, seed=3)
+    pos = torch.randint(0, 40, (41, 2), dtype=torch.int64)
+    q, k = qkv[:, 0].clone(), qkv[:, 1].clone()
+    rq, rk = attention_fwd.rotate_qk(qkv[:, 0], qkv[:, 1], (pos, 500.0))
+    torch.testing.assert_close(rq, reference.rope_axial_fwd(q, pos, 500.0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rk, reference.rope_axial_fwd(k, pos, 500.0), rtol=1e-5, atol=1e-5)
+    attention_fwd.rotate_qk(rq, rk, (pos, 500.0), out=(rq, rk), inverse=True)
+    torch.testing.assert_close(rq, q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rk, k, rtol=1e-5, atol=1e-5)
+
+
+# --- head split, specialization, static specs -----------------------------------------------------
+
+@pytest.mark.parametrize("dim, split", [(64, (64, 0)), (72, (64, 16)), (80, (64, 16)),
+                                        (96, (64, 32)), (100, (128, 0)), (128, (128, 0)),
+                                        (40, (32, 16)), (20, (32, 0)), (8, (16, 0)), (1, (16, 0))])
+def test_head_split(dim, split):
+    """Two power-of-two blocks (each >= 16, the smallest tl.dot K) covering Dh, kept only where
+    narrower than one block: Dh 72 runs on 80 channels, not 128."""
+    assert attention_fwd.head_split(dim) == split
+    assert attention_fwd.block_d(dim) == sum(split) >= dim
+
+
+def _declared_dns(kernel):
+    """The do_not_specialize list of a jitted kernel (compiled or interpreted)."""
+    dns = getattr(kernel, "do_not_specialize", None)
+    return list(dns if dns is not None else kernel.kwargs.get("do_not_specialize") or [])
+
+
+def _specialization(kernel, dns, count):
+    """Triton's launch specialization (types, divisibility / == 1 attributes) of a launch of
+    `kernel` over `count` tokens, compiled with do_not_specialize `dns`, built for sm_90 without
+    a GPU: pointers aligned, strides 16·72, token counts from `count`."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    jit = JITFunction(kernel.fn, do_not_specialize=dns)
+    binder = create_function_from_signature(jit.signature, jit.params,
+                                            make_backend(GPUTarget("cuda", 90, 32)))
+    ints = {"n_tokens": count, "n_rows": 16 * count, "n_heads": 16}
+    args = []
+    for param in jit.params:
+        if param.is_constexpr:
+            args.append(16)
+        elif param.name in ints:
+            args.append(ints[param.name])
+        elif param.name.startswith("stride"):
+            args.append(16 * 72)
+        elif param.name in ("qk_scale_log2", "sm_scale"):
+            args.append(0.5)
+        else:
+            args.append(torch.zeros(16))
+    return [spec for spec in binder(*args)[1] if spec[0] != "constexpr"]
+
+
+@pytest.mark.parametrize("name", ["_attn_fwd_kernel", "_attn_bwd_dkdv_kernel",
+                                  "_attn_bwd_dq_kernel", "_attn_bwd_preprocess_kernel",
+                                  "_attn_rope_kernel"])
+def test_token_counts_do_not_recompile(name):
+    """A new routed token count (256, 17, 1, 4099 tokens) gives the same launch specialization,
+    hence no recompilation; with the token arguments specialized it would not (control)."""
+    kernel = getattr(attention_bwd if "bwd" in name else attention_fwd, name)
+    dns = _declared_dns(kernel)
+    token_args = [n for n in ("n_tokens", "n_rows") if n in kernel.arg_names]
+    assert token_args and set(token_args) <= set(dns)
+    sig = [_specialization(kernel, dns, n) for n in (256, 17, 1, 4099)]
+    assert all(s == sig[0] for s in sig)
+    assert _specialization(kernel, [], 256) != _specialization(kernel, [], 17)
+
+
+def test_static_specs_cover_every_16bit_config():
+    """One row per (kernel, head dim, config) of the fp16/bf16 config lists; unique names."""
+    names = [name for name, _, _ in attention.static_specs()]
+    assert len(names) == len(set(names))
+    per_dim = (len(attention_fwd.FWD_CONFIGS) + len(attention_bwd.DKDV_CONFIGS)
+               + len(attention_bwd.DQ_CONFIGS) + 2)
+    assert len(names) == per_dim * len(attention.SPEC_HEAD_DIMS)
+    for dim in attention.SPEC_HEAD_DIMS:
+        for kernel, configs in (("_attn_fwd_kernel", attention_fwd.FWD_CONFIGS),
+                                ("_attn_bwd_dkdv_kernel", attention_bwd.DKDV_CONFIGS),
+                                ("_attn_bwd_dq_kernel", attention_bwd.DQ_CONFIGS)):
+            assert {f"{kernel}_d{dim}_c{i}" for i in range(len(configs))} <= set(names)
 
 
 def test_head_dim_above_128_is_rejected():
