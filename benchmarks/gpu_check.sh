@@ -130,9 +130,11 @@ RESULTS=(gpu_check.log kernels.csv kernels.json gamma_grid.png gamma_grid.csv ga
 
 # ---- state of an earlier run (--resume) ----------------------------------------------------
 declare -A PREV=() SECS=()
+FRESH=1   # 0: continue the run recorded in $STATE
 if [ "$RESUME" -eq 1 ] && [ -f "$STATE" ]; then
   prev_mode=$(sed -n 's/^mode //p' "$STATE")
   if [ "$prev_mode" = "$MODE" ]; then
+    FRESH=0
     while read -r name status secs; do
       [ "$name" = mode ] && continue
       PREV[$name]=$status
@@ -193,7 +195,7 @@ fi
 
 # ---- files ------------------------------------------------------------------------------------
 mkdir -p "$WORK" "$DEST" || exit 2
-if [ "$RESUME" -eq 0 ] || [ ! -f "$STATE" ]; then   # a fresh run: no stale results
+if [ "$FRESH" -eq 1 ]; then   # no stale results (nor rows of another mode) are kept
   rm -f "$STATE"
   for f in "${RESULTS[@]}"; do rm -f "$WORK/$f" "$DEST/$f"; done
 fi
@@ -222,7 +224,7 @@ save_state() {   # rewrite the state file atomically
   } > "$tmp" && mv -f "$tmp" "$STATE"
 }
 
-if [ "$RESUME" -eq 1 ] && [ -f "$LOG" ]; then
+if [ "$FRESH" -eq 0 ] && [ -f "$LOG" ]; then
   echo "" >> "$LOG"
   echo "===== resumed $(date -u '+%Y-%m-%d %H:%M:%S') UTC =====" >> "$LOG"
 fi
@@ -317,7 +319,7 @@ else
   E2E=(--device cuda --model SiT-XL/2 --batches 16 64 --train-batches 32 --repeats 3)
 fi
 BENCH_RESUME=()
-[ "$RESUME" -eq 1 ] && BENCH_RESUME=(--resume)
+[ "$FRESH" -eq 0 ] && BENCH_RESUME=(--resume)
 PYTEST=()
 
 step cuda "${CUDA_STEP[@]}"

@@ -138,6 +138,12 @@ def test_state_of_another_mode_is_not_resumed(tmp_path):
     run = gpu_check("--cpu-smoke", "--resume", "--plan", env={"GPU_CHECK_DIR": str(work)})
     assert run.returncode == 0 and "nothing to resume" in run.stderr
     assert set(plan_rows(run.stdout)) == set(STEPS)
+    # a GPU run's rows must not be continued by a CPU run: it starts afresh
+    run = gpu_check("--cpu-smoke", "--resume", "--only", "environment",
+                    env={"GPU_CHECK_DIR": str(work)})
+    assert run.returncode == 0 and "nothing to resume" in run.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["gpu_check.log", "gpu_check.state"]
+    assert "EARLIER" not in (work / "gpu_check.log").read_text()
 
 
 COLLECTOR = """
