@@ -22,8 +22,8 @@ The paper reports one ω 2.5 for GenEval's CFG+SG; geneval sets BOTH weights, w_
 
 Writes OUT/samples.npz (uint8 [N, H, W, C] in arr_0, labels in arr_1, -1 for an unconditional
 model; images in [-1, 1] model space mapped by round((x + 1)·127.5)), OUT/grid.png and
-OUT/sampling.json (arguments, GFLOPs and NFE per image per step). Models whose samples are not 1- or 3-channel images (latents) get
-float32 OUT/latents.npz instead of the npz and grid.
+OUT/sampling.json (arguments, GFLOPs and NFE per image per step). Models whose samples are not
+1- or 3-channel images (latents) get float32 OUT/latents.npz instead of the npz and grid.
 
 Errors: a bad flag value, a missing or corrupt checkpoint / prompts file or a checkpoint of
 another model is ONE line on stderr naming the flag or file, exit status 2, when run as

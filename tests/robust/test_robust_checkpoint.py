@@ -33,7 +33,8 @@ def test_unreadable_files_name_the_file_and_the_reason(corrupt, name, reason):
     assert "weights_only" not in message and "\n" not in message
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300))
 def test_any_random_bytes_give_one_value_error(tmp_path, data):
     path = tmp_path / "bytes.pt"
