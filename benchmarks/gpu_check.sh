@@ -52,7 +52,7 @@
 # Exit status: 0 when no step failed or timed out (PARTIAL benchmarks are not failures), 1 if one
 # did (listed at the end), 2 for bad arguments or caps over the budget.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -259,7 +259,8 @@ step() {
   local args=() a
   for a in "$@"; do args+=("${a/@BUDGET@/$(( limit - margin > 3 ? limit - margin : 3 ))}"); done
   say "START $name (limit ${limit} s): ${args[*]}"
-  local t=$(date +%s) rc=0
+  local t rc=0
+  t=$(date +%s)
   timeout --signal=TERM --kill-after=2 $(( limit - 2 )) "${args[@]}" >> "$LOG" 2>&1 || rc=$?
   local took=$(( $(date +%s) - t ))
   case $rc in
