@@ -9,8 +9,8 @@ and exits with
     2    a user mistake: a bad flag or flag value (argparse), ValueError, TypeError, a missing /
          unreadable path (FileNotFoundError, IsADirectoryError, NotADirectoryError,
          FileExistsError, PermissionError), SystemExit("message")
-    1    FloatingPointError (a non-finite loss in training, non-finite samples), out of memory,
-         any other exception ("internal error: TYPE: MESSAGE"; please report it)
+    1    FloatingPointError (a non-finite loss in training, non-finite samples), other OSError
+         (e.g. a full disk), out of memory, any other exception ("internal error: TYPE: MESSAGE"; please report it)
     130  KeyboardInterrupt
 `--debug` anywhere on the command line (or SGKERNELS_DEBUG=1) shows the full traceback instead
 and turns on the device-side value checks of SGKERNELS_DEBUG=1 for the run.
@@ -64,6 +64,8 @@ def describe(error: BaseException) -> tuple[int, str] | None:
         return FAILURE, message
     if isinstance(error, USER_ERRORS):
         return USAGE_ERROR, message
+    if isinstance(error, OSError):                  # e.g. a full disk: the OS's message
+        return FAILURE, message
     if type(error).__name__ == "OutOfMemoryError" or isinstance(error, MemoryError):
         return FAILURE, f"out of memory ({message.split('. ')[0]}): try a smaller --batch"
     return FAILURE, (f"internal error: {type(error).__name__}: {message} (run again with "

@@ -173,6 +173,20 @@ def test_train_floating_point_error_is_one_line_exit_1(capsys, monkeypatch):
                     expected_status=1)
 
 
+def test_os_errors_other_than_paths_exit_1_without_internal_error(capsys, monkeypatch):
+    import errno
+
+    import sgkernels.train.cli as train_cli
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/checkpoints/latest.pt")
+
+    monkeypatch.setattr(train_cli, "main", full)
+    status, err = run(capsys, "train")
+    assert_one_line(status, err, "No space left on device", "latest.pt", expected_status=1)
+    assert "internal error" not in err
+
+
 def test_unknown_command_and_internal_errors(capsys, monkeypatch):
     status, err = run(capsys, "smaple")
     assert_one_line(status, err, "unknown command 'smaple'; expected one of train, sample, eval")
