@@ -80,7 +80,8 @@ class Window:
     """What one read of the guard's window found."""
     mean_loss: float                  # mean loss of the finite steps (nan if none), this rank
     bad: list[int] = field(default_factory=list)  # 1-based numbers of the non-finite steps
-    first: tuple | None = None        # stop mode: (step, loss, grad norm) of the first bad step
+    first: tuple | None = None        # stop mode: (step, loss (mean over ranks), grad norm)
+    #                                   of the first bad step, the same on every rank
 
 
 class NonFiniteGuard:
@@ -130,9 +131,9 @@ class NonFiniteGuard:
         if self.mode == "stop":
             local = bad[0] if bad else 2**62
             first = -D.max_ints([-local], self.info)[0]
-            if first < 2**62:
-                i = first - self.start - 1  # this rank's values at the agreed step
-                window.first = (first, loss_v[i], norm_v[i])
+            if first < 2**62:  # the loss averaged over ranks, as in the log rows
+                i = first - self.start - 1
+                window.first = (first, D.mean_scalar(loss_v[i], self.info), norm_v[i])
         self.pending = len(bad) if self.mode == "skip" else 0
         if flush:
             self.skipped += self.pending

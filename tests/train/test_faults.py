@@ -1,6 +1,7 @@
 """Training under faults: non-finite loss / gradient (stop or skip), preemption signals (SIGTERM,
 SIGINT) sent to a real training process, and checkpoint writes that fail (full disk)."""
 import errno
+import hashlib
 import os
 import re
 import signal
@@ -363,6 +364,63 @@ def test_ddp_signal_to_one_rank_stops_all_ranks_at_one_step(tmp_path):
     a, b = (load_checkpoint(d / "checkpoints" / "latest.pt") for d in (run, ref))
     assert a["step"] == b["step"] == step + 1 and a["args"]["world_size"] == 2
     assert state_equal(a["model"], b["model"]) and state_equal(a["ema"], b["ema"])
+
+
+def _nonfinite_rank_worker(rank, port, out, mode, queue):
+    """Rank `rank` of a 2-process gloo run in which only rank 1 sees a NaN batch at step 3."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if rank == 1:
+        batch = Trainer.batch
+
+        def poisoned(self, step):
+            x, y, text, draws = batch(self, step)
+            if step == 2:
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            return x, y, text, draws
+
+        Trainer.batch = poisoned
+    trainer = Trainer(tiny_args(out, steps=5, log_every=1, on_nonfinite=mode), tiny_model())
+    try:
+        summary = trainer.run()
+        digest = hashlib.sha256()
+        for value in trainer.model.state_dict().values():
+            digest.update(value.detach().contiguous().numpy().tobytes())
+        queue.put((rank, summary["step"], summary["skipped"], digest.hexdigest()))
+    except FloatingPointError as e:
+        queue.put((rank, "FloatingPointError", str(e), None))
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_ddp_nonfinite_on_one_rank_is_handled_on_all_ranks(tmp_path, mode):
+    import multiprocessing
+
+    from test_ddp import _free_port
+
+    ctx = multiprocessing.get_context("spawn")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_nonfinite_rank_worker, args=(r, port, str(tmp_path), mode, queue))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        results = dict((r[0], r[1:]) for r in (queue.get(timeout=180) for _ in procs))
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    if mode == "stop":
+        assert [results[r][0] for r in (0, 1)] == ["FloatingPointError"] * 2, results
+        assert all("non-finite loss at step 3 (loss nan" in results[r][1] for r in (0, 1))
+    else:
+        assert [results[r][:2] for r in (0, 1)] == [(5, 1), (5, 1)]
+        assert results[0][2] == results[1][2]                     # the ranks stay in sync
 
 
 # -- full disk during a checkpoint write ----------------------------------------------------------
