@@ -3,9 +3,10 @@
 
 The CUDA build needs the installed torch at build time, so it is built without PEP 517 build
 isolation:  `pip install --no-build-isolation .`  (CUDA_HOME, TORCH_CUDA_ARCH_LIST and MAX_JOBS
-are honoured; the default arch list covers sm_80 and sm_90a). A plain isolated `pip install .`
-sees no torch and installs the package without `_C`, saying so in one line; the torch and
-Triton backends work without it. SGKERNELS_NO_CUDA=1 skips the extension explicitly."""
+are honoured; the default arch list, csrc/cuda_arch_list.txt, covers sm_80 and sm_90a). A plain
+isolated `pip install .` sees no torch and installs the package without `_C`, saying so in one
+line; the torch and Triton backends work without it. SGKERNELS_NO_CUDA=1 skips the extension
+explicitly."""
 import glob
 import os
 import shutil
@@ -32,6 +33,14 @@ def _nvcc_flags():
     """The nvcc flags of csrc/nvcc_flags.txt (also read by .ci/cuda_check.sh's ptxas check)."""
     with open(os.path.join("csrc", "nvcc_flags.txt")) as f:
         return [flag for line in f for flag in line.split("#", 1)[0].split()]
+
+
+def _arch_list():
+    """The default TORCH_CUDA_ARCH_LIST, csrc/cuda_arch_list.txt (also read by .ci/cuda_check.sh,
+    which checks every SASS target of it for register spills)."""
+    with open(os.path.join("csrc", "cuda_arch_list.txt")) as f:
+        return ";".join(arch for line in f
+                        for arch in line.split("#", 1)[0].replace(";", " ").split())
 
 
 def _cuda_extension():
@@ -63,8 +72,8 @@ def _cuda_extension():
     if reason:
         print(f"sgkernels: skipping the CUDA extension sgkernels._C: {reason}")
         return [], {}
-    # sm_80 and sm_90a SASS, plus compute_80 PTX that newer GPUs JIT-compile.
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0+PTX;9.0a")
+    # Default: sm_80 and sm_90a SASS, plus compute_80 PTX that newer GPUs JIT-compile.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _arch_list())
     include = [os.path.abspath("csrc")]
     include += _wheel_cuda_includes()
     ext = CUDAExtension(

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # CUDA checks that need no GPU (called by .ci/run; safe to rerun).
-#   (a) every csrc/*.cu compiles alone for H100 with the build's nvcc flags (csrc/nvcc_flags.txt,
-#       which setup.py reads too) plus -gencode arch=compute_90a,code=sm_90a -Xptxas -v: prints
-#       registers / stack / spills per kernel and fails on any spill.
+#   (a) every csrc/*.cu compiles alone with the build's nvcc flags (csrc/nvcc_flags.txt) for every
+#       SASS target the build ships (TORCH_CUDA_ARCH_LIST, default csrc/cuda_arch_list.txt; setup.py
+#       reads both files too) plus -Xptxas -v: prints registers / stack / spills per kernel and
+#       architecture and fails on any spill. (+PTX entries also ship PTX, which ptxas compiles
+#       only on the GPU that loads it: it is not checked here.)
 #   (b) in a second virtualenv (.venv-cuda, reused when its torch is right) with a CUDA build of
 #       torch, `pip install --no-build-isolation .` builds and links sgkernels._C, and
 #       `import sgkernels._C` succeeds from outside the source tree (importing needs no GPU).
 #   (c) the kernels' CPU-emulation tests (tests/kernels/test_cuda_emulated.py) again, built with
 #       AddressSanitizer, in the test venv (.venv, or TEST_PYTHON).
 # Environment: NVCC (default: nvcc on PATH, else $CUDA_HOME/bin/nvcc), CUDA_HOME
-# (default /usr/local/cuda), CUDA_TORCH (default torch==2.14.1), MAX_JOBS (default 2).
+# (default /usr/local/cuda), CUDA_TORCH (default torch==2.14.1), MAX_JOBS (default 2),
+# TORCH_CUDA_ARCH_LIST (default: csrc/cuda_arch_list.txt; steps (a) and (b) both use it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -22,42 +25,63 @@ since() { echo $(( $(date +%s) - $1 )); }
 
 # the build's nvcc flags: whitespace-separated, '#' starts a comment (as setup.py reads them)
 read -ra nvcc_flags <<< "$(sed 's/#.*//' csrc/nvcc_flags.txt | tr '\n' ' ')"
-echo "-- (a) standalone sm_90a compile of csrc/*.cu with ${nvcc_flags[*]} ($("$NVCC" --version | tail -1))"
+# the build's architectures: TORCH_CUDA_ARCH_LIST, else csrc/cuda_arch_list.txt (as setup.py);
+# each entry X.Y[a|f][+PTX] ships sm_XY[a|f] SASS, compiled here with torch's -gencode for it.
+arch_list=${TORCH_CUDA_ARCH_LIST:-$(sed 's/#.*//' csrc/cuda_arch_list.txt | tr '\n' ' ')}
+gencode=() sass=()
+for arch in $(tr ';' ' ' <<< "$arch_list"); do
+  sm=${arch%+PTX}
+  if [[ ! $sm =~ ^[0-9]+\.[0-9]+[af]?$ ]]; then
+    echo "FAIL: cannot read the architecture '$arch' of TORCH_CUDA_ARCH_LIST='$arch_list'"
+    exit 1
+  fi
+  sm=${sm/./}
+  gencode+=(-gencode "arch=compute_$sm,code=sm_$sm") sass+=("sm_$sm")
+done
+[ ${#sass[@]} -gt 0 ] || { echo "FAIL: no architectures in '$arch_list'"; exit 1; }
+echo "-- (a) standalone ${sass[*]} compile of csrc/*.cu with ${nvcc_flags[*]} ($("$NVCC" --version | tail -1))"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for cu in csrc/*.cu; do
   ts=$(date +%s)
-  "$NVCC" -gencode arch=compute_90a,code=sm_90a -Xptxas -v "${nvcc_flags[@]}" -Icsrc -c "$cu" \
+  "$NVCC" "${gencode[@]}" -Xptxas -v "${nvcc_flags[@]}" -Icsrc -c "$cu" \
     -o "$tmp/$(basename "$cu").o" 2> "$tmp/$(basename "$cu").log" \
     || { cat "$tmp/$(basename "$cu").log"; echo "FAIL: $cu does not compile"; exit 1; }
   echo "   $cu compiled in $(since "$ts") s"
 done
-python3 - "$tmp" <<'EOF'
-"""Parse ptxas -v logs: one row per kernel; exit 1 if any kernel spills."""
+python3 - "$tmp" "${sass[@]}" <<'EOF'
+"""Parse ptxas -v logs: one table per architecture, one row per kernel; exit 1 if any kernel
+spills or an architecture has no kernels."""
 import pathlib, re, subprocess, sys
 
+archs = sys.argv[2:]
 rows, bad = [], []
 for log in sorted(pathlib.Path(sys.argv[1]).glob("*.log")):
     name = None
     for line in log.read_text().splitlines():
-        if m := re.search(r"Compiling entry function '(\w+)' for 'sm_90a'", line):
-            name, stack, spill = m.group(1), 0, (0, 0)
+        if m := re.search(r"Compiling entry function '(\w+)' for '(\w+)'", line):
+            name, arch, stack, spill = m.group(1), m.group(2), 0, (0, 0)
         elif name and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
                                       r"(\d+) bytes spill loads", line)):
             stack, spill = int(m.group(1)), (int(m.group(2)), int(m.group(3)))
         elif name and (m := re.search(r"Used (\d+) registers", line)):
-            rows.append((log.name[:-4], name, int(m.group(1)), stack, *spill))
-            bad += [name] if any(spill) else []
+            rows.append((arch, log.name[:-4], name, int(m.group(1)), stack, *spill))
             name = None
-names = subprocess.run(["c++filt"], input="\n".join(r[1] for r in rows), capture_output=True,
-                       text=True).stdout.splitlines() or [r[1] for r in rows]
-print(f"   {'file':<16} {'regs':>4} {'stack':>5} {'spill st/ld':>11}  kernel")
-for (f, _, regs, stack, st, ld), pretty in zip(rows, names):
-    pretty = re.sub(r"\(.*\)$", "", pretty.replace("sgk::", ""))
-    print(f"   {f:<16} {regs:>4} {stack:>5} {f'{st}/{ld}':>11}  {pretty}")
-print(f"   {len(rows)} kernels, {len(bad)} with spills")
-if not rows:
-    sys.exit("FAIL: no kernels found in the ptxas output")
+names = subprocess.run(["c++filt"], input="\n".join(r[2] for r in rows), capture_output=True,
+                       text=True).stdout.splitlines() or [r[2] for r in rows]
+for arch in archs:
+    print(f"   {arch:<7} {'file':<16} {'regs':>4} {'stack':>5} {'spill st/ld':>11}  kernel")
+    n = 0
+    for (a, f, _, regs, stack, st, ld), pretty in zip(rows, names):
+        if a != arch:
+            continue
+        n += 1
+        pretty = re.sub(r"\(.*\)$", "", pretty.replace("sgk::", ""))
+        print(f"   {a:<7} {f:<16} {regs:>4} {stack:>5} {f'{st}/{ld}':>11}  {pretty}")
+        bad += [f"{pretty} ({arch})"] if st or ld else []
+    print(f"   {arch}: {n} kernels, {sum(b.endswith(f'({arch})') for b in bad)} with spills")
+    if n == 0:
+        sys.exit(f"FAIL: no {arch} kernels found in the ptxas output")
 if bad:
     sys.exit("FAIL: register spills in " + ", ".join(bad))
 EOF

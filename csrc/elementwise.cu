@@ -156,7 +156,8 @@ cudaError_t sgk_gated_residual_bwd(SgkDtype dt, const void* dout, const void* y,
                                    const void* gate, const int32_t* seg, void* dy, void* dgate,
                                    float* workspace, int64_t M, int64_t D, int64_t S,
                                    cudaStream_t stream) {
-  if (D <= 0 || D > SGK_MAX_ROW_DIM) return cudaErrorInvalidValue;
+  if (D < 0 || D > SGK_MAX_ROW_DIM) return cudaErrorInvalidValue;
+  if (D == 0) return cudaSuccess;  // dy and dgate are empty
   const bool al = aligned16(dout) && aligned16(y) && aligned16(gate) && aligned16(dy);
   const RowPlan p = plan_rows(D, vec_max_of(dt), al, /*keep_in_registers=*/true);
   const Partition part = partition_rows(dt, M, D);

@@ -23,15 +23,24 @@ rms_norm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w,
   const int lane = threadIdx.x % tpr;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / tpr) + threadIdx.x / tpr;
   const bool valid = row < M;
-  const T* xr = x + row * D;
-  // Column offsets are int (D <= SGK_MAX_ROW_DIM): one register each, which keeps
-  // <float, 4, 2, true> within ptxas's 32-register target without a spill.
+  // Vector k of this lane starts at column (lane + k * tpr) * VEC; column offsets are int
+  // (D <= SGK_MAX_ROW_DIM), which keeps <float, 4, 2, true> within ptxas's 32-register target.
+  // The scalar path with K > 1 (unvectorized rows of over 512 elements) splits the column into
+  // the lane's part, folded into the row pointers, and the block-uniform k * tpr, tested against
+  // D - lane: otherwise ptxas keeps K sign-extended 64-bit offsets and K predicates live across
+  // the row reduction and spills on sm_80. The vector paths compile to the same SASS as without
+  // the split.
+  constexpr bool kSplit = VEC == 1 && K > 1;
+  const int lo = kSplit ? lane : 0;
+  const int64_t lim = kSplit ? (int)D - lane : D;
+  auto off = [&](int k) { return kSplit ? k * tpr : (lane + k * tpr) * VEC; };
+  const T* xr = x + row * D + lo;
   float xv[K][VEC];
   float ss = 0.f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    const int c = (lane + k * tpr) * VEC;
-    if (valid && c < D) load_f<VEC>(xr + c, xv[k]); else fill(xv[k], 0.f);
+    const int c = off(k);
+    if (valid && c < lim) load_f<VEC>(xr + c, xv[k]); else fill(xv[k], 0.f);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) ss += xv[k][i] * xv[k][i];
   }
@@ -42,20 +51,20 @@ rms_norm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w,
   const int64_t srow = MOD ? (int64_t)seg[row] * D : 0;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    const int c = (lane + k * tpr) * VEC;
-    if (c >= D) continue;
+    const int c = off(k);
+    if (c >= lim) continue;
     float out[VEC], wv[VEC];
-    if (w != nullptr) load_f<VEC>(w + c, wv); else fill(wv, 1.f);
+    if (w != nullptr) load_f<VEC>(w + lo + c, wv); else fill(wv, 1.f);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) out[i] = xv[k][i] * r * wv[i];
     if constexpr (MOD) {
       float sh[VEC], sc[VEC];
-      load_f<VEC>(shift + srow + c, sh);
-      load_f<VEC>(scale + srow + c, sc);
+      load_f<VEC>(shift + srow + lo + c, sh);
+      load_f<VEC>(scale + srow + lo + c, sc);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) out[i] = out[i] * (1.f + sc[i]) + sh[i];
     }
-    store_f<VEC>(y + row * D + c, out);
+    store_f<VEC>(y + row * D + lo + c, out);
   }
 }
 
@@ -164,8 +173,11 @@ using namespace sgk;
 cudaError_t sgk_rms_norm_fwd(SgkDtype dt, const void* x, const void* w, const void* shift,
                              const void* scale, const int32_t* seg, void* y, float* rstd,
                              int64_t M, int64_t D, float eps, cudaStream_t stream) {
-  if (D <= 0 || D > SGK_MAX_ROW_DIM) return cudaErrorInvalidValue;
+  if (D < 0 || D > SGK_MAX_ROW_DIM) return cudaErrorInvalidValue;
   if (M == 0) return cudaSuccess;
+  // Width 0: y is empty and rstd = rsqrt(mean of no squares + eps) = rsqrt(0/0 + eps) = NaN, as
+  // in the reference (all-ones bytes are a NaN float).
+  if (D == 0) return cudaMemsetAsync(rstd, 0xff, (size_t)M * sizeof(float), stream);
   const bool mod = seg != nullptr;
   const bool al = aligned16(x) && aligned16(w) && aligned16(shift) && aligned16(scale) &&
                   aligned16(y);
@@ -215,7 +227,8 @@ cudaError_t sgk_rms_norm_bwd(SgkDtype dt, const void* dy, const void* x, const v
                              const void* scale, const int32_t* seg, const float* rstd, void* dx,
                              void* dw, void* dshift, void* dscale, float* workspace, int64_t M,
                              int64_t D, int64_t S, cudaStream_t stream) {
-  if (D <= 0 || D > SGK_MAX_ROW_DIM) return cudaErrorInvalidValue;
+  if (D < 0 || D > SGK_MAX_ROW_DIM) return cudaErrorInvalidValue;
+  if (D == 0) return cudaSuccess;  // dx, dw, dshift, dscale are all empty
   const bool mod = seg != nullptr;
   const bool al = aligned16(dy) && aligned16(x) && aligned16(w) && aligned16(scale) &&
                   aligned16(dx);

@@ -39,6 +39,12 @@ void check_rows(const at::Tensor& t, const char* name, int64_t M, int64_t D) {
                     "] tensor, got shape ", t.sizes(), " strides ", t.strides());
 }
 
+void check_weight(const at::Tensor& w, int64_t D) {
+  TORCH_CHECK_VALUE(w.is_cuda() && w.dim() == 1 && w.size(0) == D && w.is_contiguous(),
+                    "sgkernels_C: weight must be a contiguous CUDA [", D, "] tensor, got shape ",
+                    w.sizes(), " strides ", w.strides());
+}
+
 void check_seg(const at::Tensor& seg, int64_t M) {
   TORCH_CHECK_TYPE(seg.scalar_type() == at::kInt, "sgkernels_C: seg must be int32, got ",
                    seg.scalar_type());
@@ -48,8 +54,8 @@ void check_seg(const at::Tensor& seg, int64_t M) {
 }
 
 void check_row_dim(int64_t D, const char* op) {
-  TORCH_CHECK_VALUE(D > 0 && D <= SGK_MAX_ROW_DIM, "sgkernels_C.", op,
-                    ": the last dimension must be in [1, ", SGK_MAX_ROW_DIM, "], got ", D);
+  TORCH_CHECK_VALUE(D >= 0 && D <= SGK_MAX_ROW_DIM, "sgkernels_C.", op,
+                    ": the last dimension must be in [0, ", SGK_MAX_ROW_DIM, "], got ", D);
 }
 
 const void* ptr_or_null(const std::optional<at::Tensor>& t) {
@@ -76,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> norm_fwd(const at::Tensor& x,
   check_rows(x, "x", M, D);
   check_row_dim(D, op);
   const SgkDtype dt = dtype_of(x, "x");
-  if (weight) check_rows(weight->view({1, -1}), "weight", 1, D);
+  if (weight) check_weight(*weight, D);
   if (seg) {
     check_seg(*seg, M);
     check_rows(*shift, "shift", shift->size(0), D);
@@ -119,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_bwd(
                     "sgkernels_C.", op, ": rstd must be a contiguous float32 [", M, "] tensor");
   const SgkDtype dt = dtype_of(x, "x");
   const int64_t S = scale ? scale->size(0) : 0;
-  if (weight) check_rows(weight->view({1, -1}), "weight", 1, D);
+  if (weight) check_weight(*weight, D);
   if (seg) {
     check_seg(*seg, M);
     check_rows(*scale, "scale", S, D);

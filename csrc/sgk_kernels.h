@@ -26,6 +26,7 @@ constexpr int64_t SGK_MAX_ROW_DIM = 4096;
 // ---- rms_norm / rms_norm_modulate (norm.cu) -------------------------------------------------
 // y = x * rstd * w [* (1 + scale[seg]) + shift[seg]], rstd = rsqrt(mean(x^2) + eps).
 // w may be null; shift, scale, seg are null for plain rms_norm. x, y [M, D]; rstd [M] fp32.
+// D in [0, SGK_MAX_ROW_DIM]; D = 0 writes rstd = NaN (the mean of no squares, as the reference).
 cudaError_t sgk_rms_norm_fwd(SgkDtype dt, const void* x, const void* w, const void* shift,
                              const void* scale, const int32_t* seg, void* y, float* rstd,
                              int64_t M, int64_t D, float eps, cudaStream_t stream);

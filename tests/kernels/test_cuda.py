@@ -22,18 +22,19 @@ DEV = "cuda"
 BACKEND_FUNCTIONS = [name for name in cuda.__all__ if name.endswith(("_fwd", "_bwd"))]
 
 
-def _poisoned(fn, *args):
+def _poisoned(fn, *args, value=float("nan")):
     """fn(*args) with every CUDA allocation served from a fresh private memory pool whose memory
-    was first filled with NaN (small blocks: 2 MiB segments of two 1 MiB blocks; large: a 20 MiB
-    segment of 2 MiB blocks and a 64 MiB block), so an output element the C++ op never writes
-    stays NaN and fails the comparison."""
+    was first filled with `value` (NaN; small blocks: 2 MiB segments of two 1 MiB blocks; large: a
+    20 MiB segment of 2 MiB blocks and a 64 MiB block), so an output element the C++ op never
+    writes stays NaN and fails the comparison."""
     pool = torch.cuda.MemPool()
     with torch.cuda.use_mem_pool(pool):
-        blocks = [torch.full((n,), float("nan"), device=DEV)
+        blocks = [torch.full((n,), value, device=DEV)
                   for n in [1 << 18] * 16 + [1 << 19] * 10 + [1 << 24]]
         del blocks
         probe = torch.empty(1000, device=DEV)
-        assert bool(probe.isnan().all()), "the memory pool did not hand out poisoned memory"
+        poisoned = probe.isnan() if value != value else probe == value
+        assert bool(poisoned.all()), "the memory pool did not hand out poisoned memory"
         del probe
         return fn(*args)
 
@@ -174,6 +175,57 @@ def test_norm_gradients_are_bitwise_deterministic(dtype, assert_matches):
     _, rstd = cuda.rms_norm_fwd(x, weight, 1e-6)
     runs = [cuda.rms_norm_bwd(dy, x, weight, rstd)[1] for _ in range(3)]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_weight", [True, False])
+def test_norms_of_width_zero_follow_the_reference(dtype, has_weight):
+    """x [M, 0] is a valid input (the torch backend takes it): y and every gradient are empty,
+    and rstd is NaN in every row (rsqrt of the mean of no squares plus eps), as in the reference.
+    Outputs come from memory poisoned with 0 here, so rstd must be written."""
+    seg = _seg([2, 0, 3])
+    x, dy = (torch.empty(5, 0, dtype=dtype, device=DEV) for _ in range(2))
+    weight = torch.empty(0, dtype=dtype, device=DEV) if has_weight else None
+    shift, scale = (torch.empty(3, 0, dtype=dtype, device=DEV) for _ in range(2))
+    y, rstd = _poisoned(cuda.rms_norm_fwd, x, weight, 1e-6, value=0.0)
+    y_ref, rstd_ref = reference.rms_norm_fwd(x, weight, 1e-6)
+    assert y.shape == y_ref.shape and rstd.shape == rstd_ref.shape
+    assert bool(rstd_ref.isnan().all()) and bool(rstd.isnan().all()), rstd
+    dx, dweight = cuda.rms_norm_bwd(dy, x, weight, rstd_ref)
+    assert dx.shape == (5, 0) and (dweight is None if weight is None else dweight.shape == (0,))
+    y, rstd = _poisoned(cuda.rms_norm_modulate_fwd, x, weight, shift, scale, seg, 1e-6,
+                        value=0.0)
+    assert y.shape == (5, 0) and bool(rstd.isnan().all()), rstd
+    grads = cuda.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref)
+    grads_ref = reference.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref)
+    for name, got, want in zip(("dx", "dweight", "dshift", "dscale"), grads, grads_ref):
+        assert (got is None) == (want is None), name
+        if want is not None:
+            assert got.shape == want.shape and got.dtype == want.dtype, name
+    # the public op (forced to the CUDA backend) with its autograd, as with the torch backend
+    for backend in ("cuda", "torch"):
+        leaves = [t.clone().requires_grad_() for t in (x, shift, scale)]
+        with ops.use_backend(backend):
+            out = ops.rms_norm_modulate(leaves[0], None, leaves[1], leaves[2], seg)
+            out.backward(dy)
+        assert out.shape == (5, 0) and [t.grad.shape for t in leaves] == [(5, 0), (3, 0), (3, 0)]
+
+
+@pytest.mark.gpu
+def test_elementwise_and_routing_of_width_zero():
+    seg = _seg([2, 0, 3])
+    x, gate = torch.empty(5, 0, device=DEV), torch.empty(3, 0, device=DEV)
+    assert cuda.gated_residual_fwd(x, x, gate, seg).shape == (5, 0)
+    dx, dy, dgate = cuda.gated_residual_bwd(x, x, gate, seg)
+    assert dx is x and dy.shape == (5, 0) and dgate.shape == (3, 0)
+    assert cuda.swiglu_fwd(x, x).shape == (5, 0)
+    cuda.swiglu_bwd(x, x, x, torch.empty_like(x), torch.empty_like(x))
+    idx = torch.tensor([3, 0], device=DEV)
+    assert cuda.route_gather_fwd(x, idx).shape == (2, 0)
+    assert cuda.route_scatter_fwd(x, torch.empty(2, 0, device=DEV), idx).shape == (5, 0)
+    dbase, dy = cuda.route_scatter_bwd(x, idx)
+    assert dbase.shape == (5, 0) and dy.shape == (2, 0)
 
 
 # ---- gated residual -----------------------------------------------------------------------------

@@ -77,9 +77,9 @@ class Emulated:
         status = getattr(self.c, name)(*map(self._arg, args))
         assert status == 0, f"{name} returned cudaError {status}"
 
-    def rms_norm_fwd(self, x, weight, eps, shift=None, scale=None, seg=None):
+    def rms_norm_fwd(self, x, weight, eps, shift=None, scale=None, seg=None, poison=NAN):
         M, D = x.shape
-        y, rstd = torch.full_like(x, NAN), torch.full((M,), NAN)
+        y, rstd = torch.full_like(x, poison), torch.full((M,), poison)
         self._call("sgk_rms_norm_fwd", ctypes.c_int(CODE[x.dtype]), x, weight, shift, scale, seg,
                    y, rstd, M, D, float(eps), None)
         return y, rstd
@@ -228,6 +228,47 @@ def test_reductions_for_every_partition(lib, sm_count, assert_matches):
         _check_gated_residual(lib, lengths, 1000, torch.float32, assert_matches)
     finally:
         lib.set_sm_count(4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_weight", [True, False])
+def test_norms_of_width_zero_follow_the_reference(lib, dtype, has_weight):
+    """x [M, 0] is a valid input (the torch backend takes it): y and every gradient are empty,
+    and rstd = rsqrt(mean of no squares + eps) is NaN in every row, as in the reference. rstd
+    starts as 0 here, so it must be written."""
+    seg = _seg([2, 0, 3])
+    x, dy = torch.empty(5, 0, dtype=dtype), torch.empty(5, 0, dtype=dtype)
+    weight = torch.empty(0, dtype=dtype) if has_weight else None
+    shift, scale = torch.empty(3, 0, dtype=dtype), torch.empty(3, 0, dtype=dtype)
+    for mod in (False, True):
+        args = (shift, scale, seg) if mod else ()
+        y, rstd = lib.rms_norm_fwd(x, weight, 1e-6, *args, poison=0.0)
+        y_ref, rstd_ref = (reference.rms_norm_modulate_fwd(x, weight, *args, 1e-6) if mod
+                           else reference.rms_norm_fwd(x, weight, 1e-6))
+        assert y.shape == y_ref.shape == (5, 0)
+        assert rstd_ref.isnan().all() and rstd.isnan().all(), rstd
+        grads = lib.rms_norm_bwd(dy, x, weight, rstd_ref, *((scale, seg) if mod else ()))
+        grads_ref = (reference.rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd_ref) if mod
+                     else reference.rms_norm_bwd(dy, x, weight, rstd_ref) + (None, None))
+        for name, got, want in zip(("dx", "dweight", "dshift", "dscale"), grads, grads_ref):
+            assert (got is None) == (want is None), name
+            if want is not None:
+                assert got.shape == want.shape and got.dtype == want.dtype, name
+
+
+def test_elementwise_and_routing_of_width_zero(lib):
+    seg = _seg([2, 0, 3])
+    x, gate = torch.empty(5, 0), torch.empty(3, 0)
+    assert lib.gated_residual_fwd(x, x, gate, seg).shape == (5, 0)
+    _, dy, dgate = lib.gated_residual_bwd(x, x, gate, seg)
+    assert dy.shape == (5, 0) and dgate.shape == (3, 0)
+    assert lib.swiglu_fwd(x, x).shape == (5, 0)
+    lib.swiglu_bwd(x, x, x, torch.empty(5, 0), torch.empty(5, 0))
+    idx = torch.tensor([3, 0], dtype=torch.int64)
+    assert lib.route_gather_fwd(x, idx).shape == (2, 0)
+    assert lib.route_scatter_fwd(x, torch.empty(2, 0), idx).shape == (5, 0)
+    dbase, dy = lib.route_scatter_bwd(x, idx)
+    assert dbase.shape == (5, 0) and dy.shape == (2, 0)
 
 
 # ---- gated residual, swiglu, routing ------------------------------------------------------------
