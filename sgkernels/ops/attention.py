@@ -30,7 +30,7 @@ def _rope(pos, theta):
     return () if pos is None else ((pos, theta),)
 
 
-# --- q, k, v as three tensors -------------------------------------------------------------------
+# --- q, k, v as three tensors -----------------------------------------------------------------
 
 @torch.library.custom_op("sgkernels::varlen_attention", mutates_args=())
 def _varlen_attention(
@@ -91,7 +91,7 @@ def _grad(ctx, do, _dlse):
 _varlen_attention.register_autograd(_grad, setup_context=_setup)
 
 
-# --- q, k, v packed as one [T, 3, H, Dh] tensor -----------------------------------------------------
+# --- q, k, v packed as one [T, 3, H, Dh] tensor ---------------------------------------------
 
 @torch.library.custom_op("sgkernels::varlen_attention_qkv", mutates_args=())
 def _varlen_attention_qkv(

@@ -2,9 +2,10 @@
 
 Every function here has the name and signature of docs/contracts.md ("Backends"); the Triton and
 CUDA backends export the same functions. Inputs arrive validated, contiguous (swiglu: last dim
-contiguous; attention: any token strides) and on one device. Statistics and accumulation run in fp32; outputs are cast to the
-input dtype. Segment reductions (dshift, dscale, dgate) are deterministic: `seg` is
-non-decreasing, so they are sorted-segment sums (`torch.segment_reduce`), never float atomics.
+contiguous; attention: any token strides) and on one device. Statistics and accumulation run in
+fp32; outputs are cast to the input dtype. Segment reductions (dshift, dscale, dgate) are
+deterministic: `seg` is non-decreasing, so they are sorted-segment sums
+(`torch.segment_reduce`), never float atomics.
 
 Math (xf = x in fp32, r = rsqrt(mean(xf²) + eps), x̂ = xf·r, w = weight or 1):
     rms_norm            y = x̂·w

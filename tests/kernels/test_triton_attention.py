@@ -141,8 +141,8 @@ def test_empty_batches():
 
 # --- house rule: error vs an fp64 oracle at most 2x that of a same-dtype torch implementation ---
 
-# tiny absolute slack, relative to the magnitude of the fp64 result (fp16 as tests/ops/ops_oracle.py;
-# fp32 errors here are ~5e-7, so its slack is kept below theirs x 10)
+# tiny absolute slack, relative to the magnitude of the fp64 result (fp16 as in
+# tests/ops/ops_oracle.py; fp32 errors here are ~5e-7, so its slack stays below 10x that)
 REL_ATOL = {torch.float32: 2e-6, torch.float16: 1e-4}
 
 

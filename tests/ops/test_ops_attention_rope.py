@@ -1,11 +1,15 @@
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from ops_oracle import compare
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sgkernels import ops
 from sgkernels.ops import reference
+from sgkernels.ops.attention import varlen_attention_qkv
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -163,3 +167,240 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(ops.varlen_attention(q, k, v, cu, 5), torch_varlen_attention(q, k, v, cu, 5))
     pos = torch.randint(0, 9, (2, 9)).t()
     torch.testing.assert_close(ops.rope_axial(q, pos), torch_rope_axial(q, pos))
+
+
+# --- packed q, k, v: ops.varlen_attention_qkv ---------------------------------------------------
+
+def torch_varlen_attention_qkv(qkv, cu_seqlens, max_seqlen, pos=None, theta=100.0):
+    """unbind, RoPE of q and k (when pos is given), SDPA segment by segment."""
+    q, k, v = qkv.unbind(1)
+    if pos is not None:
+        q, k = torch_rope_axial(q, pos, theta), torch_rope_axial(k, pos, theta)
+    return torch_varlen_attention(q, k, v, cu_seqlens, max_seqlen)
+
+
+def sg_varlen_attention_qkv(qkv, cu_seqlens, max_seqlen, pos=None, theta=100.0):
+    rope = None if pos is None else (pos, theta)
+    return varlen_attention_qkv(qkv, cu_seqlens, max_seqlen, rope=rope)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("lengths,heads,dim", [([1], 1, 4), ([3, 0, 7, 1, 3], 2, 16),
+                                               ([0, 4, 0], 1, 72), ([9, 2], 3, 8)])
+def test_varlen_attention_qkv_matches_torch(lengths, heads, dim, rope, dtype):
+    """Output and d(qkv) vs unbind + RoPE + SDPA (house rule: <= 2x the same-dtype error)."""
+    gen = torch.Generator().manual_seed(sum(lengths) + dim)
+    total = sum(lengths)
+    inputs = {"qkv": torch.randn(total, 3, heads, dim, generator=gen),
+              "cu_seqlens": cu_seqlens(lengths), "max_seqlen": max(lengths)}
+    if rope:
+        inputs["pos"] = torch.randint(0, 16, (total, 2), generator=gen, dtype=torch.int32)
+    compare(sg_varlen_attention_qkv, torch_varlen_attention_qkv, inputs, dtype, ("qkv",),
+            keep=("pos",))
+
+
+def test_packed_equals_three_tensors_and_gradient_is_one_buffer():
+    """varlen_attention_qkv == varlen_attention on qkv.unbind(1) (views, no copy), and d(qkv)
+    is one contiguous [T, 3, H, Dh] tensor equal to the stacked dq, dk, dv."""
+    torch.manual_seed(13)
+    cu = cu_seqlens([5, 0, 1, 9])
+    qkv = torch.randn(15, 3, 2, 8, requires_grad=True)
+    out = varlen_attention_qkv(qkv, cu, 9)
+    (dqkv,) = torch.autograd.grad(out, qkv, torch.ones_like(out))
+    views = qkv.detach().requires_grad_().unbind(1)
+    leaves = [t.detach().requires_grad_() for t in views]
+    ref = ops.varlen_attention(*leaves, cu, 9)
+    torch.autograd.backward(ref, torch.ones_like(ref))
+    assert torch.equal(out, ref)
+    assert dqkv.shape == qkv.shape and dqkv.is_contiguous()
+    assert torch.equal(dqkv, torch.stack([t.grad for t in leaves], 1))
+
+
+def test_varlen_attention_qkv_validation():
+    qkv, cu = torch.randn(7, 3, 2, 8), cu_seqlens([3, 4])
+    pos = torch.zeros(7, 2, dtype=torch.int32)
+    rope = (pos, 1.0)
+    cases = [
+        (lambda: varlen_attention_qkv(qkv[:, :2], cu, 4), ValueError,
+         r"qkv must have shape \[T, 3, H, Dh\]"),
+        (lambda: varlen_attention_qkv(qkv[0], cu, 4), ValueError, r"qkv must be 4-D"),
+        (lambda: varlen_attention_qkv(qkv.long(), cu, 4), TypeError, r"qkv must have dtype"),
+        (lambda: varlen_attention_qkv(qkv, cu.long(), 4), TypeError,
+         r"cu_seqlens must have dtype int32"),
+        (lambda: varlen_attention_qkv(qkv, cu, 3), ValueError,
+         r"max_seqlen must be >= the longest"),
+        (lambda: varlen_attention_qkv(qkv, cu, 4, rope=(pos[:6], 1.0)), ValueError,
+         r"pos must have shape \[T, 2\]"),
+        (lambda: varlen_attention_qkv(qkv, cu, 4, rope=(pos.half(), 1.0)), TypeError,
+         r"pos must have dtype"),
+        (lambda: varlen_attention_qkv(qkv[..., :6], cu, 4, rope=rope), ValueError,
+         r"divisible by 4"),
+    ]
+    for fn, error, match in cases:
+        with pytest.raises(error, match=match):
+            fn()
+
+
+def test_varlen_attention_qkv_under_autocast_keeps_float_positions():
+    """qkv follows autocast; fp32 positions are not rounded to bf16 (a position of 301 is not
+    representable in bf16)."""
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(12, 3, 2, 8, generator=g)
+    cu, pos = cu_seqlens([5, 7]), torch.tensor([[301.0, 7.0]] * 12)
+    expected = varlen_attention_qkv(qkv.bfloat16(), cu, 7, rope=(pos, 10.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = varlen_attention_qkv(qkv, cu, 7, rope=(pos, 10.0))
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+def test_non_dense_heads_are_copied_then_correct():
+    """A qkv whose head dim is not dense ([T, 3, Dh, H] transposed) takes the copy path."""
+    torch.manual_seed(14)
+    cu = cu_seqlens([4, 5])
+    qkv = torch.randn(9, 3, 8, 2).transpose(2, 3)
+    torch.testing.assert_close(varlen_attention_qkv(qkv, cu, 5),
+                               torch_varlen_attention_qkv(qkv, cu, 5))
+
+
+def _qkv_op_cases(grad):
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(7, 3, 2, 8, generator=g).requires_grad_(grad)
+    pos = torch.randint(0, 5, (7, 2), generator=g, dtype=torch.int32)
+    cu = cu_seqlens([3, 0, 4])
+    return [(torch.ops.sgkernels.varlen_attention_qkv.default, (qkv, cu, 4, 0.3, None, 1e4)),
+            (torch.ops.sgkernels.varlen_attention_qkv.default, (qkv, cu, 4, 0.3, pos, 50.0))]
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("case", [0, 1], ids=["plain", "rope"])
+def test_opcheck_varlen_attention_qkv(case, grad):
+    op, args = _qkv_op_cases(grad)[case]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_opcheck_varlen_attention_qkv_backward(rope):
+    op, args = _qkv_op_cases(False)[int(rope)]
+    o, lse = op(*args)
+    qkv, cu, max_seqlen, scale, pos, theta = args
+    torch.library.opcheck(torch.ops.sgkernels.varlen_attention_qkv_backward.default,
+                          (torch.randn_like(o), qkv, o, lse, cu, max_seqlen, scale, pos, theta))
+
+
+# --- no copies of q, k, v (or of their gradients) around the attention ---------------------------
+
+class _BigAllocations(TorchDispatchMode):
+    """Records every op whose non-view output has >= `numel` elements."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        if not func.is_view and any(isinstance(o, torch.Tensor) and o.numel() >= self.numel
+                                    for o in outs):
+            self.ops.append(f"{func.namespace}::{func.overloadpacket.__name__}")
+        return out
+
+
+# ops allowed to produce q-sized tensors: the projections (and their gradients) and the
+# attention ops themselves; anything else (clone, cat, stack, _to_copy, copy_, zeros + index
+# put, ...) is a copy of q, k, v or of their gradients
+_NOT_COPIES = {"aten::mm", "aten::addmm", "sgkernels::varlen_attention_qkv",
+               "sgkernels::varlen_attention_qkv_backward"}
+
+
+def _attention_setup(flavour):
+    from sgkernels.model.blocks import Attention
+    from sgkernels.model.tokens import TokenBatch
+
+    torch.manual_seed(15)
+    lengths, heads, dim = [16, 5, 0, 16], 2, 8
+    total = sum(lengths)
+    attn = Attention(heads * dim, heads, bias=flavour == "sit",
+                     rope_theta=10000.0 if flavour == "llama" else None)
+    h = torch.randn(total, heads * dim, requires_grad=True)
+    seg = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32),
+                                  torch.tensor(lengths))
+    batch = TokenBatch(x=h.detach(), pos=torch.randint(0, 4, (total, 2), dtype=torch.int32),
+                       seg=seg, cu_seqlens=cu_seqlens(lengths), max_seqlen=max(lengths),
+                       cond=torch.zeros(len(lengths), 4))
+    return attn, h, batch, total * heads * dim
+
+
+def _copies(forward, h, q_numel):
+    """Ops making q-sized tensors in one forward and one backward (outside the op bodies)."""
+    fwd, bwd = _BigAllocations(q_numel), _BigAllocations(q_numel)
+    with fwd:
+        out = forward()
+    grad = torch.ones_like(out)
+    with bwd:
+        out.backward(grad)
+    return [op for op in fwd.ops + bwd.ops if op not in _NOT_COPIES]
+
+
+def _unpacked_forward(attn, h, b):
+    """The previous Attention.forward: unbind, RoPE copies, contiguous copies, three gradients."""
+    q, k, v = attn.qkv(h).view(h.shape[0], 3, attn.heads, attn.head_dim).unbind(1)
+    if attn.rope_theta is not None:
+        q, k = ops.rope_axial(q, b.pos, attn.rope_theta), ops.rope_axial(k, b.pos, attn.rope_theta)
+    o = ops.varlen_attention(q.contiguous(), k.contiguous(), v.contiguous(), b.cu_seqlens,
+                             b.max_seqlen)
+    return attn.proj(o.reshape(h.shape[0], -1))
+
+
+def _backends():
+    names = ["torch"]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        names.append("triton")
+    return names
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("flavour", ["llama", "sit"])
+def test_attention_module_makes_no_qkv_copy(flavour, backend):
+    """Attention forward + backward: no op outside the projections and the attention op makes a
+    tensor of q's size (the unbind is read in place, RoPE happens inside the op, d(qkv) is one
+    buffer: no clone, stack or cat). The previous implementation, run through the same counter,
+    makes 3 clones and a stack (+ 2 RoPE copies each way for llama): the test can fail."""
+    from sgkernels.kernels.triton import launch
+
+    if backend == "triton" and not launch.INTERPRET:
+        pytest.skip("Triton kernels were imported compiled; CPU tensors need the interpreter")
+    attn, h, batch, q_numel = _attention_setup(flavour)
+    with ops.use_backend(backend):
+        assert _copies(lambda: attn(h, batch), h, q_numel) == []
+        unpacked = _copies(lambda: _unpacked_forward(attn, h, batch), h, q_numel)
+    assert unpacked.count("aten::clone") == 3 and unpacked.count("aten::stack") == 1
+    packed_out = attn(h, batch)
+    with ops.use_backend("torch"):
+        torch.testing.assert_close(packed_out, _unpacked_forward(attn, h, batch))
+
+
+def test_varlen_attention_reads_strided_views_without_copies():
+    """q, k, v = views of one [T, 3, H, Dh] tensor: the forward makes no copy; a q whose head dim
+    is not dense (strides (16, 1, 2)) is copied once (the documented fallback)."""
+    torch.manual_seed(16)
+    cu, qkv = cu_seqlens([6, 3]), torch.randn(9, 3, 2, 8)
+    sparse_q = qkv[:, 0].transpose(1, 2).contiguous().transpose(1, 2)
+    for q, expected in ((qkv[:, 0], []), (sparse_q, ["aten::clone"])):
+        counter = _BigAllocations(9 * 2 * 8)
+        with counter:
+            out = ops.varlen_attention(q, qkv[:, 1], qkv[:, 2], cu, 6)
+        assert counter.ops == expected + ["sgkernels::varlen_attention"]
+        torch.testing.assert_close(out, torch_varlen_attention(q, qkv[:, 1], qkv[:, 2], cu, 6))
+
+
+def test_attention_module_compiles_fullgraph():
+    """torch.compile(fullgraph=True) through Attention with RoPE, forward and backward."""
+    attn, h, batch, _ = _attention_setup("llama")
+    eager = attn(h, batch)
+    (grad,) = torch.autograd.grad(eager.square().sum(), h)
+    compiled = torch.compile(lambda x: attn(x, batch), backend="aot_eager", fullgraph=True)
+    out = compiled(h)
+    (grad_c,) = torch.autograd.grad(out.square().sum(), h)
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(grad_c, grad)

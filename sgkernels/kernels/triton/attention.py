@@ -35,6 +35,7 @@ from .attention_bwd import (
     _attn_bwd_dkdv_kernel,
     _attn_bwd_dq_kernel,
     _attn_bwd_preprocess_kernel,
+    preprocess_block_d,
     varlen_attention_bwd,
 )
 from .attention_fwd import (
@@ -95,7 +96,7 @@ def static_specs():
             specs.append(_spec(_attn_fwd_kernel, fwd, {**mma, "NEGATE_Q": False}, config,
                                f"{tag}_c{i}"))
         specs.append(_spec(_attn_bwd_preprocess_kernel, pre,
-                           {"HEAD_DIM": head_dim, "BLOCK_D": max(16, 1 << (head_dim - 1).bit_length())},
+                           {"HEAD_DIM": head_dim, "BLOCK_D": preprocess_block_d(head_dim)},
                            ({"BLOCK_R": PREPROCESS_ROWS}, 4, 1), tag))
         for i, config in enumerate(DKDV_CONFIGS):
             specs.append(_spec(_attn_bwd_dkdv_kernel, dkdv, mma, config, f"{tag}_c{i}"))

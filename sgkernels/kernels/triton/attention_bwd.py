@@ -49,6 +49,12 @@ PREPROCESS_ROWS = 64
 PREPROCESS_TOKEN_ARGS = ["n_rows", "n_tokens"]
 
 
+def preprocess_block_d(head_dim):
+    """Register width of a head row in the (memory-bound) D = rowsum(dO∘O) preprocess: the next
+    power of two (masked channels cost no bandwidth there)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
 @triton.jit(do_not_specialize=PREPROCESS_TOKEN_ARGS)
 def _attn_bwd_preprocess_kernel(
     O, DO, DELTA, stride_ot, stride_dot, n_rows, n_heads, n_tokens,
@@ -275,7 +281,7 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, rop
     rows = total * heads
     _attn_bwd_preprocess_kernel[(triton.cdiv(rows, PREPROCESS_ROWS),)](
         o, do, delta, o.stride(0), do.stride(0), rows, heads, total,
-        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        HEAD_DIM=head_dim, BLOCK_D=preprocess_block_d(head_dim),
         BLOCK_R=PREPROCESS_ROWS,
     )
 
