@@ -12,6 +12,7 @@ Roofline per call, M rows of D channels, e bytes per element, S segments (weight
     rms_norm_modulate   fwd bytes e·(2MD + D + 2SD) + 8M      FLOPs ≈ 7MD   (seg int32)
                         bwd bytes e·(3MD + 2D + 3SD) + 8M     FLOPs ≈ 15MD
 """
+import math
 from typing import Optional
 
 import torch
@@ -67,7 +68,7 @@ def rms_norm(x, weight=None, eps=1e-6):
         validate.like(op, "weight", weight, "x", x)
         validate.shape(op, "weight", weight, (x.shape[-1],), "[D]")
         weight = weight.contiguous()
-    x2d = x.contiguous().reshape(-1, x.shape[-1])
+    x2d = x.contiguous().reshape(math.prod(x.shape[:-1]), x.shape[-1])  # -1 fails at D = 0
     return _rms_norm(x2d, weight, float(eps))[0].reshape(x.shape)
 
 

@@ -43,6 +43,18 @@ def test_rms_norm_keeps_leading_shape_and_eps():
     torch.testing.assert_close(ops.rms_norm(x, eps=0.75), x / (0.25 + 0.75) ** 0.5)
 
 
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (2, 3, 0), (0, 0)])
+def test_rms_norm_of_width_zero_is_empty(shape):
+    """Rows of no elements: an empty output of x's shape and empty gradients (the backends'
+    width-0 contract), not a reshape error."""
+    x = torch.zeros(shape, requires_grad=True)
+    w = torch.ones(0, requires_grad=True)
+    y = ops.rms_norm(x, w)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and w.grad.shape == (0,)
+
+
 def test_rms_norm_non_contiguous_input():
     x = torch.randn(6, 10).t()
     torch.testing.assert_close(ops.rms_norm(x), torch_rms_norm(x))
