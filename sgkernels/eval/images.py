@@ -48,7 +48,13 @@ class ImageSet:
     def __post_init__(self):
         check_images(self.images, "images")
         if self.labels is not None:
-            self.labels = np.asarray(self.labels).astype(np.int64).reshape(-1)
+            labels = np.asarray(self.labels).reshape(-1)
+            if not (np.issubdtype(labels.dtype, np.integer) or
+                    (np.issubdtype(labels.dtype, np.floating) and
+                     np.array_equal(labels, np.round(labels)))):
+                raise ValueError(f"labels ({self.name}): expected integer class labels, got "
+                                 f"{labels.dtype} values such as {labels[:3].tolist()}")
+            self.labels = labels.astype(np.int64)
             if self.labels.shape[0] != self.images.shape[0]:
                 raise ValueError(f"labels: expected {self.images.shape[0]} labels, got "
                                  f"{self.labels.shape[0]}")

@@ -95,3 +95,11 @@ def test_missing_fashion_mnist_names_the_apt_package(tmp_path, monkeypatch):
     monkeypatch.setenv("SGKERNELS_FMNIST", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
         load_reference("fashion-mnist-test")
+
+
+def test_fractional_labels_are_an_error_not_truncated():
+    images = np.zeros((3, 4, 4, 1), np.uint8)
+    with pytest.raises(ValueError, match=r"labels \(s\): expected integer class labels, got "
+                                         r"float64 values such as \[0.5, 1.7, 2.0\]"):
+        ImageSet(images, np.array([0.5, 1.7, 2.0]), "s")
+    assert ImageSet(images, np.array([0.0, 1.0, 2.0]), "s").labels.tolist() == [0, 1, 2]
