@@ -307,7 +307,7 @@ fi
 # ---- settings per mode --------------------------------------------------------------------------
 has_module() { "$PYTHON" -c "import $1" 2>/dev/null; }
 if [ "$SMOKE" -eq 1 ]; then
-  WORKERS=${GPU_CHECK_WORKERS:-2}
+  WORKERS=${GPU_CHECK_WORKERS:-1}   # 2 cores: one worker collects faster than two
   CUDA_STEP=(env PYTHON="$PYTHON" OUT="$SCRATCH/cuda" bash benchmarks/gpu_check_cuda.sh --dry-run)
   KERNELS=(--quick --device cpu --repeats 1 --warmup 0)
   GRID=(--quick --device cpu --model Tiny/2 --batch 2)

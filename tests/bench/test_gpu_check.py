@@ -224,7 +224,7 @@ def test_cpu_smoke_with_only_python3_on_path_then_resume(tmp_path):
     assert run.returncode == 0, log[-3000:]
     for s in STEPS:
         assert f"PASS {s}" in log
-    assert "python3 -m pytest" in log and " -n 2 " in log and "--timeout" in log
+    assert "python3 -m pytest" in log and " -n 1 " in log and "--timeout" in log
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULTS)
     for name in ("kernels.json", "gamma_grid.json", "e2e.json"):
         assert json.loads((out / name).read_text())["complete"] is True
