@@ -2,7 +2,8 @@
 
 args holds "model_config" (ModelConfig.to_dict()), "train" (the training arguments) and "rng"
 (the torch CPU/CUDA, numpy and python RNG states at save time), all tensors or plain Python
-values, so checkpoints load with torch.load(weights_only=True) (model.from_checkpoint does).
+values, so checkpoints load with torch.load(weights_only=True): model.checkpoint.read_checkpoint
+reads and checks them (for sample, eval, --resume and --finetune alike).
 A write goes to a temporary file in the target directory, is flushed and fsync'ed, then
 os.replace'd onto the target name, and the directory entry is fsync'ed: a crash at any point
 leaves either the old or the new file, never a torn one; a failed write (full disk: OSError
@@ -18,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-KEYS = ("model", "ema", "opt", "args", "step")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -157,15 +156,3 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load and validate a training checkpoint dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path: checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    missing = [k for k in KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(KEYS)
-    if missing:
-        raise ValueError(f"path: {path} is not a training checkpoint (missing keys {missing})")
-    return ckpt

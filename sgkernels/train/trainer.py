@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sgkernels.model.checkpoint import check_state_dict, read_checkpoint
 from sgkernels.model.tokens import to_device
 
 from . import distributed as D
 from .args import RESUME_KEYS, TrainArgs
-from .checkpoint import (atomic_write, link_atomic, load_checkpoint, os_error, reason,
-                         remove_stale_temps, rng_state, save_atomic, set_rng_state)
+from .checkpoint import (atomic_write, link_atomic, os_error, reason, remove_stale_temps,
+                         rng_state, save_atomic, set_rng_state)
 from .conditioning import CaptionCondition, LabelCondition, feature_cache
 from .data import CAPTION_DATASETS, load_dataset
 from .draws import GlobalOrder, draw_samples, rank_positions
@@ -55,7 +56,7 @@ def _model_from_config(config_dict: dict) -> nn.Module:
 def build_model(args: TrainArgs) -> nn.Module:
     """RoutedDiT from the preset, or with the finetune checkpoint's config."""
     if args.finetune:
-        return _model_from_config(load_checkpoint(args.finetune)["args"]["model_config"])
+        return _model_from_config(read_checkpoint(args.finetune)["args"]["model_config"])
     from sgkernels import presets
     from sgkernels.model import RoutedDiT
 
@@ -104,7 +105,9 @@ class Trainer:
         torch.manual_seed(args.seed)
         model = build_model(args) if model is None else model
         if args.finetune:
-            model.load_state_dict(load_checkpoint(args.finetune)[args.finetune_weights])
+            state = read_checkpoint(args.finetune)[args.finetune_weights]
+            check_state_dict(model, state, args.finetune, args.finetune_weights)
+            model.load_state_dict(state)
         self.config = model.config
         self.config_dict = self.config.to_dict()
         self.model = model.to(self.info.device).train()
@@ -175,7 +178,7 @@ class Trainer:
         """Load OUT/checkpoints/latest.pt; returns the skipped-step count it holds."""
         # on CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device
         latest = self.ckpt_dir / "latest.pt"
-        ckpt = load_checkpoint(latest, map_location="cpu")
+        ckpt = read_checkpoint(latest, map_location="cpu")
         _check_resume(ckpt["args"], self.args, self.config_dict)
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])

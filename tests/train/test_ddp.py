@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from sgkernels.train.checkpoint import load_checkpoint
+from sgkernels.model.checkpoint import read_checkpoint
 from sgkernels.train.cli import main
 from sgkernels.train.logger import read_log
 
@@ -49,8 +49,8 @@ def test_two_process_step_equals_one_process_step(tmp_path, extra):
                           check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
-    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.pt")
-    two = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.pt")
+    one = read_checkpoint(tmp_path / "one" / "checkpoints" / "latest.pt")
+    two = read_checkpoint(tmp_path / "two" / "checkpoints" / "latest.pt")
     assert two["args"]["world_size"] == 2 and one["args"]["world_size"] == 1
     assert one["step"] == two["step"] == 2
     # gradients flowed (Adam moments are non-zero), so equal moments mean equal gradients

@@ -17,7 +17,7 @@ from train_helpers import state_equal, tiny_args, tiny_model
 
 from sgkernels.train import Trainer, train
 from sgkernels.train import checkpoint as C
-from sgkernels.train.checkpoint import load_checkpoint
+from sgkernels.model.checkpoint import read_checkpoint
 from sgkernels.train.cli import main
 from sgkernels.train.faults import StopSignals
 from sgkernels.train.logger import read_log
@@ -62,7 +62,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     # the check ran before the step-6 checkpoint: nothing of the bad state was written
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["0000002.pt", "0000004.pt", "latest.pt"]
-    ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "latest.pt")
     assert ckpt["step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert [r["step"] for r in read_log(tmp_path / "log.jsonl")] == [4]  # no NaN row
@@ -107,7 +107,7 @@ def test_skip_mode_skips_update_and_ema_and_continues(tmp_path, monkeypatch):
     rows = read_log(tmp_path / "log.jsonl")
     assert [(r["step"], r["skipped"]) for r in rows] == [(6, 1)]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "latest.pt")
     assert ckpt["step"] == 6 and ckpt["args"]["skipped_steps"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
@@ -228,7 +228,7 @@ def test_signal_stops_run_at_step_boundary_in_process(tmp_path, monkeypatch):
     summary = train(tiny_args(tmp_path, steps=50, log_every=0, sample_every=2), tiny_model())
     assert summary["stopped"] == "SIGINT" and summary["step"] == 3
     assert summary["checkpoint"] == tmp_path / "checkpoints" / "0000003.pt"
-    assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 3
+    assert read_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 3
     assert [p.name for p in (tmp_path / "samples").iterdir()] == ["0000002.png"]  # none at stop
     assert not (tmp_path / "loss.png").exists()
 
@@ -280,7 +280,7 @@ def _stopped_at(stdout: str, sig: str, out: Path) -> int:
     assert len(lines) == 1 and match, stdout
     step = int(match.group(1))
     assert Path(match.group(2)) == out / "checkpoints" / f"{step:07d}.pt"
-    assert load_checkpoint(out / "checkpoints" / "latest.pt")["step"] == step
+    assert read_checkpoint(out / "checkpoints" / "latest.pt")["step"] == step
     return step
 
 
@@ -301,7 +301,7 @@ def test_sigterm_then_sigint_to_a_training_process_resume_exactly(tmp_path):
     total = str(second + 2)
     assert main(ARGS + ["--steps", total, "--resume", "--out", str(run)]) == 0
     assert main(ARGS + ["--steps", total, "--out", str(ref)]) == 0
-    a, b = (load_checkpoint(d / "checkpoints" / "latest.pt") for d in (run, ref))
+    a, b = (read_checkpoint(d / "checkpoints" / "latest.pt") for d in (run, ref))
     assert a["step"] == b["step"] == second + 2
     assert state_equal(a["model"], b["model"]) and state_equal(a["ema"], b["ema"])
     assert all(state_equal(a["opt"]["state"][k], s) for k, s in b["opt"]["state"].items())
@@ -361,7 +361,7 @@ def test_ddp_signal_to_one_rank_stops_all_ranks_at_one_step(tmp_path):
         done = subprocess.run([sys.executable, *torchrun(*extra)], env=_env(), cwd=ROOT,
                               capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-4000:]
-    a, b = (load_checkpoint(d / "checkpoints" / "latest.pt") for d in (run, ref))
+    a, b = (read_checkpoint(d / "checkpoints" / "latest.pt") for d in (run, ref))
     assert a["step"] == b["step"] == step + 1 and a["args"]["world_size"] == 2
     assert state_equal(a["model"], b["model"]) and state_equal(a["ema"], b["ema"])
 
@@ -497,7 +497,7 @@ def test_full_disk_during_checkpoint_keeps_previous(tmp_path, monkeypatch, where
     assert f"not written to {ckpts / '0000004.pt'}: No space left on device" in message, message
     assert f"previous checkpoint {ckpts / '0000002.pt'} (step 2) is intact" in message
     assert sorted(p.name for p in ckpts.iterdir()) == ["0000002.pt", "latest.pt"]  # no temp file
-    assert load_checkpoint(ckpts / "latest.pt")["step"] == 2
+    assert read_checkpoint(ckpts / "latest.pt")["step"] == 2
 
     monkeypatch.undo()                                              # space freed: resume
     resumed = Trainer(tiny_args(tmp_path, steps=4, ckpt_every=2, resume=True), tiny_model(seed=1))

@@ -8,7 +8,7 @@ from train_helpers import state_equal, tiny_args, tiny_config, tiny_maskdit_conf
 
 from sgkernels.model import from_checkpoint
 from sgkernels.train import Trainer, train
-from sgkernels.train.checkpoint import load_checkpoint
+from sgkernels.model.checkpoint import read_checkpoint
 from sgkernels.train.cli import main
 from sgkernels.train.logger import read_log
 
@@ -48,7 +48,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         crashing.run()
     monkeypatch.setattr(Trainer, "train_step", step_fn)
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] == 4
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] == 4
 
     resumed = Trainer(tiny_args(tmp_path / "run", resume=True, **kw), tiny_model(seed=99))
     assert resumed.step == 4
@@ -79,7 +79,7 @@ def test_run_outputs(tmp_path):
     rows = read_log(tmp_path / "log.jsonl")
     assert [r["step"] for r in rows] == [2, 4] and all(r["images_per_s"] > 0 for r in rows)
     assert (tmp_path / "log.csv").read_text().splitlines()[0].startswith("step,loss,lr")
-    ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "latest.pt")
     assert ckpt["args"]["model_config"] == tiny_config().to_dict() and ckpt["step"] == 4
     ema = from_checkpoint(tmp_path / "checkpoints" / "latest.pt")  # weights_only load
     assert state_equal(ema.state_dict(), trainer.ema.state_dict())
@@ -91,16 +91,29 @@ def test_finetune_dense_from_ema(tmp_path):
     args = tiny_args(tmp_path / "ft", steps=1, lr=None, finetune=str(ckpt), routing="off")
     trainer = Trainer(args, None)
     assert args.effective_lr == 1e-5
-    assert state_equal(trainer.model.state_dict(), load_checkpoint(ckpt)["ema"])
+    assert state_equal(trainer.model.state_dict(), read_checkpoint(ckpt)["ema"])
     trainer.run()
     # routing off: every block processed all 8 x 16 tokens of the batch
     assert trainer.model.route_counts == [8 * 16] * 2
 
 
+def test_finetune_and_resume_errors_name_the_checkpoint(tmp_path):
+    """--finetune from another model's checkpoint and --resume over a corrupt latest.pt: one
+    ValueError naming the file, never a size-mismatch dump or torch's weights_only advice."""
+    train(tiny_args(tmp_path / "base", steps=1), tiny_model())
+    ckpt = tmp_path / "base" / "checkpoints" / "latest.pt"
+    with pytest.raises(ValueError, match=r"checkpoint .*latest.pt.*'ema'.*shape"):
+        Trainer(tiny_args(tmp_path / "ft", finetune=str(ckpt)), tiny_model(tiny_config(dim=64)))
+    (tmp_path / "bad" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "bad" / "checkpoints" / "latest.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"latest.pt' is not a sgkernels training checkpoint"):
+        Trainer(tiny_args(tmp_path / "bad", resume=True), tiny_model()).run()
+
+
 def test_time_limit_stops_with_checkpoint(tmp_path):
     summary = train(tiny_args(tmp_path, steps=50, time_limit=1e-9), tiny_model())
     assert summary["step"] == 1
-    assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 1
+    assert read_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 1
 
 
 def test_cli_trains_a_preset_with_overrides(tmp_path, capsys):
@@ -112,7 +125,7 @@ def test_cli_trains_a_preset_with_overrides(tmp_path, capsys):
     assert rc == 0 and "done: step 2" in capsys.readouterr().out
     saved = json.loads((out / "args.json").read_text())
     assert saved["model_config"]["input_size"] == 8 and saved["model_config"]["depth"] == 3
-    assert load_checkpoint(out / "checkpoints" / "latest.pt")["step"] == 2
+    assert read_checkpoint(out / "checkpoints" / "latest.pt")["step"] == 2
 
 
 def test_bad_arguments_are_named():
@@ -145,7 +158,7 @@ def test_cuda_bf16_autocast_training(tmp_path):
     summary = trainer.run()
     assert summary["step"] == 20 and torch.isfinite(torch.tensor(summary["loss"]))
     assert all(p.dtype == torch.float32 and p.is_cuda for p in trainer.model.parameters())
-    ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "latest.pt")
     assert "cuda" in ckpt["args"]["rng"]
 
 

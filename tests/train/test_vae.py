@@ -4,7 +4,7 @@ import torch
 from train_helpers import tiny_args, tiny_config, tiny_model
 
 from sgkernels.train import Trainer
-from sgkernels.train.checkpoint import load_checkpoint
+from sgkernels.model.checkpoint import read_checkpoint
 from sgkernels.train.vae import decode, encode, load_vae
 
 
@@ -42,5 +42,5 @@ def test_latent_training_run(tmp_path):
     trainer = Trainer(args, tiny_model(cfg))
     assert trainer.data.shape == (1, 8, 8)  # pixels at input_size x 2 (the VAE's downsampling)
     trainer.run()
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] == 2
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] == 2
     assert (tmp_path / "run" / "samples" / "0000002.png").exists()
