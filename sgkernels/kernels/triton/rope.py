@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import Autotuned, ast_spec
+from .launch import Autotuned
 
 # TILE = BLOCK_T·2·Q_PAD elements per head, 8 per thread: 128-bit loads and stores, and no spills
 # in the sin/cos range reduction (16 per thread spill at Dh 128). 8 warps (TILE 2048) spill at

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import Autotuned, ast_spec, tile, tile_grid
+from .launch import Autotuned, tile, tile_grid
 
 
 @triton.jit(do_not_specialize=["K"])
