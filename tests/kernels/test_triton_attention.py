@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgkernels.kernels.triton import attention, attention_bwd, attention_fwd
+from sgkernels.kernels.triton import attention, attention_bwd, attention_fwd, launch
 from sgkernels.kernels.triton.launch import INTERPRET as INTERPRETING
 from sgkernels.ops import reference
 
@@ -315,12 +315,6 @@ def test_head_split(dim, split):
     assert attention_fwd.block_d(dim) == sum(split) >= dim
 
 
-def _declared_dns(kernel):
-    """The do_not_specialize list of a jitted kernel (compiled or interpreted)."""
-    dns = getattr(kernel, "do_not_specialize", None)
-    return list(dns if dns is not None else kernel.kwargs.get("do_not_specialize") or [])
-
-
 def _specialization(kernel, dns, count):
     """Triton's launch specialization (types, divisibility / == 1 attributes) of a launch of
     `kernel` over `count` tokens, compiled with do_not_specialize `dns`, built for sm_90 without
@@ -355,7 +349,7 @@ def test_token_counts_do_not_recompile(name):
     """A new routed token count (256, 17, 1, 4099 tokens) gives the same launch specialization,
     hence no recompilation; with the token arguments specialized it would not (control)."""
     kernel = getattr(attention_bwd if "bwd" in name else attention_fwd, name)
-    dns = _declared_dns(kernel)
+    dns = sorted(launch.unspecialized(kernel))
     token_args = [n for n in ("n_tokens", "n_rows") if n in kernel.arg_names]
     assert token_args and set(token_args) <= set(dns)
     sig = [_specialization(kernel, dns, n) for n in (256, 17, 1, 4099)]
@@ -364,17 +358,21 @@ def test_token_counts_do_not_recompile(name):
 
 
 def test_static_specs_cover_every_16bit_config():
-    """One row per (kernel, head dim, config) of the fp16/bf16 config lists; unique names."""
-    names = [name for name, _, _ in attention.static_specs()]
+    """One spec per (kernel, head dim, config) of the fp16/bf16 config lists, unique names; token
+    counts carry no divisibility hint (a launch never specializes them)."""
+    specs = attention.static_specs()
+    names = [name for name, _, _ in specs]
     assert len(names) == len(set(names))
-    per_dim = (len(attention_fwd.FWD_CONFIGS) + len(attention_bwd.DKDV_CONFIGS)
-               + len(attention_bwd.DQ_CONFIGS) + 2)
-    assert len(names) == per_dim * len(attention.SPEC_HEAD_DIMS)
     for dim in attention.SPEC_HEAD_DIMS:
         for kernel, configs in (("_attn_fwd_kernel", attention_fwd.FWD_CONFIGS),
                                 ("_attn_bwd_dkdv_kernel", attention_bwd.DKDV_CONFIGS),
                                 ("_attn_bwd_dq_kernel", attention_bwd.DQ_CONFIGS)):
-            assert {f"{kernel}_d{dim}_c{i}" for i in range(len(configs))} <= set(names)
+            assert {f"{kernel}_d{dim}[{i}]" for i in range(len(configs))} <= set(names)
+        assert {f"_attn_bwd_preprocess_kernel_d{dim}", f"_attn_rope_kernel_d{dim}"} <= set(names)
+    for _, src, _ in specs:
+        hinted = {src.fn.arg_names[key[0]] for key in src.attrs}
+        strides = {n for n in src.fn.arg_names if n.startswith("stride")}
+        assert not hinted & {"n_tokens", "n_rows"} and strides <= hinted
 
 
 def test_head_dim_above_128_is_rejected():

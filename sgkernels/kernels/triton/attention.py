@@ -29,22 +29,18 @@ dense, 3.35 TB/s) the ridge is near L ≈ 600; SiT's L = 256 sits below it and T
 above. Targets are measured as TFLOP/s against FlashAttention-2 (torch varlen_attn).
 """
 from .attention_bwd import (
-    DKDV_CONFIGS,
-    DQ_CONFIGS,
     PREPROCESS_ROWS,
-    _attn_bwd_dkdv_kernel,
-    _attn_bwd_dq_kernel,
+    _attn_bwd_dkdv,
+    _attn_bwd_dq,
     _attn_bwd_preprocess_kernel,
     preprocess_block_d,
     varlen_attention_bwd,
 )
 from .attention_fwd import (
-    FWD_CONFIGS,
     ROPE_HEADS,
     ROPE_TILE,
     ROPE_WARPS,
-    TOKEN_ARGS,
-    _attn_fwd_kernel,
+    _attn_fwd,
     _attn_rope_kernel,
     head_split,
     rope_q_pad,
@@ -55,54 +51,50 @@ from .launch import ast_spec
 __all__ = ["static_specs", "varlen_attention_bwd", "varlen_attention_fwd"]
 
 SPEC_HEAD_DIMS = (64, 72, 128)
-# Integer arguments that a real launch never specializes (token counts): no divisibility hint.
-_UNHINTED = {*TOKEN_ARGS, "n_rows"}
-
-
-def _spec(kernel, signature, constexprs, config, tag):
-    """bf16 spec of `kernel` under `config`, specialized like a real launch: every pointer
-    16-byte aligned; token strides (H·Dh or 3·H·Dh) divisible by 16 (SiT: H 16); token counts
-    (`TOKEN_ARGS`, do_not_specialize) and float scales carry no hint."""
-    meta, num_warps, num_stages = config
-    aligned = [name for name, ty in signature.items() if ty != "fp32" and name not in _UNHINTED]
-    _, src, options = ast_spec(kernel, signature, {**constexprs, **meta}, aligned, num_warps)
-    return f"{kernel.__name__}_{tag}", src, {**options, "num_stages": num_stages}
 
 
 def static_specs():
-    """Forward, preprocess, dK/dV and dQ kernels and the RoPE pre-pass at Dh 64/72/128, bf16:
-    one row per (kernel, head dim, config) of the fp16/bf16 config lists (names end in _c<i>)."""
-    ptr = "*bf16"
+    """bf16 forward, dK/dV and dQ kernels under every config of their fp16/bf16 lists (names
+    `<kernel>_d<Dh>[<config>]`), the preprocess and the RoPE pre-pass, at Dh 64/72/128, as a
+    real launch specializes them: pointers 16-byte aligned, token strides (H·Dh or 3·H·Dh)
+    divisible by 16 (SiT: H 16); token counts (do_not_specialize) and float scales unhinted.
+    The fp32 (3xTF32) lists are not checked: fp32 is not a speed target, and its Dh 128 tiles
+    spill."""
+    ptr, i32 = "*bf16", "i32"
     fwd = {"Q": ptr, "K": ptr, "V": ptr, "O": ptr, "LSE": "*fp32", "CU_SEQLENS": "*i32",
-           "stride_qt": "i32", "stride_kt": "i32", "stride_vt": "i32", "stride_ot": "i32",
-           "n_tokens": "i32", "qk_scale_log2": "fp32"}
+           "stride_qt": i32, "stride_kt": i32, "stride_vt": i32, "stride_ot": i32,
+           "n_tokens": i32, "qk_scale_log2": "fp32"}
     bwd = {"Q": ptr, "K": ptr, "V": ptr, "DO": ptr, "LSE": "*fp32", "DELTA": "*fp32"}
-    strides = {"stride_qt": "i32", "stride_kt": "i32", "stride_vt": "i32", "stride_dot": "i32"}
-    tail = {"n_tokens": "i32", "sm_scale": "fp32", "qk_scale_log2": "fp32"}
-    dkdv = {**bwd, "DK": ptr, "DV": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dkt": "i32",
-            "stride_dvt": "i32", **tail}
-    dq = {**bwd, "DQ": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dqt": "i32", **tail}
-    pre = {"O": ptr, "DO": ptr, "DELTA": "*fp32", "stride_ot": "i32", "stride_dot": "i32",
-           "n_rows": "i32", "n_heads": "i32", "n_tokens": "i32"}
+    strides = {"stride_qt": i32, "stride_kt": i32, "stride_vt": i32, "stride_dot": i32}
+    tail = {"n_tokens": i32, "sm_scale": "fp32", "qk_scale_log2": "fp32"}
+    dkdv = {**bwd, "DK": ptr, "DV": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dkt": i32,
+            "stride_dvt": i32, **tail}
+    dq = {**bwd, "DQ": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dqt": i32, **tail}
+    pre = {"O": ptr, "DO": ptr, "DELTA": "*fp32", "stride_ot": i32, "stride_dot": i32,
+           "n_rows": i32, "n_heads": i32, "n_tokens": i32}
     rope = {"Q": ptr, "K": ptr, "Q_OUT": ptr, "K_OUT": ptr, "POS": "*i32", "FREQ": "*fp32",
-            "stride_qt": "i32", "stride_kt": "i32", "stride_qot": "i32", "stride_kot": "i32",
-            "n_tokens": "i32", "n_heads": "i32"}
+            "stride_qt": i32, "stride_kt": i32, "stride_qot": i32, "stride_kot": i32,
+            "n_tokens": i32, "n_heads": i32}
+
+    def aligned(sig):
+        return [name for name, ty in sig.items() if ty != "fp32"]
+
     specs = []
     for head_dim in SPEC_HEAD_DIMS:
         d_a, d_b = head_split(head_dim)
         mma = {"HEAD_DIM": head_dim, "D_A": d_a, "D_B": d_b, "DOT_PRECISION": "tf32"}
-        tag = f"d{head_dim}"
-        for i, config in enumerate(FWD_CONFIGS):
-            specs.append(_spec(_attn_fwd_kernel, fwd, {**mma, "NEGATE_Q": False}, config,
-                               f"{tag}_c{i}"))
-        specs.append(_spec(_attn_bwd_preprocess_kernel, pre,
-                           {"HEAD_DIM": head_dim, "BLOCK_D": preprocess_block_d(head_dim)},
-                           ({"BLOCK_R": PREPROCESS_ROWS}, 4, 1), tag))
-        for i, config in enumerate(DKDV_CONFIGS):
-            specs.append(_spec(_attn_bwd_dkdv_kernel, dkdv, mma, config, f"{tag}_c{i}"))
-        for i, config in enumerate(DQ_CONFIGS):
-            specs.append(_spec(_attn_bwd_dq_kernel, dq, mma, config, f"{tag}_c{i}"))
-        specs.append(_spec(_attn_rope_kernel, rope,
-                           {"HEAD_DIM": head_dim, "Q_PAD": rope_q_pad(head_dim), "INVERSE": False,
-                            "TILE": ROPE_TILE, "HEADS": ROPE_HEADS}, ({}, ROPE_WARPS, 1), tag))
+        tag = f"_d{head_dim}"
+        specs += _attn_fwd[False].specs(fwd, {**mma, "NEGATE_Q": False}, aligned(fwd), tag)
+        specs += _attn_bwd_dkdv[False].specs(dkdv, mma, aligned(dkdv), tag)
+        specs += _attn_bwd_dq[False].specs(dq, mma, aligned(dq), tag)
+        specs.append(ast_spec(
+            _attn_bwd_preprocess_kernel, pre,
+            {"HEAD_DIM": head_dim, "BLOCK_D": preprocess_block_d(head_dim),
+             "BLOCK_R": PREPROCESS_ROWS}, aligned(pre), 4, 1,
+            _attn_bwd_preprocess_kernel.__name__ + tag))
+        specs.append(ast_spec(
+            _attn_rope_kernel, rope,
+            {"HEAD_DIM": head_dim, "Q_PAD": rope_q_pad(head_dim), "INVERSE": False,
+             "TILE": ROPE_TILE, "HEADS": ROPE_HEADS}, aligned(rope), ROPE_WARPS, 1,
+            _attn_rope_kernel.__name__ + tag))
     return specs
