@@ -24,8 +24,9 @@ buffer (ops.varlen_attention_qkv). Strides stay specialized (divisible by 16): t
 Token counts are not specialized (`TOKEN_ARGS`), so a new routed token count reuses the binary.
 
 Axial RoPE (rope=(pos, theta)): `_attn_rope_kernel` rotates q and k (read in place) into one
-[T, 2, H, Dh] buffer before the attention; the backward recomputes it and rotates dQ, dK back in
-place. Rotating inside the attention loops instead would put sin/cos of every streamed k (q in
+[T, 2, H, Dh] buffer before the attention; the backward recomputes it (saving it would keep
+2·T·H·Dh more elements alive per layer until the backward, on top of the saved qkv) and rotates
+dQ, dK back in place. Rotating inside the attention loops instead would put sin/cos of every streamed k (q in
 dK/dV) tile on the special-function unit that the softmax exp2 already saturates, and the
 rotate-half partner of channel j (j ± Dh/4, 18 apart at Dh 72) crosses the 64 + 16 blocks.
 """
