@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgkernels import ops
-from sgkernels.ops.attention import varlen_attention_qkv
 
 from .config import ModelConfig
 from .tokens import TokenBatch
@@ -54,7 +53,7 @@ class Attention(nn.Module):
         t = h.shape[0]
         qkv = self.qkv(h).view(t, 3, self.heads, self.head_dim)
         rope = None if self.rope_theta is None else (b.pos, self.rope_theta)
-        o = varlen_attention_qkv(qkv, b.cu_seqlens, b.max_seqlen, rope=rope)
+        o = ops.varlen_attention_qkv(qkv, b.cu_seqlens, b.max_seqlen, rope=rope)
         return self.proj(o.view(t, -1))
 
 

@@ -12,10 +12,11 @@ docs/contracts.md for signatures, dtypes and errors.
     route_gather(x, idx), route_scatter(base, y, idx)
     route_gather_rms_norm_modulate(x, idx, weight, shift, scale, seg, eps=1e-6) -> (x[idx], y)
     varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=None)
+    varlen_attention_qkv(qkv, cu_seqlens, max_seqlen, scale=None, rope=None)   one d(qkv) buffer
     rope_axial(x, pos, theta=10000.0)
     use_backend(name)      context manager forcing "torch", "triton" or "cuda"
 """
-from .attention import varlen_attention
+from .attention import varlen_attention, varlen_attention_qkv
 from .dispatch import use_backend
 from .norm import rms_norm, rms_norm_modulate
 from .residual import gated_residual
@@ -35,4 +36,5 @@ __all__ = [
     "swiglu",
     "use_backend",
     "varlen_attention",
+    "varlen_attention_qkv",
 ]

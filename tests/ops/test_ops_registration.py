@@ -49,6 +49,11 @@ def _cases(grad):
          (_randn(7, 2, 8, grad=g), _randn(7, 2, 8, grad=g), _randn(7, 2, 8, grad=g), _cu([3, 0, 4]), 4, 0.3)),
         ("rope_axial", sg.rope_axial.default,
          (_randn(6, 2, 8, grad=g), torch.randint(0, 5, (6, 2), dtype=torch.int32), 100.0)),
+        ("varlen_attention_qkv", sg.varlen_attention_qkv.default,
+         (_randn(7, 3, 2, 8, grad=g), _cu([3, 0, 4]), 4, 0.3, None, 10000.0)),
+        ("varlen_attention_qkv_rope", sg.varlen_attention_qkv.default,
+         (_randn(7, 3, 2, 8, grad=g), _cu([3, 0, 4]), 4, 0.3,
+          torch.randint(0, 5, (7, 2), dtype=torch.int32), 100.0)),
     ]
 
 
@@ -56,6 +61,7 @@ def _backward_cases():
     x, w, rstd = _randn(6, 8), _randn(8), torch.rand(6) + 0.5
     q, k, v = _randn(7, 2, 8), _randn(7, 2, 8), _randn(7, 2, 8)
     o, lse = sg.varlen_attention(q, k, v, _cu([3, 0, 4]), 4, 0.3)
+    qkv = torch.stack([q, k, v], 1)
     return [
         ("rms_norm_backward", sg.rms_norm_backward.default, (_randn(6, 8), x, w, rstd)),
         ("rms_norm_backward_noweight", sg.rms_norm_backward.default, (_randn(6, 8), x, None, rstd)),
@@ -79,6 +85,8 @@ def _backward_cases():
          (_randn(7, 2, 8), q, k, v, o, lse, _cu([3, 0, 4]), 4, 0.3)),
         ("rope_axial_backward", sg.rope_axial_backward.default,
          (_randn(6, 2, 8), torch.randint(0, 5, (6, 2)), 100.0)),
+        ("varlen_attention_qkv_backward", sg.varlen_attention_qkv_backward.default,
+         (_randn(7, 2, 8), qkv, o, lse, _cu([3, 0, 4]), 4, 0.3, None, 10000.0)),
     ]
 
 
@@ -100,6 +108,8 @@ def _model(x, w, shift, scale, gate, seg, idx, pos, cu):
     kept = ops.route_gather(h, idx)
     q = ops.rope_axial(kept.reshape(-1, 2, 4), pos)
     a = ops.varlen_attention(q, q, kept.reshape(-1, 2, 4), cu, 3).reshape(-1, 8)
+    a = a + ops.varlen_attention_qkv(torch.stack([q, a.view(-1, 2, 4), q], 1), cu, 3,
+                                     rope=(pos, 100.0)).reshape(-1, 8)
     a = ops.route_scatter(h, ops.swiglu(a, ops.rms_norm(a)), idx)
     out = ops.gated_residual(x, ops.swiglu(torch.cat([a, a * 0.5], -1)), gate, seg)
     routed, normed = ops.route_gather_rms_norm_modulate(out, idx, w, shift, scale, seg[idx])
@@ -142,7 +152,7 @@ def test_compiled_graphs_hold_the_custom_ops_forward_and_backward():
     assert len(graphs) == 2
     names = [{str(n.target) for n in g.graph.nodes if n.op == "call_function"} for g in graphs]
     forward = {"rms_norm", "rms_norm_modulate", "route_gather", "route_scatter", "rope_axial",
-               "varlen_attention", "swiglu", "swiglu_packed", "gated_residual",
+               "varlen_attention", "varlen_attention_qkv", "swiglu", "swiglu_packed", "gated_residual",
                "route_gather_rms_norm_modulate"}
     assert {f"sgkernels.{op}.default" for op in forward} <= names[0]
     backward = {f"sgkernels.{op}_backward.default" for op in forward}
