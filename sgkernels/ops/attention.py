@@ -23,6 +23,7 @@ import torch
 
 from . import amp, dispatch, validate
 from .rope import check_pos
+from .rope import dense_heads as _dense_heads
 
 
 def _rope(pos, theta):
@@ -147,15 +148,6 @@ _varlen_attention_qkv.register_autograd(_grad_qkv, setup_context=_setup_qkv)
 
 
 # --- public functions -------------------------------------------------------------------------
-
-def _dense_heads(t):
-    """t [..., H, Dh] itself when its head and feature dims are dense (strides (·, Dh, 1); any
-    outer strides), else a contiguous copy: the layout every backend accepts."""
-    heads, dim = t.shape[-2:]
-    if (dim > 1 and t.stride(-1) != 1) or (heads > 1 and t.stride(-2) != dim):
-        return t.contiguous()
-    return t
-
 
 def _check_common(op, ref, cu_seqlens, max_seqlen, scale):
     validate.index(op, "cu_seqlens", cu_seqlens, "q" if op == "varlen_attention" else "qkv", ref,

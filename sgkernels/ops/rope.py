@@ -23,7 +23,7 @@ def _rope_axial(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tenso
 
 @_rope_axial.register_fake
 def _(x, pos, theta):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("sgkernels::rope_axial_backward", mutates_args=())
@@ -33,7 +33,7 @@ def _rope_axial_backward(dy: torch.Tensor, pos: torch.Tensor, theta: float) -> t
 
 @_rope_axial_backward.register_fake
 def _(dy, pos, theta):
-    return torch.empty_like(dy)
+    return dy.new_empty(dy.shape)
 
 
 def _setup(ctx, inputs, output):
@@ -43,10 +43,19 @@ def _setup(ctx, inputs, output):
 
 def _grad(ctx, dy):
     (pos,) = ctx.saved_tensors
-    return _rope_axial_backward(dy.contiguous(), pos, ctx.theta), None, None
+    return _rope_axial_backward(dense_heads(dy), pos, ctx.theta), None, None
 
 
 _rope_axial.register_autograd(_grad, setup_context=_setup)
+
+
+def dense_heads(t):
+    """t [..., H, Dh] itself when its head and feature dims are dense (strides (·, Dh, 1); any
+    outer strides: the backends read such tensors in place), else a contiguous copy."""
+    heads, dim = t.shape[-2:]
+    if (dim > 1 and t.stride(-1) != 1) or (heads > 1 and t.stride(-2) != dim):
+        return t.contiguous()
+    return t
 
 
 def check_pos(op, x, pos, name="x"):
@@ -62,10 +71,12 @@ def check_pos(op, x, pos, name="x"):
 
 
 def rope_axial(x, pos, theta=10000.0):
-    """Rotate x [T, H, Dh] by axial (row, col) angles from pos [T, 2]."""
+    """Rotate x [T, H, Dh] by axial (row, col) angles from pos [T, 2]. x with dense heads and
+    features is read in place whatever its token stride (e.g. q of a [T, 3, H, Dh] qkv); the
+    result is a new contiguous tensor."""
     op = "rope_axial"
     (x,) = amp.to_autocast_dtype(x)
     validate.floating(op, "x", x)
     validate.ndim(op, "x", x, 3)
     check_pos(op, x, pos)
-    return _rope_axial(x.contiguous(), pos.contiguous(), float(theta))
+    return _rope_axial(dense_heads(x), pos.contiguous(), float(theta))

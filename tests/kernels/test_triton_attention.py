@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgkernels.kernels.triton import attention, attention_bwd, attention_fwd, launch
+from sgkernels.kernels.triton import attention, attention_bwd, attention_fwd, launch, rope
 from sgkernels.kernels.triton.launch import INTERPRET as INTERPRETING
 from sgkernels.ops import reference
 
@@ -289,18 +289,30 @@ def test_layout_check_rejects_sparse_heads():
 
 
 @pytest.mark.interpret
-def test_rope_rotation_in_place_round_trip():
-    """rotate_qk in place, then its inverse, returns q, k (a rotation); out-of-place equals the
-    reference rotation, for views of one [T, 3, H, Dh] buffer."""
+@pytest.mark.parametrize("packed", [True, False])
+def test_rope_rotation_in_place_round_trip(packed, monkeypatch):
+    """rope.rotate_qk in place, then its inverse, returns q, k (a rotation); out-of-place equals
+    the reference rotation. packed: q, k, the outputs are views of one [T, 3, H, Dh] buffer (one
+    launch over a [T, 2H, Dh] view); else separate tensors (one launch each)."""
     qkv, _, _ = _qkv_views([11, 30], 3, 72, torch.float32, seed=3)
     pos = torch.randint(0, 40, (41, 2), dtype=torch.int64)
-    q, k = qkv[:, 0].clone(), qkv[:, 1].clone()
-    rq, rk = attention_fwd.rotate_qk(qkv[:, 0], qkv[:, 1], (pos, 500.0))
+    q, k, v = (t.clone() for t in qkv.unbind(1))
+    launches = []
+    monkeypatch.setattr(rope, "rope_axial", lambda *a, _f=rope.rope_axial, **kw:
+                        launches.append(a[0].shape) or _f(*a, **kw))
+    src = (qkv[:, 0], qkv[:, 1]) if packed else (qkv[:, 0].clone(), qkv[:, 1].clone())
+    rq, rk = rope.rotate_qk(*src, pos, 500.0)
+    assert launches == ([(41, 6, 72)] if packed else [(41, 3, 72)] * 2)
     torch.testing.assert_close(rq, reference.rope_axial_fwd(q, pos, 500.0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rk, reference.rope_axial_fwd(k, pos, 500.0), rtol=1e-5, atol=1e-5)
-    attention_fwd.rotate_qk(rq, rk, (pos, 500.0), out=(rq, rk), inverse=True)
+    assert torch.equal(qkv[:, 0], q) and torch.equal(qkv[:, 1], k)   # inputs unchanged
+    # in place, on the qkv slots (packed) or on two separate tensors
+    rq, rk = (qkv[:, 0].copy_(rq), qkv[:, 1].copy_(rk)) if packed else (rq.clone(), rk.clone())
+    rope.rotate_qk(rq, rk, pos, 500.0, out=(rq, rk), inverse=True)
+    assert len(launches) == (2 if packed else 4)
     torch.testing.assert_close(rq, q, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rk, k, rtol=1e-5, atol=1e-5)
+    assert torch.equal(qkv[:, 2], v)
 
 
 # --- head split, specialization, static specs -----------------------------------------------------
@@ -313,6 +325,8 @@ def test_head_split(dim, split):
     narrower than one block: Dh 72 runs on 80 channels, not 128."""
     assert attention_fwd.head_split(dim) == split
     assert attention_fwd.block_d(dim) == sum(split) >= dim
+    whole = max(16, 1 << (dim - 1).bit_length())   # fp32: one power-of-two block
+    assert attention_fwd.head_split(dim, fp32=True) == (whole, 0)
 
 
 def _specialization(kernel, dns, count):
@@ -344,11 +358,13 @@ def _specialization(kernel, dns, count):
 
 @pytest.mark.parametrize("name", ["_attn_fwd_kernel", "_attn_bwd_dkdv_kernel",
                                   "_attn_bwd_dq_kernel", "_attn_bwd_preprocess_kernel",
-                                  "_attn_rope_kernel"])
+                                  "_rope_axial_kernel"])
 def test_token_counts_do_not_recompile(name):
     """A new routed token count (256, 17, 1, 4099 tokens) gives the same launch specialization,
-    hence no recompilation; with the token arguments specialized it would not (control)."""
-    kernel = getattr(attention_bwd if "bwd" in name else attention_fwd, name)
+    hence no recompilation; with the token arguments specialized it would not (control). The
+    RoPE kernel is the attention's pre-pass."""
+    kernel = getattr(rope if "rope" in name else attention_bwd if "bwd" in name
+                     else attention_fwd, name)
     dns = sorted(launch.unspecialized(kernel))
     token_args = [n for n in ("n_tokens", "n_rows") if n in kernel.arg_names]
     assert token_args and set(token_args) <= set(dns)
@@ -357,18 +373,33 @@ def test_token_counts_do_not_recompile(name):
     assert _specialization(kernel, [], 256) != _specialization(kernel, [], 17)
 
 
-def test_static_specs_cover_every_16bit_config():
-    """One spec per (kernel, head dim, config) of the fp16/bf16 config lists, unique names; token
-    counts carry no divisibility hint (a launch never specializes them)."""
+def test_static_specs_cover_every_config():
+    """One spec per (kernel, head dim, config) of the fp16/bf16 and the fp32 config lists, unique
+    names, fp32 ones on fp32 pointers with 3xTF32 products on one head block; token counts carry
+    no divisibility hint (a launch never specializes them)."""
     specs = attention.static_specs()
     names = [name for name, _, _ in specs]
     assert len(names) == len(set(names))
+    by_name = {name: src for name, src, _ in specs}
     for dim in attention.SPEC_HEAD_DIMS:
-        for kernel, configs in (("_attn_fwd_kernel", attention_fwd.FWD_CONFIGS),
-                                ("_attn_bwd_dkdv_kernel", attention_bwd.DKDV_CONFIGS),
-                                ("_attn_bwd_dq_kernel", attention_bwd.DQ_CONFIGS)):
-            assert {f"{kernel}_d{dim}[{i}]" for i in range(len(configs))} <= set(names)
-        assert {f"_attn_bwd_preprocess_kernel_d{dim}", f"_attn_rope_kernel_d{dim}"} <= set(names)
+        for kernel, configs, fp32_configs in (
+                ("_attn_fwd_kernel", attention_fwd.FWD_CONFIGS, attention_fwd.FWD_FP32_CONFIGS),
+                ("_attn_bwd_dkdv_kernel", attention_bwd.DKDV_CONFIGS,
+                 attention_bwd.DKDV_FP32_CONFIGS),
+                ("_attn_bwd_dq_kernel", attention_bwd.DQ_CONFIGS, attention_bwd.DQ_FP32_CONFIGS)):
+            kept = launch.REGISTRY[kernel].kept(**dict(zip(
+                ("D_A", "D_B"), attention_fwd.head_split(dim))), HEAD_DIM=dim)
+            assert {f"{kernel}_d{dim}[{i}]" for i in kept} <= set(names)
+            fp32 = {f"{kernel}_fp32_d{dim}[{i}]" for i in range(len(fp32_configs))}
+            assert fp32 <= set(names)
+            for name in fp32:
+                src = by_name[name]
+                assert src.signature["Q"] == "*fp32"
+                constants = {src.fn.arg_names[k[0]]: v for k, v in src.constants.items()}
+                assert constants["DOT_PRECISION"] == "tf32x3"
+                assert (constants["D_A"], constants["D_B"]) == attention_fwd.head_split(dim, True)
+        assert {f"_attn_bwd_preprocess_kernel_d{dim}",
+                f"_attn_bwd_preprocess_kernel_fp32_d{dim}"} <= set(names)
     for _, src, _ in specs:
         hinted = {src.fn.arg_names[key[0]] for key in src.attrs}
         strides = {n for n in src.fn.arg_names if n.startswith("stride")}

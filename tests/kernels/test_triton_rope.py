@@ -68,6 +68,36 @@ def test_backward_inverts_forward_and_preserves_norms():
     torch.testing.assert_close(pairs(y), pairs(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dim", [64, 72])
+def test_token_strides_out_and_in_place(dim, dtype):
+    """x read with a token stride (heads 1..3 of a [T, 5, Dh] buffer), y written into heads 2..4
+    of another buffer (nothing else touched) and in place (out=x): bitwise the contiguous
+    result; the backward in place restores x."""
+    gen = torch.Generator().manual_seed(dim)
+    x_buf = torch.randn(23, 5, dim, generator=gen).to(dtype)
+    pos = torch.randint(0, 50, (23, 2), generator=gen, dtype=torch.int32)
+    x, before = x_buf[:, 1:4], x_buf.clone()
+    want = rope.rope_axial_fwd(x.contiguous(), pos, 100.0)
+    out_buf = torch.full((23, 6, dim), float("nan"), dtype=dtype)
+    got = rope.rope_axial_fwd(x, pos, 100.0, out=out_buf[:, 2:5])
+    assert got.data_ptr() == out_buf[:, 2:5].data_ptr() and torch.equal(got, want)
+    assert out_buf[:, [0, 1, 5]].isnan().all() and torch.equal(x_buf, before)
+    assert rope.rope_axial_fwd(x, pos, 100.0, out=x) is x and torch.equal(x, want)
+    assert torch.equal(x_buf[:, [0, 4]], before[:, [0, 4]])
+    rope.rope_axial_bwd(x, pos, 100.0, out=x)
+    torch.testing.assert_close(x_buf, before, rtol=2e-3, atol=2e-3)
+
+
+def test_layout_and_out_shape_are_checked():
+    x, pos = _inputs(4, 2, 16, torch.float32)
+    with pytest.raises(ValueError, match="strides"):
+        rope.rope_axial_fwd(torch.zeros(2, 4, 16).transpose(0, 1), pos, 100.0)
+    with pytest.raises(ValueError, match="shape"):
+        rope.rope_axial_fwd(x, pos, 100.0, out=torch.empty(4, 3, 16))
+
+
 @settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tokens=st.integers(1, 40), heads=st.integers(1, 4), quarter=st.integers(1, 32),

@@ -15,12 +15,14 @@ for dK/dV (a key tile iterates over the query tiles of its segment) and one for 
 tile iterates over the key tiles), after a D = rowsum(dO∘O) preprocess: no atomics, so the
 gradients are deterministic (attention_bwd.py). Products run on tensor cores (wgmma on sm_90a)
 for fp16/bf16 with fp32 accumulation; fp32 inputs use 3xTF32 products (~fp32 accurate) and
-smaller tiles. Head dims up to 128 are padded inside the kernel, never in memory, to two
-power-of-two register blocks (attention_fwd.head_split: 72 -> 64 + 16 = 80, 96 -> 64 + 32).
+16-row mma.sync tiles (correctness, not speed; spill-free). Head dims up to 128 are padded
+inside the kernel, never in memory, to two power-of-two register blocks (attention_fwd.head_split:
+72 -> 64 + 16 = 80, 96 -> 64 + 32; fp32: one block, 72 -> 128).
 q, k, v, o, dO, dQ, dK, dV each have their own token stride (dense heads and features), so the
 packed op (ops.varlen_attention_qkv) reads q, k, v in place from one [T, 3, H, Dh] projection and
 writes dQ, dK, dV into one [T, 3, H, Dh] gradient; rope=(pos, theta) adds axial RoPE of q, k
-(a rotation pre-pass; the backward rotates dQ, dK back in place): attention_fwd.py says why.
+(a rotation pre-pass by rope.py's kernel, one launch for q and k; the backward rotates dQ, dK
+back in place): attention_fwd.py says why.
 
 Roofline: FLOPs per call 4·Σ_s L_s²·H·Dh forward (two matmuls of 2·L²·Dh each), 2.5× that
 backward (five matmuls); compulsory bytes 4·T·H·Dh·e forward (q, k, v, o; e bytes per element)
@@ -28,6 +30,8 @@ and 8·T·H·Dh·e backward. Intensity ≈ L/e FLOP/byte forward: with bf16 on a
 dense, 3.35 TB/s) the ridge is near L ≈ 600; SiT's L = 256 sits below it and TR-DiT's ~1-4k
 above. Targets are measured as TFLOP/s against FlashAttention-2 (torch varlen_attn).
 """
+import torch
+
 from .attention_bwd import (
     PREPROCESS_ROWS,
     _attn_bwd_dkdv,
@@ -36,16 +40,7 @@ from .attention_bwd import (
     preprocess_block_d,
     varlen_attention_bwd,
 )
-from .attention_fwd import (
-    ROPE_HEADS,
-    ROPE_TILE,
-    ROPE_WARPS,
-    _attn_fwd,
-    _attn_rope_kernel,
-    head_split,
-    rope_q_pad,
-    varlen_attention_fwd,
-)
+from .attention_fwd import _attn_fwd, dot_precision, head_split, varlen_attention_fwd
 from .launch import ast_spec
 
 __all__ = ["static_specs", "varlen_attention_bwd", "varlen_attention_fwd"]
@@ -54,47 +49,43 @@ SPEC_HEAD_DIMS = (64, 72, 128)
 
 
 def static_specs():
-    """bf16 forward, dK/dV and dQ kernels under every config of their fp16/bf16 lists (names
-    `<kernel>_d<Dh>[<config>]`), the preprocess and the RoPE pre-pass, at Dh 64/72/128, as a
-    real launch specializes them: pointers 16-byte aligned, token strides (H·Dh or 3·H·Dh)
-    divisible by 16 (SiT: H 16); token counts (do_not_specialize) and float scales unhinted.
-    The fp32 (3xTF32) lists are not checked: fp32 is not a speed target, and its Dh 128 tiles
-    spill."""
-    ptr, i32 = "*bf16", "i32"
-    fwd = {"Q": ptr, "K": ptr, "V": ptr, "O": ptr, "LSE": "*fp32", "CU_SEQLENS": "*i32",
-           "stride_qt": i32, "stride_kt": i32, "stride_vt": i32, "stride_ot": i32,
-           "n_tokens": i32, "qk_scale_log2": "fp32"}
-    bwd = {"Q": ptr, "K": ptr, "V": ptr, "DO": ptr, "LSE": "*fp32", "DELTA": "*fp32"}
-    strides = {"stride_qt": i32, "stride_kt": i32, "stride_vt": i32, "stride_dot": i32}
-    tail = {"n_tokens": i32, "sm_scale": "fp32", "qk_scale_log2": "fp32"}
-    dkdv = {**bwd, "DK": ptr, "DV": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dkt": i32,
-            "stride_dvt": i32, **tail}
-    dq = {**bwd, "DQ": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dqt": i32, **tail}
-    pre = {"O": ptr, "DO": ptr, "DELTA": "*fp32", "stride_ot": i32, "stride_dot": i32,
-           "n_rows": i32, "n_heads": i32, "n_tokens": i32}
-    rope = {"Q": ptr, "K": ptr, "Q_OUT": ptr, "K_OUT": ptr, "POS": "*i32", "FREQ": "*fp32",
-            "stride_qt": i32, "stride_kt": i32, "stride_qot": i32, "stride_kot": i32,
-            "n_tokens": i32, "n_heads": i32}
+    """Forward, dK/dV and dQ kernels under every config of their bf16 lists (names
+    `<kernel>_d<Dh>[<config>]`) and of their fp32 (3xTF32) lists (`<kernel>_fp32_d<Dh>[<config>]`,
+    one power-of-two head block: `head_split`), and the preprocess (bf16 and fp32), at Dh
+    64/72/128, as a real launch specializes them: pointers 16-byte aligned, token strides (H·Dh or
+    3·H·Dh) divisible by 16 (SiT: H 16); token counts (do_not_specialize) and float scales
+    unhinted. The RoPE pre-pass is rope.py's kernel, checked there."""
+    i32 = "i32"
 
     def aligned(sig):
         return [name for name, ty in sig.items() if ty != "fp32"]
 
     specs = []
-    for head_dim in SPEC_HEAD_DIMS:
-        d_a, d_b = head_split(head_dim)
-        mma = {"HEAD_DIM": head_dim, "D_A": d_a, "D_B": d_b, "DOT_PRECISION": "tf32"}
-        tag = f"_d{head_dim}"
-        specs += _attn_fwd[False].specs(fwd, {**mma, "NEGATE_Q": False}, aligned(fwd), tag)
-        specs += _attn_bwd_dkdv[False].specs(dkdv, mma, aligned(dkdv), tag)
-        specs += _attn_bwd_dq[False].specs(dq, mma, aligned(dq), tag)
-        specs.append(ast_spec(
-            _attn_bwd_preprocess_kernel, pre,
-            {"HEAD_DIM": head_dim, "BLOCK_D": preprocess_block_d(head_dim),
-             "BLOCK_R": PREPROCESS_ROWS}, aligned(pre), 4, 1,
-            _attn_bwd_preprocess_kernel.__name__ + tag))
-        specs.append(ast_spec(
-            _attn_rope_kernel, rope,
-            {"HEAD_DIM": head_dim, "Q_PAD": rope_q_pad(head_dim), "INVERSE": False,
-             "TILE": ROPE_TILE, "HEADS": ROPE_HEADS}, aligned(rope), ROPE_WARPS, 1,
-            _attn_rope_kernel.__name__ + tag))
+    for dtype in (torch.bfloat16, torch.float32):
+        fp32 = dtype == torch.float32
+        ptr, name = ("*fp32", "_fp32") if fp32 else ("*bf16", "")
+        fwd = {"Q": ptr, "K": ptr, "V": ptr, "O": ptr, "LSE": "*fp32", "CU_SEQLENS": "*i32",
+               "stride_qt": i32, "stride_kt": i32, "stride_vt": i32, "stride_ot": i32,
+               "n_tokens": i32, "qk_scale_log2": "fp32"}
+        bwd = {"Q": ptr, "K": ptr, "V": ptr, "DO": ptr, "LSE": "*fp32", "DELTA": "*fp32"}
+        strides = {"stride_qt": i32, "stride_kt": i32, "stride_vt": i32, "stride_dot": i32}
+        tail = {"n_tokens": i32, "sm_scale": "fp32", "qk_scale_log2": "fp32"}
+        dkdv = {**bwd, "DK": ptr, "DV": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dkt": i32,
+                "stride_dvt": i32, **tail}
+        dq = {**bwd, "DQ": ptr, "CU_SEQLENS": "*i32", **strides, "stride_dqt": i32, **tail}
+        pre = {"O": ptr, "DO": ptr, "DELTA": "*fp32", "stride_ot": i32, "stride_dot": i32,
+               "n_rows": i32, "n_heads": i32, "n_tokens": i32}
+        for head_dim in SPEC_HEAD_DIMS:
+            d_a, d_b = head_split(head_dim, fp32)
+            mma = {"HEAD_DIM": head_dim, "D_A": d_a, "D_B": d_b,
+                   "DOT_PRECISION": dot_precision(dtype)}
+            tag = f"_d{head_dim}"
+            specs += _attn_fwd[fp32].specs(fwd, {**mma, "NEGATE_Q": False}, aligned(fwd), tag)
+            specs += _attn_bwd_dkdv[fp32].specs(dkdv, mma, aligned(dkdv), tag)
+            specs += _attn_bwd_dq[fp32].specs(dq, mma, aligned(dq), tag)
+            specs.append(ast_spec(
+                _attn_bwd_preprocess_kernel, pre,
+                {"HEAD_DIM": head_dim, "BLOCK_D": preprocess_block_d(head_dim),
+                 "BLOCK_R": PREPROCESS_ROWS}, aligned(pre), 4, 1,
+                _attn_bwd_preprocess_kernel.__name__ + name + tag))
     return specs

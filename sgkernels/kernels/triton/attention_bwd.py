@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import (LOG2E, TOKEN_ARGS, autotuned_by_dtype, check_layout, dot_precision,
-                            head_rows, head_split, load_part, program_segment, rotate_qk,
-                            store_part)
+from .attention_fwd import (LOG2E, TOKEN_ARGS, autotuned_by_dtype, dot_precision, head_rows,
+                            head_split, load_part, program_segment, store_part)
+from .rope import check_layout, rotate_qk
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
 DKDV_CONFIGS = [
@@ -29,24 +29,43 @@ DKDV_CONFIGS = [
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 8, 2),
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 8, 3),
 ]
-# fp32 (3xTF32, not a speed target): fit shared memory at Dh 128; dK/dV spill ~0.5 KB there.
+# fp32 (3xTF32, correctness, not speed): 16-key tiles, one power-of-two head block
+# (attention_fwd.head_split). The held k, v, their hi/lo parts and dK, dV fill the registers:
+# 32-key tiles at 4 warps spill 0.6-4 KB at Dh 128, 64-key ones more; these are spill-free at
+# Dh 64/72/128 with Triton 3.6 and 3.9 (32 x 16 at exactly 255 registers).
 DKDV_FP32_CONFIGS = [
-    ({"BLOCK_M": 32, "BLOCK_N": 64}, 8, 2),
+    ({"BLOCK_M": 16, "BLOCK_N": 16}, 4, 2),
+    ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 2),
 ]
 DKDV_INTERPRET_CONFIG = ({"BLOCK_M": 16, "BLOCK_N": 32}, 4, 1)
+DQ_NARROW = ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2)   # padded head widths <= 80 only: _dq_prune
 DQ_CONFIGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 2),
     ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
-    ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2),
+    DQ_NARROW,
     ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3),
 ]
+# fp32: 16-query tiles (q, dO, their hi/lo parts and dQ held); 64-query tiles spill 0.2-1 KB at
+# Dh 128, 32-query ones 0.5-0.7 KB at 4 warps. Spill-free at Dh 64/72/128 (3.6 and 3.9).
 DQ_FP32_CONFIGS = [
-    ({"BLOCK_M": 64, "BLOCK_N": 16}, 4, 2),
-    ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 2),
+    ({"BLOCK_M": 16, "BLOCK_N": 32}, 4, 2),
+    ({"BLOCK_M": 16, "BLOCK_N": 16}, 4, 2),
 ]
 DQ_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 PREPROCESS_ROWS = 64
 PREPROCESS_TOKEN_ARGS = ["n_rows", "n_tokens"]
+
+
+def _dq_prune(configs, named_args, **kwargs):
+    """DQ_NARROW (a 64 x 64 tile at 4 warps) only where the padded head width D_A + D_B is at
+    most 80 (Dh 64, 72: 128 and 156 registers, spill-free): at Dh 128 it needs 234 registers with
+    Triton 3.6 and spills 32 bytes with Triton 3.9's ptxas (255), and the 8-warp 128-row
+    configs and the 64 x 32 one cover that width."""
+    if kwargs["D_A"] + kwargs["D_B"] <= 80:
+        return configs
+    meta, warps, stages = DQ_NARROW
+    return [c for c in configs
+            if (c.kwargs, c.num_warps, c.num_stages) != (meta, warps, stages)]
 
 
 def preprocess_block_d(head_dim):
@@ -252,7 +271,7 @@ def _attn_bwd_dq_kernel(
 _attn_bwd_dkdv = autotuned_by_dtype(_attn_bwd_dkdv_kernel, DKDV_CONFIGS, DKDV_FP32_CONFIGS,
                                     DKDV_INTERPRET_CONFIG)
 _attn_bwd_dq = autotuned_by_dtype(_attn_bwd_dq_kernel, DQ_CONFIGS, DQ_FP32_CONFIGS,
-                                  DQ_INTERPRET_CONFIG)
+                                  DQ_INTERPRET_CONFIG, _dq_prune)
 
 
 def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, rope=None,
@@ -265,7 +284,8 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, rop
     otherwise three new contiguous tensors."""
     total, heads, head_dim = q.shape
     check_layout("varlen_attention_bwd", do=do, q=q, k=k, v=v, o=o)
-    d_a, d_b = head_split(head_dim)
+    fp32 = q.dtype == torch.float32
+    d_a, d_b = head_split(head_dim, fp32)
     if out is None:
         out = tuple(torch.empty((total, heads, head_dim), dtype=q.dtype, device=q.device)
                     for _ in range(3))
@@ -275,7 +295,7 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, rop
     if total == 0 or segments == 0 or max_seqlen == 0:
         return dq, dk, dv
     if rope is not None:
-        q, k = rotate_qk(q, k, rope)
+        q, k = rotate_qk(q, k, *rope)
 
     delta = torch.empty((heads, total), dtype=torch.float32, device=q.device)
     rows = total * heads
@@ -295,12 +315,11 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, rop
               "DOT_PRECISION": dot_precision(q.dtype)}
     scales = (total, float(scale), float(scale) * LOG2E)
     strides = (q.stride(0), k.stride(0), v.stride(0), do.stride(0))
-    fp32 = q.dtype == torch.float32
     tensors = (q, k, v, do, lse, delta)
     _attn_bwd_dkdv[fp32].launch(grid_keys, max_seqlen, *tensors, dk, dv, cu_seqlens, *strides,
                                 dk.stride(0), dv.stride(0), *scales, **common)
     _attn_bwd_dq[fp32].launch(grid_queries, max_seqlen, *tensors, dq, cu_seqlens, *strides,
                               dq.stride(0), *scales, **common)
     if rope is not None:
-        rotate_qk(dq, dk, rope, out=(dq, dk), inverse=True)
+        rotate_qk(dq, dk, *rope, out=(dq, dk), inverse=True)
     return dq, dk, dv

@@ -23,14 +23,15 @@ buffer (ops.varlen_attention_qkv). Strides stay specialized (divisible by 16): t
 16-byte aligned base pointers that is what lets the compiler emit 128-bit loads of each row.
 Token counts are not specialized (`TOKEN_ARGS`), so a new routed token count reuses the binary.
 
-Axial RoPE (rope=(pos, theta)): `_attn_rope_kernel` rotates q and k (read in place) into one
-[T, 2, H, Dh] buffer before the attention; the backward recomputes it (saving it would keep
-2·T·H·Dh more elements alive per layer until the backward, on top of the saved qkv) and rotates
-dQ, dK back in place. Rotating inside the attention loops instead would put sin/cos of every streamed k (q in
-dK/dV) tile on the special-function unit that the softmax exp2 already saturates, and the
-rotate-half partner of channel j (j ± Dh/4, 18 apart at Dh 72) crosses the 64 + 16 blocks.
+Axial RoPE (rope=(pos, theta)): the public rope kernel (rope.rotate_qk, one launch of
+rope.py's kernel over q and k as the 2H heads of one strided view of qkv) rotates q and k, read
+in place, into one [T, 2, H, Dh] buffer before the attention; the backward recomputes it (saving
+it would keep 2·T·H·Dh more elements alive per layer until the backward, on top of the saved
+qkv) and rotates dQ, dK back in place. Rotating inside the attention loops instead would put
+sin/cos of every streamed k (q in dK/dV) tile on the special-function unit that the softmax exp2
+already saturates, and the rotate-half partner of channel j (j ± Dh/4, 18 apart at Dh 72)
+crosses the 64 + 16 blocks.
 """
-import functools
 import math
 
 import torch
@@ -38,6 +39,7 @@ import triton
 import triton.language as tl
 
 from .launch import Autotuned
+from .rope import check_layout, rotate_qk
 
 LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 128
@@ -46,53 +48,50 @@ MAX_HEAD_DIM = 128
 TOKEN_ARGS = ["n_tokens"]
 
 
-def autotuned_by_dtype(kernel, configs_16bit, configs_fp32, interpret_config):
+def autotuned_by_dtype(kernel, configs_16bit, configs_fp32, interpret_config, prune_16bit=None):
     """{is_fp32: kernel autotuned (keyed on the head dim and the size bucket of max_seqlen) over
-    that dtype class's configs}.
+    that dtype class's configs}; `prune_16bit`: the fp16/bf16 list's prune (launch.Autotuned).
 
     fp32 tiles take twice the registers and shared memory of fp16/bf16 ones (and 3xTF32 products
     hold hi/lo parts), so fp32 gets smaller tiles of its own.
     """
     return {fp32: Autotuned(kernel, configs, ["HEAD_DIM", "D_A", "D_B"], interpret_config,
+                            prune=None if fp32 else prune_16bit,
                             name=kernel.__name__ + ("_fp32" if fp32 else ""))
             for fp32, configs in ((False, configs_16bit), (True, configs_fp32))}
 
 
-def head_split(head_dim):
+def head_split(head_dim, fp32=False):
     """(D_A, D_B): register widths of the two blocks of a head row, each a power of two >= 16
     (the smallest tl.dot K) or D_B = 0. D_A is the largest power of two <= Dh; the second block
     is kept only where D_A + D_B is narrower than one power-of-two block (72 -> 64 + 16,
-    96 -> 64 + 32, 40 -> 32 + 16; 100 -> 128 + 0)."""
+    96 -> 64 + 32, 40 -> 32 + 16; 100 -> 128 + 0).
+
+    fp32 (3xTF32) always takes one block (72 -> 128 + 0): there every product is three tf32 dots
+    over hi/lo parts of both operands, and the sums of two dots of a split row held so many of
+    them live that every fp32 tile tried spilled at Dh 72 (0.5-3 KB with 16-row tiles), while
+    the same tiles are spill-free on one 128 block (the Dh 128 case); fp32 is for correctness,
+    not speed, so the padded channels cost nothing that matters."""
     if not 0 < head_dim <= MAX_HEAD_DIM:
         raise ValueError(
             f"varlen_attention: head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
     whole = max(16, triton.next_power_of_2(head_dim))
     d_a = max(16, 1 << (head_dim.bit_length() - 1))
-    if d_a >= head_dim:
+    if fp32 or d_a >= head_dim:
         return whole, 0
     d_b = max(16, triton.next_power_of_2(head_dim - d_a))
     return (d_a, d_b) if d_a + d_b < whole else (whole, 0)
 
 
-def block_d(head_dim):
+def block_d(head_dim, fp32=False):
     """Padded register width of one head row (D_A + D_B)."""
-    return sum(head_split(head_dim))
+    return sum(head_split(head_dim, fp32))
 
 
 def dot_precision(dtype):
     """fp16/bf16 products on tensor cores; fp32 products as 3xTF32 (hi·hi + hi·lo + lo·hi on
     tensor cores, ~fp32 accuracy, where plain tf32 would keep only 10 mantissa bits)."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
-
-
-def check_layout(op, **tensors):
-    """Each [T, H, Dh] tensor must have dense head and feature dims (strides (·, Dh, 1)); the
-    token stride is free. The ops layer copies tensors that are not (docs/contracts.md)."""
-    for name, t in tensors.items():
-        _, heads, head_dim = t.shape
-        if (head_dim > 1 and t.stride(2) != 1) or (heads > 1 and t.stride(1) != head_dim):
-            raise ValueError(f"{op}: {name} must have strides (any, Dh, 1) = (any, {head_dim}, 1) "
-                             f"(dense heads and features), got {tuple(t.stride())}")
 
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
@@ -102,10 +101,13 @@ FWD_CONFIGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 32}, 8, 3),
     ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3),
 ]
-# fp32 (3xTF32): the fewest spills found at Dh 128 (a few bytes; fp32 is not a speed target).
+# fp32 (3xTF32; correctness, not speed): 16-row mma.sync tiles on one power-of-two head block
+# (`head_split`). The hi/lo parts of the held q live in registers across the key loop; 64-row
+# wgmma tiles spill 140-600 B at Dh 128 (BLOCK_N 16 or 32, 4 or 8 warps), 32-row tiles 36-160 B.
+# These are spill-free at Dh 64/72/128 with Triton 3.6 and 3.9 (at most 233 registers).
 FWD_FP32_CONFIGS = [
-    ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 2),
-    ({"BLOCK_M": 128, "BLOCK_N": 32}, 8, 2),
+    ({"BLOCK_M": 16, "BLOCK_N": 32}, 4, 2),
+    ({"BLOCK_M": 16, "BLOCK_N": 16}, 4, 2),
 ]
 FWD_INTERPRET_CONFIG = ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
 
@@ -246,103 +248,20 @@ _attn_fwd = autotuned_by_dtype(_attn_fwd_kernel, FWD_CONFIGS, FWD_FP32_CONFIGS,
                                FWD_INTERPRET_CONFIG)
 
 
-# --- axial RoPE of q and k (docs/contracts.md, rope_axial) ------------------------------------
-# TILE = BLOCK_T·2·Q_PAD elements of one head per program step, 8 per thread (128-bit accesses,
-# no spills in the sin/cos range reduction: the configuration of kernels/triton/rope.py).
-ROPE_TILE, ROPE_HEADS, ROPE_WARPS = 1024, 4, 4
-
-
-@triton.jit(do_not_specialize=TOKEN_ARGS)
-def _attn_rope_kernel(
-    Q, K, Q_OUT, K_OUT, POS, FREQ, stride_qt, stride_kt, stride_qot, stride_kot,
-    n_tokens, n_heads,
-    HEAD_DIM: tl.constexpr, Q_PAD: tl.constexpr, INVERSE: tl.constexpr, TILE: tl.constexpr,
-    HEADS: tl.constexpr,
-):
-    """Rotate q (grid axis 2 = 0) or k (= 1), [T, H, Dh] with any token strides, into Q_OUT /
-    K_OUT (which may be Q / K: each program reads both halves of a pair before writing them)."""
-    BLOCK_T: tl.constexpr = TILE // (2 * Q_PAD)
-    HALF: tl.constexpr = HEAD_DIM // 2
-    QUARTER: tl.constexpr = HEAD_DIM // 4
-    if tl.program_id(2) == 0:
-        X, Y, stride_xt, stride_yt = Q, Q_OUT, stride_qt, stride_qot
-    else:
-        X, Y, stride_xt, stride_yt = K, K_OUT, stride_kt, stride_kot
-    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    axis = tl.arange(0, 2)
-    j = tl.arange(0, Q_PAD)
-    t_ok = tokens < n_tokens
-
-    pos = tl.load(POS + tokens[:, None] * 2 + axis[None, :], mask=t_ok[:, None], other=0)
-    freq = tl.load(FREQ + j, mask=j < QUARTER, other=0.0)
-    angle = pos.to(tl.float32)[:, :, None] * freq[None, None, :]          # [BLOCK_T, 2, Q_PAD]
-    cos = tl.cos(angle)
-    sin = tl.sin(angle)
-    if INVERSE:
-        sin = -sin
-
-    chan = axis[None, :, None] * HALF + j[None, None, :]
-    x_offs = tokens.to(tl.int64)[:, None, None] * stride_xt + chan
-    y_offs = tokens.to(tl.int64)[:, None, None] * stride_yt + chan
-    mask = t_ok[:, None, None] & (j < QUARTER)[None, None, :]
-    head_end = tl.minimum(tl.program_id(1) * HEADS + HEADS, n_heads)
-    for head in range(tl.program_id(1) * HEADS, head_end):
-        x1 = tl.load(X + x_offs + head * HEAD_DIM, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(X + x_offs + head * HEAD_DIM + QUARTER, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + y_offs + head * HEAD_DIM, (x1 * cos - x2 * sin).to(Y.dtype.element_ty),
-                 mask=mask)
-        tl.store(Y + y_offs + head * HEAD_DIM + QUARTER,
-                 (x2 * cos + x1 * sin).to(Y.dtype.element_ty), mask=mask)
-
-
-
-def rope_q_pad(head_dim):
-    return triton.next_power_of_2(head_dim // 4)
-
-
-@functools.lru_cache(maxsize=64)
-def _frequencies(theta, head_dim, device):
-    """The reference's f_j = theta^(-2j/h) [Dh/4] fp32, once per (theta, Dh, device)."""
-    from sgkernels.ops import reference  # the ops layer imports the backends: import on use
-
-    return reference.rope_frequencies(theta, head_dim, device)
-
-
-def rotate_qk(q, k, rope, out=None, inverse=False):
-    """(q, k) rotated by rope = (pos [T, 2] contiguous, theta) (inverse: by the negative angles)
-    in one launch, into `out` = (q_out, k_out) (may be q, k themselves: in place) or a new
-    [T, 2, H, Dh] buffer."""
-    pos, theta = rope
-    total, heads, head_dim = q.shape
-    if out is None:
-        out = torch.empty((total, 2, heads, head_dim), dtype=q.dtype, device=q.device).unbind(1)
-    if total == 0 or heads == 0:
-        return out
-    q_pad = rope_q_pad(head_dim)
-    grid = (triton.cdiv(total, ROPE_TILE // (2 * q_pad)), triton.cdiv(heads, ROPE_HEADS), 2)
-    _attn_rope_kernel[grid](
-        q, k, out[0], out[1], pos, _frequencies(float(theta), head_dim, q.device),
-        q.stride(0), k.stride(0), out[0].stride(0), out[1].stride(0), total, heads,
-        HEAD_DIM=head_dim, Q_PAD=q_pad, INVERSE=inverse, TILE=ROPE_TILE, HEADS=ROPE_HEADS,
-        num_warps=ROPE_WARPS, num_stages=1,
-    )
-    return out
-
-
 def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale, rope=None):
     """o [T, H, Dh] (q's dtype, contiguous) and lse [H, T] fp32 of softmax(scale·QKᵀ)V within
     each segment. q, k, v: any token strides, dense heads and features (`check_layout`).
     rope = (pos [T, 2], theta): attention of q and k rotated by rope_axial(·, pos, theta)."""
     total, heads, head_dim = q.shape
     check_layout("varlen_attention_fwd", q=q, k=k, v=v)
-    d_a, d_b = head_split(head_dim)
+    d_a, d_b = head_split(head_dim, q.dtype == torch.float32)
     o = torch.empty((total, heads, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
     segments = cu_seqlens.shape[0] - 1
     if total == 0 or segments == 0 or max_seqlen == 0:
         return o, lse
     if rope is not None:
-        q, k = rotate_qk(q, k, rope)
+        q, k = rotate_qk(q, k, *rope)
 
     def grid(meta):
         return (triton.cdiv(max_seqlen, meta["BLOCK_M"]), segments, heads)

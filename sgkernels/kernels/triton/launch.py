@@ -61,15 +61,19 @@ def forced_config(index):
 class Autotuned:
     """`kernel` with GPU `configs` [(meta, num_warps, num_stages)], autotuned on GPU over the
     arguments named in `key` plus the launch's size bucket; `interpret_config` under the
-    interpreter. `name` (default: the kernel's) tells apart two config lists of one kernel."""
+    interpreter. `name` (default: the kernel's) tells apart two config lists of one kernel.
+    `restore`: the tensor arguments that the autotuner saves before and restores after each timed
+    run (a kernel that may write its input in place)."""
 
-    def __init__(self, kernel, configs, key, interpret_config, prune=None, name=None):
+    def __init__(self, kernel, configs, key, interpret_config, prune=None, name=None,
+                 restore=None):
         self.fn = kernel
         self.name = name or kernel.__name__
         self.configs = list(configs)
         self.key = list(key)
         self.interpret_config = interpret_config
         self.prune = prune
+        self.restore = list(restore or ())
         self._tuners = {}
         if self.name in REGISTRY:
             raise ValueError(f"two autotuned kernels named {self.name!r}")
@@ -83,7 +87,8 @@ class Autotuned:
         if tuner is None:
             configs = self._triton_configs()[:1 if ONE_CONFIG else None]
             prune = {"early_config_prune": self.prune} if self.prune and len(configs) > 1 else None
-            tuner = triton.autotune(configs=configs, key=self.key, prune_configs_by=prune)(self.fn)
+            tuner = triton.autotune(configs=configs, key=self.key, prune_configs_by=prune,
+                                    restore_value=self.restore or None)(self.fn)
             self._tuners[bucket] = tuner
         return tuner
 
