@@ -90,6 +90,16 @@ def test_token_strides_out_and_in_place(dim, dtype):
     torch.testing.assert_close(x_buf, before, rtol=2e-3, atol=2e-3)
 
 
+def test_autotuner_restores_the_output():
+    """On a GPU the autotuner times every config on the launch's own tensors: with out=x (the
+    attention backward rotates dq, dk in place) each timed run must start from the saved y."""
+    tuner = rope._rope_axial._tuner(1 << 20)
+    try:
+        assert tuner.restore_value == ["Y"]
+    finally:
+        rope._rope_axial._tuners.pop(1 << 20)
+
+
 def test_layout_and_out_shape_are_checked():
     x, pos = _inputs(4, 2, 16, torch.float32)
     with pytest.raises(ValueError, match="strides"):
