@@ -108,19 +108,34 @@ def _run_case(name, run, oracle, index, assert_matches):
             _assert_near_oracle(g, w, _outputs(oracle)[i], label)
 
 
+CASES = list(_cases("cpu"))
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_config_of_every_autotuned_kernel(device, poisoned_empty, assert_matches):
-    launched = set()
-    for name, (run, oracle) in _cases(device).items():
-        launch.LAUNCHED.clear()
-        _run_case(name, run, oracle, 0, assert_matches)
-        kernels = {kernel for kernel, _ in launch.LAUNCHED}
-        for index in range(1, max((len(launch.REGISTRY[k].configs) for k in kernels), default=1)):
-            _run_case(name, run, oracle, index, assert_matches)
-        launched |= launch.LAUNCHED
-    registered = {(name, i) for name, entry in launch.REGISTRY.items()
-                  for i in range(len(entry.configs))}
-    assert registered <= launched, f"never launched: {sorted(registered - launched)}"
+@pytest.mark.parametrize("case", CASES)
+def test_every_config_of_every_kernel_it_launches(case, device, poisoned_empty, assert_matches):
+    """One backend function under every config of each kernel it launches (one test per case, so
+    pytest-xdist spreads the GPU compiles over workers and each test stays short)."""
+    run, oracle = _cases(device)[case]
+    launch.LAUNCHED.clear()
+    _run_case(case, run, oracle, 0, assert_matches)
+    kernels = {kernel for kernel, _ in launch.LAUNCHED}
+    for index in range(1, max((len(launch.REGISTRY[k].configs) for k in kernels), default=1)):
+        _run_case(case, run, oracle, index, assert_matches)
+    wanted = {(k, i) for k in kernels for i in range(len(launch.REGISTRY[k].configs))}
+    assert wanted <= launch.LAUNCHED, f"never launched: {sorted(wanted - launch.LAUNCHED)}"
+
+
+@pytest.mark.interpret
+def test_the_cases_launch_every_autotuned_kernel(poisoned_empty):
+    """Every kernel in launch.REGISTRY is launched by some case (with the test above: every
+    registered (kernel, config) pair runs); a new autotuned kernel needs a case here."""
+    launch.LAUNCHED.clear()
+    with launch.forced_config(0):
+        for run, _ in _cases("cpu").values():
+            run(backend)
+    launched = {kernel for kernel, _ in launch.LAUNCHED}
+    assert launched == set(launch.REGISTRY), sorted(set(launch.REGISTRY) ^ launched)
 
 
 # Integer arguments that count rows or tokens (they change with every routed batch).
