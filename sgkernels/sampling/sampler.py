@@ -16,7 +16,7 @@ import os
 import torch
 
 from ..guidance import Guidance, Unguided
-from .packing import guided_velocity, model_dtype, null_branch_error
+from .packing import guided_velocity, null_branch_error
 from .solvers import NonFiniteTracker, check_solver, integrate
 
 LABEL_DTYPES = (torch.int64, torch.int32)

@@ -86,7 +86,8 @@ def _outputs(out):
 
 def _assert_near_oracle(got, want, oracle, name):
     """|got − oracle| ≤ 3·|want − oracle| + 4·ulp·max|oracle|, want the same-dtype reference
-    (DESIGN §8: attention rounds P and dS to the input dtype for its products)."""
+    (the accuracy rule of the kernel tests; attention rounds P and dS to the input dtype for
+    its products)."""
     def err(t):
         return (t.float() - oracle).abs().max().item()
 

@@ -6,8 +6,8 @@ the config in this order:
     1. inside `forced_config(i)`: config i of every autotuned kernel (the last one if a kernel
        has fewer), on GPU and under the interpreter alike; the launch is recorded in `LAUNCHED`,
        so a test can run every config of every kernel and check that it did;
-    2. under TRITON_INTERPRET=1 (kernels on CPU tensors, DESIGN §7): the interpreter config
-       (the autotuner cannot time kernels there);
+    2. under TRITON_INTERPRET=1 (kernels on CPU tensors, as the CPU tests run them): the
+       interpreter config (the autotuner cannot time kernels there);
     3. on a GPU: Triton's autotuner over the configs, one autotuner per *size bucket* of the
        launch (`size_bucket`: the problem size rounded up to a power of two), so a config tuned
        on the first call's shape is not reused for a 100x larger one, yet a routed model with
