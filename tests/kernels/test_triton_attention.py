@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles import torch_rope_axial
 
 from sgkernels.kernels.triton import attention, attention_bwd, attention_fwd, launch, rope
 from sgkernels.kernels.triton.launch import INTERPRET as INTERPRETING
@@ -146,26 +147,10 @@ def test_empty_batches():
 REL_ATOL = {torch.float32: 2e-6, torch.float16: 1e-4}
 
 
-def _torch_rope(x, pos, theta):
-    """Rotate-half axial RoPE in x's dtype (cos, sin rounded to it), as plain torch code would."""
-    half, quarter = x.shape[-1] // 2, x.shape[-1] // 4
-    work = torch.promote_types(x.dtype, torch.float32)
-    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64) * 2 / half)
-    outs = []
-    for axis in range(2):
-        angles = pos[:, axis].to(work)[:, None] * freqs.to(work)
-        cos = torch.cat([angles.cos()] * 2, -1)[:, None].to(x.dtype)
-        sin = torch.cat([angles.sin()] * 2, -1)[:, None].to(x.dtype)
-        part = x[..., axis * half:(axis + 1) * half]
-        x1, x2 = part.chunk(2, -1)
-        outs.append(part * cos + torch.cat([-x2, x1], -1) * sin)
-    return torch.cat(outs, -1)
-
-
 def _torch_attention(q, k, v, cu_seqlens, scale, rope=None):
     """(o [T, H, Dh], lse [H, T]) segment by segment in the inputs' dtype, autograd-capable."""
     if rope is not None:
-        q, k = _torch_rope(q, *rope), _torch_rope(k, *rope)
+        q, k = torch_rope_axial(q, *rope), torch_rope_axial(k, *rope)
     outs, lses = [], []
     for start, end in itertools.pairwise(cu_seqlens.tolist()):
         if end > start:

@@ -3,8 +3,10 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ops_oracle import compare
+from oracles import torch_rope_axial
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sgkernels import ops
@@ -88,23 +90,6 @@ def test_varlen_attention_lse_and_chunking(monkeypatch):
     o1, lse1 = reference.varlen_attention_fwd(q, k, v, cu, 5, 0.25)
     grads1 = reference.varlen_attention_bwd(do, q, k, v, o1, lse1, cu, 5, 0.25)
     torch.testing.assert_close((o1, lse1, *grads1), (o, lse, *grads))
-
-
-def torch_rope_axial(x, pos, theta=10000.0):
-    """Llama-style rotate_half RoPE applied separately to the row and column halves."""
-    dim = x.shape[-1]
-    half = dim // 2
-    work = torch.promote_types(x.dtype, torch.float32)
-    freqs = theta ** (-torch.arange(0, half, 2, dtype=torch.float64) / half)
-    outs = []
-    for axis in range(2):
-        angles = pos[:, axis].to(work)[:, None] * freqs.to(work)
-        cos = torch.cat([angles.cos()] * 2, -1)[:, None].to(x.dtype)
-        sin = torch.cat([angles.sin()] * 2, -1)[:, None].to(x.dtype)
-        part = x[..., axis * half:(axis + 1) * half]
-        x1, x2 = part.chunk(2, -1)
-        outs.append(part * cos + torch.cat([-x2, x1], -1) * sin)
-    return torch.cat(outs, -1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
