@@ -1,4 +1,4 @@
-"""Guidance rules as linear combinations of model branches (DESIGN.md §5).
+"""Guidance rules as linear combinations of model branches (docs/design.md §2).
 
 A *branch* is one model evaluation on the current x_t: `Branch(model, gamma, cond)`, with model
 "main" or "weak" (a second, weaker checkpoint), gamma the token-drop rate (0 = dense) and cond

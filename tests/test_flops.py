@@ -25,7 +25,7 @@ def test_full_adds_attention_products():
 
 
 def test_sg_flops_speedup_over_cfg():
-    # DESIGN.md §9: SG at gamma 0.5 / 0.9 on SiT-XL/2 is predicted 2.34x faster than CFG.
+    # docs/design.md §1: SG at gamma 0.5 / 0.9 on SiT-XL/2 is predicted 2.34x faster than CFG.
     cfg = presets.get("SiT-XL/2")
     speedup = 2 * forward_gflops(cfg) / (forward_gflops(cfg, 0.5) + forward_gflops(cfg, 0.9))
     assert speedup == pytest.approx(2.34, abs=0.005)

@@ -1,4 +1,4 @@
-"""Analytic FLOP counts per image (DESIGN.md §6).
+"""Analytic FLOP counts per image (docs/design.md §8).
 
 Paper convention: multiply-accumulates of every linear/conv layer, attention score and value
 products excluded (SiT-XL/2, 256 tokens, dense: 114.42 GFLOPs). convention="full" adds them.

@@ -1,4 +1,4 @@
-"""Analytic forward cost of a RoutedDiT per image (DESIGN.md §6).
+"""Analytic forward cost of a RoutedDiT per image (docs/design.md §8).
 
 Counts multiply-accumulates (the paper's "FLOPs") of every linear/conv layer the model runs for
 one image, with N = (input_size/p)^2 tokens, D = dim, F = time_freq_dim, P = C·p², O = p²·C_out:

@@ -1,4 +1,4 @@
-"""FLOPs and model evaluations of a guided sampling run (DESIGN.md §6).
+"""FLOPs and model evaluations of a guided sampling run (docs/design.md §8).
 
 A guided step evaluates the branches its guidance lists (`guidance.branches(step, steps)`, each
 with `.model` "main"|"weak" and `.gamma`); every branch costs one forward of its model at its own

@@ -1,4 +1,4 @@
-"""Transformer blocks with adaLN-Zero over packed token batches (DESIGN.md §4).
+"""Transformer blocks with adaLN-Zero over packed token batches (docs/design.md §5).
 
 Per block, with c = SiLU(cond) [S, Dc] and six [S, D] rows per segment from one linear map,
 (shift1, scale1, gate1, shift2, scale2, gate2) = Linear(c), each token using its segment's row:

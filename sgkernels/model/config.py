@@ -5,7 +5,7 @@ in_channels, split into patch_size x patch_size patches, N = (input_size / patch
 the transformer (depth blocks of width dim with heads attention heads), the block flavour, the
 TREAD routes and, in MaskDiT mode (decoder_depth > 0), the decoder.
 
-Flavours (DESIGN.md §4):
+Flavours (docs/design.md §5):
     "sit"    LayerNorm (no affine) + adaLN-Zero, GELU-tanh MLP of mlp_ratio * dim, biases,
              fixed 2-D sin-cos positions added at the input
     "llama"  RMSNorm pre-norm + adaLN-Zero, SwiGLU with hidden ~ mlp_ratio * dim rounded up to a

@@ -1,4 +1,4 @@
-"""MaskDiT decoder (Zheng et al. 2023, as used in DESIGN.md §4).
+"""MaskDiT decoder (Zheng et al. 2023, as used in docs/design.md §5).
 
 In MaskDiT mode the encoder blocks see only the visible tokens: each segment of N tokens keeps
 keep(N, gamma) of them (gamma = mask rate, selected like a route). The decoder D^dec then works on

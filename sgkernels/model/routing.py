@@ -1,4 +1,4 @@
-"""TREAD token routing on packed batches (DESIGN.md §1).
+"""TREAD token routing on packed batches (docs/design.md §3).
 
 A segment of N tokens routed at rate gamma keeps k = keep(N, gamma) = max(1, N - floor(N*gamma +
 1e-9)) tokens: the k tokens of lowest score (ties broken by index), kept in their original order.

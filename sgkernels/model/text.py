@@ -1,4 +1,4 @@
-"""Text conditioning of the routed DiT (T2I, the TR-DiT flavour; DESIGN.md §4).
+"""Text conditioning of the routed DiT (T2I, the TR-DiT flavour; docs/design.md §5).
 
 Inputs are the token features of a frozen text encoder (sgkernels.text), one caption per image,
 packed like image tokens: `TextBatch(x [L, E], lengths)` holds the L = Σ_s L_s feature rows of S

@@ -1,4 +1,4 @@
-"""Packed token batches (DESIGN.md §1).
+"""Packed token batches (docs/design.md §3).
 
 A `TokenBatch` holds the tokens of S segments concatenated along one axis:
 
