@@ -12,8 +12,9 @@ uniformly at random, from a (seed, global position) stream (`pick_captions`). Tw
                      gray < 0.65 <= light gray) -- at the four levels (`fashion_mnist_captions`)
 
 Both have num_classes 0 and `get(indices) -> (x [B, C, H, W], captions [B] lists of levels)`.
-The training loop (trainer.py) turns captions into model inputs through the conditioning hook
-`CaptionCondition` (conditioning.py), which looks the picked captions up in a feature cache.
+The training loop (sgkernels.train.trainer) turns captions into model inputs through the
+conditioning hook `CaptionCondition` (sgkernels.train.conditioning), which looks the picked
+captions up in a feature cache.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import FASHION_MNIST_CLASSES, TensorData, load_image
+from .images import FASHION_MNIST_CLASSES, TensorData, load_image
 
 LEVELS = ("detailed", "multi_sentence", "one_sentence", "keywords")
 _KIND = {"t-shirt/top": "top", "trouser": "pair of trousers", "pullover": "pullover",

@@ -1,10 +1,10 @@
-"""Training data: Fashion-MNIST, sklearn digits, an image folder, precomputed latents, and the
-caption datasets of captions.py (templated Fashion-MNIST captions, a JSONL file).
+"""Image datasets: Fashion-MNIST, sklearn digits, an image folder, precomputed latents.
 
 Every dataset exposes `len(ds)`, `ds.num_classes`, `ds.shape` ([C, H, W] of one sample after
-fitting to the model size) and `ds.get(indices) -> (x [B, C, H, W] float32, y [B] int64)`;
-caption datasets (num_classes 0) return the caption levels of each image instead of y.
-Pixel data is scaled to [-1, 1]; latents are returned as stored (times `scale`).
+fitting to the model size) and `ds.get(indices) -> (x [B, C, H, W] float32, y [B] int64)`.
+Pixel data is scaled to [-1, 1]; latents are returned as stored (times `scale`). The caption
+datasets built on these readers are captions.py; `load_dataset` (registry.py) builds any of
+them by name.
 
 Fitting to the model's input size: when the target is larger by an even margin smaller than the
 image, pad with the background value -1 (Fashion-MNIST 28 -> 32); otherwise resize bilinearly
@@ -12,7 +12,6 @@ image, pad with the background value -1 (Fashion-MNIST 28 -> 32); otherwise resi
 FileNotFoundError naming them and how to get them.
 """
 import gzip
-import os
 import struct
 from pathlib import Path
 
@@ -24,8 +23,6 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                          "sneaker", "bag", "ankle boot")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
-CAPTION_DATASETS = ("fashion-mnist-captions", "captions-jsonl")     # captions.py
-DATASETS = ("fashion-mnist", "digits", "folder", "latents", *CAPTION_DATASETS)
 
 
 def fit_size(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -167,29 +164,3 @@ def latents(root: str, scale: float = 1.0) -> TensorData:
     y = torch.from_numpy(np.load(files[1]).astype(np.int64))
     return TensorData(z, y, int(y.max()) + 1, "latents")
 
-
-def load_dataset(name: str, size: int, path: str | None = None, channels: int = 1,
-                 latent_scale: float = 1.0):
-    """Build a dataset by name (one of DATASETS); `path` is the folder for folder/latents, the
-    JSONL file for captions-jsonl. Caption datasets' `get` returns caption levels, not labels."""
-    if name in ("fashion-mnist", "fashion-mnist-captions"):
-        data = fashion_mnist(size, root=path or os.environ.get("SGKERNELS_FMNIST",
-                                                               FASHION_MNIST_DIR))
-        if name == "fashion-mnist":
-            return data
-        from .captions import FashionMNISTCaptions  # captions.py builds on this module
-
-        return FashionMNISTCaptions(data)
-    if name == "captions-jsonl":
-        if not path:
-            raise ValueError("path: the 'captions-jsonl' dataset needs --data-path (the JSONL file)")
-        from .captions import JsonlCaptions
-
-        return JsonlCaptions(path, size, channels)
-    if name == "digits":
-        return digits(size)
-    if name in ("folder", "latents"):
-        if not path:
-            raise ValueError(f"path: the {name!r} dataset needs --data-path")
-        return ImageFolder(path, size, channels) if name == "folder" else latents(path, latent_scale)
-    raise ValueError(f"name: expected one of {DATASETS}, got {name!r}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..train.data import FASHION_MNIST_DIR, IMAGE_SUFFIXES, fashion_mnist
+from ..data.images import FASHION_MNIST_DIR, IMAGE_SUFFIXES, fashion_mnist
 
 REFERENCES = {"fashion-mnist-test": "test", "fashion-mnist-train": "train"}
 LUMA = np.array([0.299, 0.587, 0.114])

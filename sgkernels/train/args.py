@@ -16,7 +16,7 @@ RESUME_KEYS = ("batch", "seed", "data", "data_path", "image_size", "t_sampling",
 class TrainArgs:
     model: str | None = "FMNIST-S/2"   # preset name (ignored with finetune: config from the ckpt)
     model_set: tuple[str, ...] = ()      # "field=value" overrides of the preset's ModelConfig
-    data: str = "fashion-mnist"          # data.DATASETS; captioned ones train T2I presets
+    data: str = "fashion-mnist"          # sgkernels.data.DATASETS; captioned ones train T2I presets
     data_path: str | None = None
     image_size: int | None = None        # default: model input size (x the VAE's downsampling)
     steps: int = 1000

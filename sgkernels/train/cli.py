@@ -15,8 +15,9 @@ with --resume. A non-finite loss or gradient stops the run with FloatingPointErr
 import argparse
 import os
 
+from sgkernels.data import DATASETS
+
 from .args import TrainArgs
-from .data import DATASETS
 
 _DEFAULTS = TrainArgs.__dataclass_fields__
 

@@ -8,9 +8,9 @@ A hook turns the dataset's second output (labels, or caption levels) into the mo
                         class); text None. Grids: no text (grid.py cycles over the classes).
     CaptionCondition    y None; text = features of one caption level per sample, picked by a
                         (seed, position) stream, the null caption "" where the dropout coin fell
-                        (captions.pick_captions), looked up in a feature cache (sgkernels.text;
-                        the encoder runs once per distinct caption, not per step). Grids: image
-                        i of the dataset with its caption level i mod levels.
+                        (sgkernels.data.pick_captions), looked up in a feature cache
+                        (sgkernels.text; the encoder runs once per distinct caption, not per
+                        step). Grids: image i of the dataset with its caption level i mod levels.
 
 The cache lives at OUT/text_features.pt and is reused when its encoder settings (`meta`, also
 saved in every checkpoint as args["text"] for sampling) match.
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 
+from sgkernels.data import pick_captions
 from sgkernels.model.text import TextBatch
 from sgkernels.model.tokens import to_device
-
-from .captions import pick_captions
 
 
 class LabelCondition:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sgkernels.data import CAPTION_DATASETS, load_dataset
 from sgkernels.model.checkpoint import check_state_dict, read_checkpoint
 from sgkernels.model.tokens import to_device
 
@@ -38,7 +39,6 @@ from .args import RESUME_KEYS, TrainArgs
 from .checkpoint import (atomic_write, link_atomic, os_error, reason, remove_stale_temps,
                          rng_state, save_atomic, set_rng_state)
 from .conditioning import CaptionCondition, LabelCondition, feature_cache
-from .data import CAPTION_DATASETS, load_dataset
 from .draws import GlobalOrder, draw_samples, rank_positions
 from .ema import EMA
 from .faults import NonFiniteGuard, StopSignals, nonfinite_message, signal_name

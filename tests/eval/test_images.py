@@ -4,6 +4,7 @@ import torch
 from eval_helpers import blobs
 from PIL import Image
 
+from sgkernels.data.images import fit_size
 from sgkernels.eval.images import (
     ImageSet,
     check_images,
@@ -12,7 +13,6 @@ from sgkernels.eval.images import (
     load_reference,
     to_gray,
 )
-from sgkernels.train.data import fit_size
 
 
 def test_npz_with_and_without_labels(tmp_path):

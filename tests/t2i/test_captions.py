@@ -8,18 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from sgkernels.model import TextBatch, from_checkpoint
-from sgkernels.text import SYSTEM_PROMPT, FeatureCache
-from sgkernels.train import TrainArgs, train
-from sgkernels.train.captions import (
+from sgkernels.data.captions import (
     LEVELS,
     JsonlCaptions,
     fashion_mnist_captions,
     image_attributes,
     pick_captions,
 )
+from sgkernels.data.images import FASHION_MNIST_CLASSES
+from sgkernels.model import TextBatch, from_checkpoint
+from sgkernels.text import SYSTEM_PROMPT, FeatureCache
+from sgkernels.train import TrainArgs, train
 from sgkernels.train.cli import main
-from sgkernels.train.data import FASHION_MNIST_CLASSES
 
 
 def test_fashion_mnist_caption_levels():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgkernels.train import data as D
+import sgkernels.data as D
 
 
 def _write_idx(path, arr):
@@ -109,7 +109,7 @@ def test_load_dataset_errors():
 
 
 def test_fashion_mnist_captions_dataset(tmp_path):
-    from sgkernels.train.captions import fashion_mnist_captions, image_attributes
+    from sgkernels.data.captions import fashion_mnist_captions, image_attributes
 
     _fake_fmnist(tmp_path)
     ds = D.load_dataset("fashion-mnist-captions", 28, str(tmp_path))
