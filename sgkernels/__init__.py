@@ -17,7 +17,8 @@ _LAZY = {
     "TokenBatch": "sgkernels.model",
     "sample": "sgkernels.sampling",
 }
-_SUBMODULES = {"ops", "model", "presets", "flops", "guidance", "sampling", "train", "flow", "eval"}
+_SUBMODULES = {"ops", "model", "presets", "flops", "guidance", "sampling", "train", "flow", "eval",
+               "data", "text"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 

@@ -27,6 +27,8 @@ Math (xf = x in fp32, r = rsqrt(mean(xf²) + eps), x̂ = xf·r, w = weight or 1)
 """
 import torch
 
+from sgkernels.kernels.rope_frequencies import rope_frequencies
+
 # Scores of one attention chunk are held in fp32; chunks of equal-length segments are sized so that
 # [G, H, L, L] stays below this many elements (16 Mi elements = 64 MiB).
 _ATTN_CHUNK_ELEMS = 1 << 24
@@ -226,13 +228,6 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, rop
     for dst, src in zip(out, (dq, dk, dv)):
         dst.copy_(src)
     return out
-
-
-def rope_frequencies(theta, head_dim, device):
-    """f_j = theta^(-2j/h) for j in [0, h/2), h = Dh/2: [Dh/4] fp32, rounded from fp64 on the
-    host (every backend rotates by these exact values)."""
-    j = torch.arange(head_dim // 4, dtype=torch.float64)
-    return (float(theta) ** (-2.0 * j / (head_dim // 2))).to(device=device, dtype=torch.float32)
 
 
 def _rope(x, pos, theta, sign):

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..rope_frequencies import rope_frequencies
 from .launch import Autotuned
 
 # TILE = BLOCK_T·2·Q_PAD elements per head, 8 per thread: 128-bit loads and stores, and no spills
@@ -86,11 +87,9 @@ _rope_axial = Autotuned(_rope_axial_kernel, ROPE_CONFIGS, ["HEAD_DIM", "n_heads"
 
 @functools.lru_cache(maxsize=64)
 def _frequencies(theta, head_dim, device):
-    """The reference's f_j = theta^(-2j/h) [Dh/4] fp32, built once per (theta, Dh, device), so a
-    call allocates only its output."""
-    from sgkernels.ops import reference  # the ops layer imports the backends: import on use
-
-    return reference.rope_frequencies(theta, head_dim, device)
+    """The shared f_j = theta^(-2j/h) [Dh/4] fp32 (kernels/rope_frequencies.py), built once per
+    (theta, Dh, device), so a call allocates only its output."""
+    return rope_frequencies(theta, head_dim, device)
 
 
 def check_layout(op, **tensors):

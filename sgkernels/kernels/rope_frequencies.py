@@ -1,0 +1,10 @@
+"""Frequencies of the axial RoPE, shared by every backend of rope_axial (the torch reference in
+sgkernels.ops.reference and the Triton kernel), so all of them rotate by the same fp32 values."""
+import torch
+
+
+def rope_frequencies(theta, head_dim, device):
+    """f_j = theta^(-2j/h) for j in [0, h/2), h = Dh/2: [Dh/4] fp32, rounded from fp64 on the
+    host (every backend rotates by these exact values)."""
+    j = torch.arange(head_dim // 4, dtype=torch.float64)
+    return (float(theta) ** (-2.0 * j / (head_dim // 2))).to(device=device, dtype=torch.float32)
