@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from .attention_fwd import (LOG2E, TOKEN_ARGS, autotuned_by_dtype, dot_precision, head_rows,
-                            head_split, load_part, program_segment, store_part)
+                            head_split, load_part, load_parts, program_segment, store_part,
+                            zero_parts)
 from .rope import check_layout, rotate_qk
 
 # (meta, num_warps, num_stages). GPU configs are checked for spills at Dh 64/72/128 (sm_90a).
@@ -160,17 +161,10 @@ def _attn_bwd_dkdv_kernel(
     # Keys past the segment load as zeros; their rows of dK/dV are garbage and never stored.
     keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < seqlen
-    k_a = load_part(K, keys, key_ok, stride_kt, 0, D_A, HEAD_DIM, True)
-    v_a = load_part(V, keys, key_ok, stride_vt, 0, D_A, HEAD_DIM, True)
-    dk_a = tl.zeros([BLOCK_N, D_A], dtype=tl.float32)
-    dv_a = tl.zeros([BLOCK_N, D_A], dtype=tl.float32)
-    if D_B > 0:
-        k_b = load_part(K, keys, key_ok, stride_kt, D_A, D_B, HEAD_DIM, True)
-        v_b = load_part(V, keys, key_ok, stride_vt, D_A, D_B, HEAD_DIM, True)
-        dk_b = tl.zeros([BLOCK_N, D_B], dtype=tl.float32)
-        dv_b = tl.zeros([BLOCK_N, D_B], dtype=tl.float32)
-    else:  # placeholders, never read
-        k_b, v_b, dk_b, dv_b = k_a, v_a, dk_a, dv_a
+    k_a, k_b = load_parts(K, keys, key_ok, stride_kt, D_A, D_B, HEAD_DIM)
+    v_a, v_b = load_parts(V, keys, key_ok, stride_vt, D_A, D_B, HEAD_DIM)
+    dk_a, dk_b = zero_parts(BLOCK_N, D_A, D_B)
+    dv_a, dv_b = zero_parts(BLOCK_N, D_A, D_B)
 
     full_end = seqlen - seqlen % BLOCK_M
     dk_a, dk_b, dv_a, dv_b = _attn_bwd_dkdv_tiles(
@@ -241,15 +235,9 @@ def _attn_bwd_dq_kernel(
     # Queries past the segment load as zeros (finite p); their rows of dQ are never stored.
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < seqlen
-    q_a = load_part(Q, rows, row_ok, stride_qt, 0, D_A, HEAD_DIM, True)
-    do_a = load_part(DO, rows, row_ok, stride_dot, 0, D_A, HEAD_DIM, True)
-    dq_a = tl.zeros([BLOCK_M, D_A], dtype=tl.float32)
-    if D_B > 0:
-        q_b = load_part(Q, rows, row_ok, stride_qt, D_A, D_B, HEAD_DIM, True)
-        do_b = load_part(DO, rows, row_ok, stride_dot, D_A, D_B, HEAD_DIM, True)
-        dq_b = tl.zeros([BLOCK_M, D_B], dtype=tl.float32)
-    else:  # placeholders, never read
-        q_b, do_b, dq_b = q_a, do_a, dq_a
+    q_a, q_b = load_parts(Q, rows, row_ok, stride_qt, D_A, D_B, HEAD_DIM)
+    do_a, do_b = load_parts(DO, rows, row_ok, stride_dot, D_A, D_B, HEAD_DIM)
+    dq_a, dq_b = zero_parts(BLOCK_M, D_A, D_B)
     stat = head * n_tokens + start + rows
     lse_log2 = tl.load(LSE + stat, mask=row_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)

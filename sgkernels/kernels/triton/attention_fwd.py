@@ -146,6 +146,29 @@ def load_part(X, rows, row_ok, stride_t, LO: tl.constexpr, WIDTH: tl.constexpr,
 
 
 @triton.jit
+def load_parts(X, rows, row_ok, stride_t, D_A: tl.constexpr, D_B: tl.constexpr,
+               HEAD_DIM: tl.constexpr):
+    """(a, b): the [len(rows), D_A] and [len(rows), D_B] channel blocks of `rows` (zeros past the
+    head and at rows where row_ok is False); without a second block (D_B = 0) b is a, an unread
+    placeholder."""
+    a = load_part(X, rows, row_ok, stride_t, 0, D_A, HEAD_DIM, True)
+    b = a
+    if D_B > 0:
+        b = load_part(X, rows, row_ok, stride_t, D_A, D_B, HEAD_DIM, True)
+    return a, b
+
+
+@triton.jit
+def zero_parts(ROWS: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr):
+    """fp32 accumulators [ROWS, D_A] and [ROWS, D_B] (b is a, unread, when D_B = 0)."""
+    a = tl.zeros([ROWS, D_A], dtype=tl.float32)
+    b = a
+    if D_B > 0:
+        b = tl.zeros([ROWS, D_B], dtype=tl.float32)
+    return a, b
+
+
+@triton.jit
 def store_part(X, rows, row_ok, stride_t, value, LO: tl.constexpr, WIDTH: tl.constexpr,
                HEAD_DIM: tl.constexpr):
     """Store a [len(rows), WIDTH] block at channels LO .. LO + WIDTH of the rows where row_ok."""
@@ -213,18 +236,10 @@ def _attn_fwd_kernel(
 
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < seqlen
-    q_a = load_part(Q, rows, row_ok, stride_qt, 0, D_A, HEAD_DIM, True)
-    acc_a = tl.zeros([BLOCK_M, D_A], dtype=tl.float32)
+    q_a, q_b = load_parts(Q, rows, row_ok, stride_qt, D_A, D_B, HEAD_DIM)
     if NEGATE_Q:
-        q_a = -q_a
-    if D_B > 0:
-        q_b = load_part(Q, rows, row_ok, stride_qt, D_A, D_B, HEAD_DIM, True)
-        acc_b = tl.zeros([BLOCK_M, D_B], dtype=tl.float32)
-        if NEGATE_Q:
-            q_b = -q_b
-    else:  # placeholders, never read
-        q_b = q_a
-        acc_b = acc_a
+        q_a, q_b = -q_a, -q_b
+    acc_a, acc_b = zero_parts(BLOCK_M, D_A, D_B)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
