@@ -42,6 +42,8 @@ if str(REPO_ROOT) not in sys.path:  # run from a source tree without `pip instal
 
 import torch  # noqa: E402
 
+from sgkernels.train.checkpoint import atomic_write  # noqa: E402
+
 
 def resolve_device(name: str | None) -> torch.device:
     """"auto"/None -> cuda when available, else cpu; otherwise a validated torch.device."""
@@ -228,18 +230,9 @@ EXIT_PARTIAL = 3  # exit status of a benchmark whose --budget-s left cases unmea
 
 
 def _replace_atomically(path: Path, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader (or
-    a run killed mid-write) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """`text` written through the package's atomic writer (temporary file beside `path`, fsync,
+    rename): a reader, or a run killed mid-write, sees the old file or the new one."""
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
