@@ -2,8 +2,10 @@
 
 Stages (`--stage all` runs them in order; each skips work whose output exists under `--out`):
 
-    train   routed (TREAD r_{1->2} at γ 0.5) and dense FMNIST-CPU/4 models through
-            `python -m sgkernels train --resume`, early checkpoint kept   (reproduce/training.py)
+    train   routed (TREAD route at γ 0.5) and dense models through `python -m sgkernels train
+            --resume`, early checkpoint kept (reproduce/training.py); `--tokens 49`: FMNIST-CPU/4
+            (patch 4, r_{1->2} of 4 blocks), `--tokens 196`: FMNIST-CPU/2 (patch 2, r_{1->6} of
+            8 blocks) with its own, shorter method table (reproduce/methods.py TABLES)
     sweep   per method and grid scale: `--num-sweep` samples of the validation split, scored by
             the classifier-feature Fréchet distance → sweep/<method>/<scale>.json
     final   per method at its best sweep scale: `--num-final` samples of the held-out split
@@ -23,6 +25,7 @@ methods (reproduce/generate.py). Methods: reproduce/methods.py.
     python benchmarks/reproduce_fmnist.py --stage final --num-final 5000 --num-fid 2000
     python benchmarks/reproduce_fmnist.py --stage report
     python benchmarks/reproduce_fmnist.py --quick --out runs/reproduce-quick   # smoke, ~1 min
+    python benchmarks/reproduce_fmnist.py --tokens 196 --stage train           # runs/reproduce-196
 """
 from __future__ import annotations
 
@@ -103,15 +106,29 @@ class Reproduction:
         self.log(f"sweep {method.name} {methods_mod.scale_key(scale)}: cfd {point['cfd']:.3f}")
         return point
 
-    def best_scale(self, method) -> tuple | None:
-        """Scale with the lowest sweep cfd, None while a grid point is missing."""
+    def best_point(self, method) -> dict | None:
+        """The sweep point with the lowest cfd, None while a grid point is missing."""
         points = []
         for scale in method.grid:
             path = self.sweep_path(method, scale)
             if not path.exists():
                 return None
             points.append(json.loads(path.read_text()))
-        return tuple(min(points, key=lambda p: p["cfd"])["scale"])
+        return min(points, key=lambda p: p["cfd"])
+
+    def best_scale(self, method) -> tuple | None:
+        """Scale with the lowest sweep cfd, None while a grid point is missing."""
+        point = self.best_point(method)
+        return None if point is None else tuple(point["scale"])
+
+    def group_winner(self, group: str) -> str | None:
+        """Name of the member of `group` with the lowest best sweep cfd, None while any
+        member's sweep is incomplete."""
+        members = [m for m in methods_mod.select(None, self.args.tokens) if m.group == group]
+        best = [self.best_point(m) for m in members]
+        if any(b is None for b in best):
+            return None
+        return min(zip(best, members), key=lambda bm: bm[0]["cfd"])[1].name
 
     def final(self, method) -> None:
         folder = self.out / "final" / method.name
@@ -119,6 +136,13 @@ class Reproduction:
         if scale is None:
             self.log(f"final {method.name}: sweep incomplete, skipped")
             return
+        if method.group:
+            winner = self.group_winner(method.group)
+            if winner != method.name:
+                why = "sweeps of its group incomplete" if winner is None else f"{winner} is"
+                self.log(f"final {method.name}: not the best of group {method.group} ({why}), "
+                         f"skipped")
+                return
         metrics_path = folder / "metrics.json"
         cached = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
         fresh = (cached is not None and cached["num"] == self.args.num_final
@@ -145,7 +169,8 @@ class Reproduction:
         """The CFG+SG rule with the lowest final cfd once every rule has a final of
         `--num-final` samples (chosen on the held-out split it then gets FID on: the FID
         headline methods are fixed in advance, this one is picked by its held-out cfd)."""
-        rules = [m for m in methods_mod.METHODS if m.name.startswith("cfgsg-")]
+        rules = [m for m in methods_mod.select(None, self.args.tokens)
+                 if m.name.startswith("cfgsg-")]
         paths = [self.out / "final" / m.name / "metrics.json" for m in rules]
         if not all(p.exists() for p in paths):
             return None
@@ -173,12 +198,12 @@ class Reproduction:
 
 def run(args, log=print) -> None:
     stages = STAGES if args.stage == "all" else (args.stage,)
-    chosen = methods_mod.select(args.methods)
+    chosen = methods_mod.select(args.methods, args.tokens)
     if args.quick:                       # one grid point per method keeps the smoke run short
         chosen = tuple(dataclasses.replace(m, grid=m.grid[:1]) for m in chosen)
     rep = Reproduction(args, log)
     if "train" in stages:
-        training.train(rep.out, args.train_minutes, args.quick, args.device, log)
+        training.train(rep.out, args.train_minutes, args.quick, args.device, log, args.tokens)
     if "sweep" in stages:
         for method in chosen:
             for scale in method.grid:
@@ -198,7 +223,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=("all",) + STAGES, default="all")
-    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--tokens", type=int, choices=sorted(training.PRESETS), default=49,
+                   help="49: FMNIST-CPU/4 (patch 4), 196: FMNIST-CPU/2 (patch 2)")
+    p.add_argument("--out", default=None,
+                   help="run folder (default runs/reproduce, runs/reproduce-196 at 196 tokens)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 30 training steps, 64 samples, 4 sampling steps, the first "
                         "grid point of each method, stand-in classifier")
@@ -208,12 +236,16 @@ def parse_args(argv=None):
                    help="Inception FID samples of the headline methods (default 2000, quick 0)")
     p.add_argument("--bootstrap", type=int, default=None, help="replicates (default 50, quick 10)")
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps (40; quick 4)")
-    p.add_argument("--train-minutes", type=float, default=None, help="per run (20; quick 2)")
+    p.add_argument("--train-minutes", type=float, default=None,
+                   help="per run (20; 75 at 196 tokens; quick 2)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     defaults = dict(num_sweep=(64, 500), num_final=(64, 5000), num_fid=(0, 2000),
-                    bootstrap=(10, 50), sample_steps=(4, 40), train_minutes=(2.0, 20.0))
+                    bootstrap=(10, 50), sample_steps=(4, 40),
+                    train_minutes=(2.0, 75.0 if args.tokens == 196 else 20.0))
+    if args.out is None:
+        args.out = "runs/reproduce" + ("-196" if args.tokens == 196 else "")
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)

@@ -12,6 +12,9 @@
     FMNIST-CPU/4                          Tiny/2 with patch 4 (49 tokens), D 128, 2 heads, 4
                                           blocks, r_{1->2} at 0.5: the 20-minute CPU run of
                                           docs/training.md
+    FMNIST-CPU/2                          patch 2 (196 tokens), D 96, 2 heads, 8 blocks, r_{1->6}
+                                          at 0.5 (6 of 8 blocks routed): the 196-token
+                                          comparison of docs/results.md
     FMNIST-T2I-S/2                        FMNIST-S/2 conditioned on captions instead of classes
                                           (features of all-MiniLM-L6-v2, E = 384)
     FMNIST-T2I-S/4                        patch 4 (49 image tokens), D 128, 4 blocks: the
@@ -67,6 +70,9 @@ _PRESETS = {
     "FMNIST-CPU/4": lambda: ModelConfig(
         **{**_FMNIST, "patch_size": 4}, depth=4, dim=128, heads=2, flavour="llama",
         mlp_ratio=8 / 3, routes=(Route(1, 2, 0.5),)),
+    "FMNIST-CPU/2": lambda: ModelConfig(
+        **_FMNIST, depth=8, dim=96, heads=2, flavour="llama", mlp_ratio=8 / 3,
+        routes=(Route(1, 6, 0.5),)),
     "FMNIST-T2I-S/2": lambda: ModelConfig(
         **{**_FMNIST, **_MINILM_TEXT}, depth=6, dim=192, heads=3, flavour="llama",
         mlp_ratio=8 / 3, routes=(Route(1, 4, 0.5),)),

@@ -244,3 +244,43 @@ def test_method_table_and_selection():
     assert [m.name for m in methods_mod.select("cfg,unguided")] == ["unguided", "cfg"]
     with pytest.raises(ValueError, match="unknown"):
         methods_mod.select("cfg,nope")
+
+
+def test_196_token_setting_uses_its_preset_folder_and_table():
+    import reproduce_fmnist
+    from reproduce.training import PRESETS, command
+
+    from sgkernels import presets
+    args = reproduce_fmnist.parse_args(["--tokens", "196"])
+    assert (args.out, args.train_minutes) == ("runs/reproduce-196", 75.0)
+    assert presets.get(PRESETS[196]).num_tokens == 196
+    routes = presets.get(PRESETS[196]).routes
+    assert len(routes) == 1 and routes[0].end - routes[0].start + 1 >= 6   # most of the depth
+    cmd = command(Path("x"), "dense", 1.0, False, "cpu", 196)
+    assert cmd[cmd.index("--model") + 1] == "FMNIST-CPU/2" and "routes=[]" in cmd
+    table = methods_mod.select(None, 196)
+    groups = {m.group for m in table if m.group}
+    assert groups == {"rule", "sg-mild"}
+    assert all(m.headline for m in table if m.group)
+    with pytest.raises(ValueError, match="at 196 tokens"):
+        methods_mod.select("cfgsg-ip2p", 196)
+    with pytest.raises(SystemExit):
+        reproduce_fmnist.parse_args(["--tokens", "100"])
+
+
+def test_only_the_best_member_of_a_group_gets_a_final(tmp_path):
+    import reproduce_fmnist
+    args = reproduce_fmnist.parse_args(["--tokens", "196", "--out", str(tmp_path)])
+    rep = reproduce_fmnist.Reproduction(args, log=lambda *_: None)
+    members = [m for m in methods_mod.select(None, 196) if m.group == "sg-mild"]
+    for i, m in enumerate(members):
+        for j, scale in enumerate(m.grid):
+            path = rep.sweep_path(m, scale)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"scale": list(scale), "cfd": 10.0 - 5 * i + j}))
+            last = path
+    assert rep.group_winner("sg-mild") == members[-1].name
+    rep.final(members[0])                              # the loser: skipped before sampling
+    assert not (tmp_path / "final" / members[0].name).exists()
+    last.unlink()
+    assert rep.group_winner("sg-mild") is None

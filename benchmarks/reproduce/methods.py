@@ -14,11 +14,16 @@ tuple (one weight, or (w_cfg, w_sg) for the CFG+SG rules). With D_s / D_w the ma
 The CFG+SG grids are chosen so that every rule spans about the same CFG-equivalent strength:
 with γ_s = γ_w the rules reduce to CFG at w_cfg (direct), 1 + w_cfg (inner), w_cfg + w_sg
 (compositional) and w_sg (ip2p).
+
+At 196 tokens (TABLES[196], a sampled image costs ~4x more) the table is cut to what the
+comparison needs: four-point grids around the 49-token optima, the two milder SG pairs and the two
+best rules at 49 tokens (direct, inner) as candidates of a group; only the member of a group with
+the lowest sweep value gets a final (Method.group).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sgkernels.guidance import CFG, AutoGuidance, CFGSparseGuidance, SparseGuidance, Unguided
 
@@ -40,7 +45,9 @@ EARLY_GRID = ((1.25,), (1.5,), (2.0,), (3.0,))
 @dataclass(frozen=True)
 class Method:
     """name: folder name; model: "routed" | "dense"; build(scale, early) -> Guidance;
-    grid: scale tuples of the sweep; headline: gets Inception FID in the final stage."""
+    grid: scale tuples of the sweep; headline: gets Inception FID in the final stage;
+    group: candidates of one slot (e.g. "the best milder SG pair"): only the group's member with
+    the lowest sweep value gets a final."""
 
     name: str
     model: str
@@ -48,6 +55,7 @@ class Method:
     build: Callable
     grid: tuple
     headline: bool = False
+    group: str = ""
 
 
 def scale_key(scale: tuple) -> str:
@@ -88,12 +96,41 @@ METHODS = (
 BY_NAME = {m.name: m for m in METHODS}
 
 
-def select(names: str | None) -> tuple[Method, ...]:
-    """All methods, or the comma-separated `names` in table order."""
+def _at_196(name: str, grid: tuple, group: str = "") -> Method:
+    m = BY_NAME[name]
+    return replace(m, grid=grid, group=group, headline=m.headline or bool(group))
+
+
+TABLES = {
+    49: METHODS,
+    196: (
+        BY_NAME["unguided"],
+        _at_196("cfg", ((1.5,), (2.0,), (2.5,), (3.0,))),
+        _at_196("sg-0.5-0.9", ((2.0,), (3.0,), (4.0,), (6.0,))),
+        _at_196("cfgsg-direct", ((1.5, 0.5), (1.5, 1.0), (2.0, 1.0), (2.0, 2.0)), "rule"),
+        _at_196("cfgsg-inner", ((0.5, 0.5), (0.5, 1.0), (1.0, 1.0), (1.5, 1.0)), "rule"),
+        _at_196("autoguidance", ((1.25,), (1.5,), (2.0,))),
+        _at_196("sg-early", ((1.25,), (1.5,), (2.0,))),
+        _at_196("sg-0-0.5", ((2.0,), (3.0,), (4.0,), (6.0,)), "sg-mild"),
+        _at_196("sg-0.2-0.6", ((3.0,), (4.0,), (6.0,), (8.0,)), "sg-mild"),
+        BY_NAME["dense-unguided"],
+        _at_196("dense-cfg", ((1.5,), (2.0,), (2.5,), (3.0,))),
+    ),
+}
+
+
+def select(names: str | None, tokens: int = 49) -> tuple[Method, ...]:
+    """The methods of the token count's table, or the comma-separated `names` of it in table
+    order."""
+    if tokens not in TABLES:
+        raise ValueError(f"--tokens: expected one of {sorted(TABLES)}, got {tokens}")
+    table = TABLES[tokens]
     if not names:
-        return METHODS
+        return table
+    valid = [m.name for m in table]
     wanted = [n.strip() for n in names.split(",") if n.strip()]
-    bad = [n for n in wanted if n not in BY_NAME]
+    bad = [n for n in wanted if n not in valid]
     if bad:
-        raise ValueError(f"--methods: unknown {bad}; valid names: {', '.join(BY_NAME)}")
-    return tuple(m for m in METHODS if m.name in wanted)
+        raise ValueError(f"--methods: unknown {bad} at {tokens} tokens; valid names: "
+                         f"{', '.join(valid)}")
+    return tuple(m for m in table if m.name in wanted)

@@ -1,7 +1,8 @@
 """Stage `train`: the routed and the dense model through `python -m sgkernels train`.
 
-Both runs use the FMNIST-CPU/4 preset (docs/training.md); the dense one overrides `routes=[]`,
-so it has the same parameters and trains every token. They run as subprocesses (one thread each,
+Both runs use the preset of the token count (49: FMNIST-CPU/4, docs/training.md; 196:
+FMNIST-CPU/2); the dense one overrides `routes=[]`, so it has the same parameters and trains every
+token. They run as subprocesses (one thread each,
 side by side) into OUT/train/{routed,dense}. A run folder that already has args.json is continued
 with `--resume` (exact, see docs/training.md) for the training time still left:
 
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 KINDS = ("routed", "dense")
-PRESET = "FMNIST-CPU/4"
+PRESETS = {49: "FMNIST-CPU/4", 196: "FMNIST-CPU/2"}
 FULL = dict(batch=32, steps=20000, ckpt_every=500, sample_every=1000, log_every=20, early=500)
 MIN_LEFT = 0.5                           # minutes; less than this left counts as finished
 QUICK = dict(batch=16, steps=30, ckpt_every=10, sample_every=0, log_every=5, early=10)
@@ -57,10 +58,11 @@ def trained_seconds(folder: Path) -> float:
     return total + last
 
 
-def command(out: Path, kind: str, minutes: float, quick: bool, device: str) -> list[str]:
+def command(out: Path, kind: str, minutes: float, quick: bool, device: str,
+            tokens: int = 49) -> list[str]:
     s = settings(quick)
     folder = run_dir(out, kind)
-    cmd = [sys.executable, "-m", "sgkernels", "train", "--model", PRESET]
+    cmd = [sys.executable, "-m", "sgkernels", "train", "--model", PRESETS[tokens]]
     if kind == "dense":
         cmd += ["--set", "routes=[]"]
     cmd += ["--data", "fashion-mnist", "--batch", str(s["batch"]), "--lr", "1e-3",
@@ -84,7 +86,8 @@ def _finish(out: Path, kind: str, seconds: float) -> dict:
     return record
 
 
-def train(out: Path, minutes: float, quick: bool, device: str, log=print) -> dict:
+def train(out: Path, minutes: float, quick: bool, device: str, log=print,
+          tokens: int = 49) -> dict:
     """Train (or continue) both runs; returns {kind: done record}."""
     if not minutes > 0:
         raise ValueError(f"--train-minutes must be > 0, got {minutes}")
@@ -103,7 +106,7 @@ def train(out: Path, minutes: float, quick: bool, device: str, log=print) -> dic
             log(f"train/{kind}: training time used up, done at step {done[kind]['step']}")
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        cmd = command(out, kind, max(left, MIN_LEFT), quick, device)
+        cmd = command(out, kind, max(left, MIN_LEFT), quick, device, tokens)
         log(f"train/{kind}: {'resuming' if '--resume' in cmd else 'starting'}, "
             f"{left:.1f} min left")
         handle = open(folder.parent / f"{kind}.log", "a")
