@@ -1,8 +1,5 @@
 """RoutedDiT: a DiT/SiT or Llama-style diffusion transformer with TREAD routes or MaskDiT masking.
 
-    model(x [B,C,H,W], t [B], y [B], gamma=None, generator=None, route_scores=None,
-          return_keep=False, text=None) -> velocity [B, C, H, W]   (+ keep [R, B, N] bool)
-
 Pipeline: patch embed (+ fixed sin-cos positions for sit) -> packed TokenBatch of B segments with
 cond = t_emb(t) + y_emb(y) -> blocks, where the blocks of route r run on the tokens kept at that
 route's rate (routing.py) -> (MaskDiT: decoder over every position) -> final layer -> unpatchify.
@@ -10,21 +7,16 @@ In the Llama flavour a route starts with one fused op, the gather of the kept ro
 routed block's RMSNorm-modulate (ops.route_gather_rms_norm_modulate).
 With learn_sigma the final layer predicts 2C channels and the velocity is the first C.
 
-Text-conditioned models (config.text_conditioned, T2I) take y=None and text=TextBatch with one
-caption per image (model/text.py): refined caption tokens are joined with each image's tokens in
-its segment, never routed, and the pooled caption vector is added to cond. route_scores and keep
-still index image tokens only ([R, B, N]); forward_tokens returns the image-token rows.
-
-Rates: gamma=None uses the config's route rates (mask_ratio in MaskDiT mode) in train mode and is
-dense in eval mode; a float or a [B] tensor forces that per-sample rate on every route. Route r
-keeps, in sample b, the keep(N, gamma_b) tokens of lowest route_scores[r, b] (default uniform
-random scores from `generator`), so equal scores give equal selections whether branches are
-evaluated packed or separately. `forward_tokens` is the packed entry point over any TokenBatch.
+Text-conditioned models (config.text_conditioned, T2I) join refined caption tokens with each
+image's tokens in its segment (model/text.py); they are never routed, and the pooled caption
+vector is added to cond. The call contract (rates, route scores, keep masks, errors) is in the
+docstrings of `RoutedDiT` and `RoutedDiT.forward`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -44,6 +36,23 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class RoutedDiT(nn.Module):
+    """Diffusion transformer whose blocks run on routed (TREAD) or visible (MaskDiT) tokens.
+
+    Call it as `model(x, t, y, ...)` (see `forward`) to get the velocity of a batch of images;
+    `forward_tokens` is the packed entry point over any TokenBatch, `record_token_counts`
+    reports how many tokens each block processed. Parameters are created in fp32 with the DiT
+    initialization (adaLN-Zero: the output is 0 until the adaLN and final layers learn);
+    convert with `.to(dtype)` (fp32, bf16, fp16) before a call.
+
+    Args:
+        config: the architecture, a `ModelConfig` (`sgkernels.presets.get(name)` gives the
+            presets): image size and channels, classes, depth and widths, flavour "sit" |
+            "llama", token routes, MaskDiT decoder, text conditioning.
+
+    Raises:
+        TypeError: config is not a ModelConfig.
+    """
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         if not isinstance(config, ModelConfig):
@@ -58,8 +67,43 @@ class RoutedDiT(nn.Module):
         self.decoder = MaskDecoder(c) if c.maskdit else None
         out_width = c.decoder_dim if c.maskdit else c.dim
         self.final = FinalLayer(c, out_width, c.dim, c.patch_size ** 2 * c.out_channels)
-        self.route_counts: list[int] = []
         self.initialize_weights()
+
+    @contextlib.contextmanager
+    def record_token_counts(self) -> Iterator[list[list[int]]]:
+        """Record how many tokens each block processes, forward by forward.
+
+        A context manager over forward hooks on the encoder blocks and the MaskDiT decoder
+        blocks; the forward itself keeps no record, so it has no Python side effects (and
+        compiles to the same graph) outside this block. Inside it, every forward (`model(...)`
+        or `forward_tokens`) appends one list to the yielded list: the token count of each
+        block in order (encoder blocks, then decoder blocks), summed over the segments of the
+        batch, text tokens included. The hooks are removed on exit.
+
+            with model.record_token_counts() as counts:
+                model(x, t, y, gamma=0.5)
+            counts[-1]     # 4 blocks, route over blocks 1..2, B = 4 images of N = 256 tokens:
+                           # [4 * 256, 4 * 128, 4 * 128, 4 * 256]
+
+        Returns:
+            A context manager yielding the list of per-forward lists of token counts.
+        """
+        counts: list[list[int]] = []
+        blocks = [*self.blocks, *(self.decoder.blocks if self.decoder is not None else ())]
+
+        def hook(first: bool):
+            def record(module, args, out):
+                if first:
+                    counts.append([])
+                counts[-1].append(out.shape[0])
+            return record
+
+        handles = [b.register_forward_hook(hook(k == 0)) for k, b in enumerate(blocks)]
+        try:
+            yield counts
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @property
     def num_routes(self) -> int:
@@ -260,13 +304,11 @@ class RoutedDiT(nn.Module):
 
     def _run(self, batch: TokenBatch, plans: list[routing.RoutePlan | None],
              image_rows: torch.Tensor | None = None) -> torch.Tensor:
-        counts: list[int] = []
         if self.config.maskdit:
             b = routing.gather(batch, plans[0]) if plans[0] is not None else batch
             for block in self.blocks:
                 b = b.replace(x=block(b))
-                counts.append(b.x.shape[0])
-            b = self.decoder(self.decoder.fill(batch, b.x, plans[0]), counts)
+            b = self.decoder(self.decoder.fill(batch, b.x, plans[0]))
         else:
             b = batch
             starts = {route.start: i for i, route in enumerate(self.config.routes)}
@@ -278,11 +320,9 @@ class RoutedDiT(nn.Module):
                     b = self._route_start(block, b, plans[i])
                 else:
                     b = b.replace(x=block(b))
-                counts.append(b.x.shape[0])
                 if active is not None and k == self.config.routes[active].end:
                     b = saved.replace(x=routing.scatter(saved.x, b.x, plans[active]))
                     saved, active = None, None
-        self.route_counts = counts
         if image_rows is not None:                         # decode the image tokens only
             b = b.replace(x=ops.route_gather(b.x, image_rows), seg=b.seg[image_rows])
         return self.final(b)
@@ -301,6 +341,58 @@ class RoutedDiT(nn.Module):
                 gamma: Gamma = None, generator: torch.Generator | None = None,
                 route_scores: torch.Tensor | None = None, return_keep: bool = False,
                 text: TextBatch | None = None):
+        """The velocity v(x, t | y or text) of a batch of images, blocks run on routed tokens.
+
+        Route r (blocks config.routes[r].start..end) keeps, in sample b with N image tokens,
+        the keep(N, gamma_b) = max(1, N - floor(N * gamma_b + 1e-9)) tokens of lowest
+        route_scores[r, b] (ties by index) in their original order; dropped tokens re-enter
+        after the route with their pre-route activations. Equal scores give equal selections,
+        so branches evaluated packed or separately can be compared exactly. In MaskDiT mode
+        the encoder sees the kept (visible) tokens of the one mask and the decoder every one.
+
+        Args:
+            x: images float [B, C, H, W] (C = config.in_channels, H = W = config.input_size)
+                in the parameters' dtype `model.dtype` (fp32, bf16 or fp16; any float dtype
+                under torch.autocast), on the model's device.
+            t: times float [B] in [0, 1] (t = 1 is data), on the model's device.
+            y: class labels int64 or int32 [B] in [0, num_classes] (num_classes is the null
+                class), on x's device; None for a model without classes (num_classes = 0)
+                and for a text-conditioned model.
+            gamma: drop rates in [0, 1) (0 = dense): None (train mode: the config's route
+                rates, MaskDiT: config.mask_ratio; eval mode: dense), a float for every
+                sample, or one rate per sample (a list of B floats, which costs no device
+                sync and keeps the forward one torch.compile graph, or a float tensor [B],
+                copied to the host once). The rate is forced on every route.
+            generator: torch.Generator of the default route scores.
+            route_scores: float [R, B, N] (R = model.num_routes, N = config.num_tokens) or
+                None: uniform random scores from `generator`, drawn only when a route is
+                active.
+            return_keep: also return the keep mask.
+            text: a TextBatch of B captions of width config.text_dim for a text-conditioned
+                model (segment b holds [refined caption b; image tokens b]; caption tokens are
+                never routed and always kept), None otherwise.
+
+        Returns:
+            velocity [B, C, H, W] in the model's compute dtype (the parameters' dtype, or
+            the autocast dtype); with learn_sigma the first C of the 2C predicted channels.
+            With return_keep=True the pair (velocity, keep [R, B, N] bool): keep[r, b, i] is
+            True when image token i of sample b went through the blocks of route r (all True
+            for a dense route; MaskDiT: R = 1 and keep[0] is the visible-token mask).
+
+        Raises:
+            TypeError: x or t not a floating tensor; y not an int64 / int32 tensor; the
+                parameters not fp32 / bf16 / fp16 (`model.check_dtype()`); x in another dtype
+                than the parameters outside autocast; text not a TextBatch for a
+                text-conditioned model; gamma not None, a float, a sequence or a tensor.
+            ValueError: x not [B, C, H, W] of the config; t, y or gamma not of length B (a
+                gamma tensor: float [B]);
+                route_scores not [R, B, N]; x, t, y not on the model's device; t outside
+                [0, 1] or y outside [0, num_classes] (checked on CPU, and on CUDA under
+                SGKERNELS_DEBUG=1); x not finite (under SGKERNELS_DEBUG=1); a rate outside
+                [0, 1); gamma > 0 on a model without routes or MaskDiT; y given to a model
+                without classes; text given to a model without text conditioning, or not
+                B captions of width text_dim.
+        """
         self._check_inputs(x, t, y, text)
         c = self.config
         bsz, n = x.shape[0], c.num_tokens

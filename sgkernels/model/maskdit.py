@@ -47,8 +47,7 @@ class MaskDecoder(nn.Module):
             z = z + sincos_2d(full.pos, self.dim).to(z.dtype)
         return full.replace(x=z)
 
-    def forward(self, b: TokenBatch, counts: list[int]) -> TokenBatch:
+    def forward(self, b: TokenBatch) -> TokenBatch:
         for block in self.blocks:
             b = b.replace(x=block(b))
-            counts.append(b.x.shape[0])
         return b

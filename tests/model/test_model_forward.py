@@ -38,23 +38,27 @@ def test_route_counts_exact(flavour):
     cfg = small_config(flavour)
     model = RoutedDiT(cfg).train()
     x, t, y = inputs(cfg, batch=3)
-    model(x, t, y, gamma=torch.tensor([0.5, 0.25, 0.9]))
+    with model.record_token_counts() as counts:
+        model(x, t, y, gamma=torch.tensor([0.5, 0.25, 0.9]))
+        model(x, t, y)                                      # train mode: config rate 0.5
+        model(x, t, y, gamma=0.0)
     # keep(16, .5) = 8, keep(16, .25) = 12, keep(16, .9) = 16 - floor(14.4) = 2; blocks 1..2 routed
-    assert model.route_counts == [48, 22, 22, 48]
-    model(x, t, y)                                          # train mode: config rate 0.5
-    assert model.route_counts == [48, 24, 24, 48]
-    model(x, t, y, gamma=0.0)
-    assert model.route_counts == [48] * 4
+    assert counts[0] == [48, 22, 22, 48]
+    assert counts[1] == [48, 24, 24, 48]
+    assert counts[2] == [48] * 4
+    model(x, t, y)
+    assert len(counts) == 3                                 # hooks removed on exit
 
 
 def test_maskdit_counts_and_keep_mask():
     cfg = small_config("sit", maskdit=True)
     model = RoutedDiT(cfg).train()
     x, t, y = inputs(cfg, batch=2)
-    v, keep = model(x, t, y, gamma=torch.tensor([0.75, 0.3]), return_keep=True)
+    with model.record_token_counts() as counts:
+        v, keep = model(x, t, y, gamma=torch.tensor([0.75, 0.3]), return_keep=True)
     assert keep.shape == (1, 2, 16) and keep.dtype == torch.bool
     assert keep.sum(-1).tolist() == [[keep_count(16, 0.75), keep_count(16, 0.3)]]
-    assert model.route_counts == [4 + 12] * cfg.depth + [32] * cfg.decoder_depth
+    assert counts[-1] == [4 + 12] * cfg.depth + [32] * cfg.decoder_depth
 
 
 def test_keep_mask_selects_lowest_scores_in_order():
@@ -144,11 +148,12 @@ def test_eval_mode_dense_by_default():
     cfg = small_config("llama")
     model = randomize_(RoutedDiT(cfg)).eval()
     x, t, y = inputs(cfg)
-    v = model(x, t, y)
-    assert model.route_counts == [48] * 4
-    assert torch.equal(v, model(x, t, y, gamma=0.0))
-    model(x, t, y, gamma=0.5)                               # explicit rates still apply in eval
-    assert model.route_counts == [48, 24, 24, 48]
+    with model.record_token_counts() as counts:
+        v = model(x, t, y)
+        assert counts[-1] == [48] * 4
+        assert torch.equal(v, model(x, t, y, gamma=0.0))
+        model(x, t, y, gamma=0.5)                           # explicit rates still apply in eval
+    assert counts[-1] == [48, 24, 24, 48]
 
 
 def test_generator_reproducible():
@@ -195,12 +200,13 @@ def test_forward_backward_without_host_syncs(flavour_config):
         model = RoutedDiT(flavour_config).train()
         x = torch.randn(3, flavour_config.in_channels, 8, 8, requires_grad=True)
         t, y = torch.rand(3), torch.zeros(3, dtype=torch.int64)
-        v, keep = model(x, t, y, gamma=[0.5, 0.2, 0.0], return_keep=True)
+        with model.record_token_counts() as counts:
+            v, keep = model(x, t, y, gamma=[0.5, 0.2, 0.0], return_keep=True)
         v.sum().backward()
     assert v.shape == x.shape and x.grad.shape == x.shape and keep.shape == (1, 3, 16)
     kept = 8 + 13 + 16                                      # keep(16, .5), keep(16, .2), 16
     expected = [kept] * 4 + [48] * 2 if flavour_config.maskdit else [48, kept, kept, 48]
-    assert model.route_counts == expected
+    assert counts == [expected]
 
 
 def test_maskdit_output_ignores_masked_patches():

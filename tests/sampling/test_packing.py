@@ -138,7 +138,8 @@ def test_routed_dit_packed_branches_drop_tokens():
     model = tiny_model()
     x = torch.randn(2, 1, 28, 28)
     terms = SparseGuidance(2.0, 0.25, 0.75).terms(0, 1)
-    guided_velocity({"main": model}, x, 0.3, torch.tensor([1, 2]), terms,
-                    torch.Generator().manual_seed(0))
+    with model.record_token_counts() as counts:
+        guided_velocity({"main": model}, x, 0.3, torch.tensor([1, 2]), terms,
+                        torch.Generator().manual_seed(0))
     # block 1 is routed: 2 images at γ 0.25 keep 196 − 49 tokens, 2 at γ 0.75 keep 196 − 147
-    assert model.route_counts == [4 * 196, 2 * 147 + 2 * 49, 4 * 196]
+    assert counts == [[4 * 196, 2 * 147 + 2 * 49, 4 * 196]]

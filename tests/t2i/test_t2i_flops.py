@@ -38,8 +38,9 @@ def test_token_counts_match_the_model(gamma):
     cfg = text_config(text_len=5)
     model = random_model(cfg).train()
     x, t = images(cfg, 3)
-    model(x, t, None, text=captions((5, 5, 5)), gamma=gamma)
-    per_image = [c // 3 for c in model.route_counts]
+    with model.record_token_counts() as counts:
+        model(x, t, None, text=captions((5, 5, 5)), gamma=gamma)
+    per_image = [c // 3 for c in counts[-1]]
     assert per_image == block_token_counts(cfg, gamma)
     assert block_token_counts(cfg, gamma, text_len=9) == [c + 4 for c in per_image]
 

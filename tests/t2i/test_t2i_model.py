@@ -21,12 +21,13 @@ def test_text_tokens_are_never_routed(gamma):
     x, t = images(cfg, 3)
     text = captions((3, 7, 5))
     before, routed = _capture_block(model, 0), _capture_block(model, 1)
-    _, keep = model(x, t, None, text=text, gamma=gamma, return_keep=True)
+    with model.record_token_counts() as counts:
+        _, keep = model(x, t, None, text=text, gamma=gamma, return_keep=True)
     (full, full_out), (inner, _) = before[0], routed[0]
     n, kept = cfg.num_tokens, keep_count(cfg.num_tokens, gamma)
     assert inner.text_lengths == (3, 7, 5)
     assert inner.segment_lengths() == tuple(m + kept for m in (3, 7, 5))
-    assert model.route_counts == [15 + 3 * n, 15 + 3 * kept, 15 + 3 * n]
+    assert counts[-1] == [15 + 3 * n, 15 + 3 * kept, 15 + 3 * n]
     # every text row reaches the routed block unchanged, and only image rows were dropped
     assert torch.equal(full_out[full.text_mask()], inner.x[inner.text_mask()])
     assert keep.shape == (1, 3, n) and keep.sum(-1).tolist() == [[kept] * 3]
