@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from sgkernels import ops
+from sgkernels.kernels import torch as ref
 from sgkernels.model import keep_count as keep
-from sgkernels.ops import reference as ref
 
 MODES = ("fwd", "bwd", "fwdbwd")
 LAYOUTS = ("dense", "routed", "packed")

@@ -11,9 +11,9 @@ importing the bare package reaches the top); every other module must match a lon
 """
 
 LAYERS = (
-    # Triton kernels and the compiled CUDA extension (csrc/); this file
+    # the backends (torch, Triton, the CUDA extension built from csrc/ and its wrapper); this file
     ("sgkernels._C", "sgkernels.kernels", "sgkernels.layers"),
-    # public ops: custom_op registration, dispatch over the backends, the torch reference
+    # public ops: custom_op registration, dispatch over the backends
     ("sgkernels.ops",),
     # the routed DiT, its text refiner (model.text) and the preset registry
     ("sgkernels.model", "sgkernels.presets"),

@@ -1,5 +1,7 @@
-"""Kernel backends of sgkernels.ops: `triton` (Triton kernels) and `cuda` (sgkernels._C).
+"""The three backends of sgkernels.ops, side by side, one file per op in each:
+`torch` (plain PyTorch: the CPU path and the test oracle), `triton` (Triton kernels) and `cuda`
+(a wrapper over the extension sgkernels._C built from csrc/).
 
 Kernels know nothing of models; each backend exports the functions listed in
-docs/contracts.md ("Backends"), with the same names and signatures as sgkernels.ops.reference.
+docs/contracts.md ("Backends"), with the same names and signatures as sgkernels.kernels.torch.
 """

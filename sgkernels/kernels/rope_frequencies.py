@@ -1,5 +1,5 @@
-"""Frequencies of the axial RoPE, shared by every backend of rope_axial (the torch reference in
-sgkernels.ops.reference and the Triton kernel), so all of them rotate by the same fp32 values."""
+"""Frequencies of the axial RoPE, shared by every backend of rope_axial (torch/rope.py and
+triton/rope.py), so all of them rotate by the same fp32 values."""
 import torch
 
 

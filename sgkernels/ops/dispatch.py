@@ -1,7 +1,7 @@
 """Backend choice for sgkernels.ops.
 
 A backend is a module of plain functions named as in docs/contracts.md ("Backends"):
-    torch   sgkernels.ops.reference          always available; the CPU path and the oracle
+    torch   sgkernels.kernels.torch          always available; the CPU path and the oracle
     triton  sgkernels.kernels.triton         CUDA tensors; CPU tensors only with TRITON_INTERPRET=1
     cuda    sgkernels.kernels.cuda           CUDA tensors, when sgkernels._C is built
 
@@ -22,7 +22,9 @@ import os
 
 import torch
 
-from . import amp, reference
+from sgkernels.kernels import torch as torch_backend
+
+from . import amp
 
 BACKENDS = ("torch", "triton", "cuda")
 _MODULES = {"triton": "sgkernels.kernels.triton", "cuda": "sgkernels.kernels.cuda"}
@@ -61,7 +63,7 @@ def forced_backend():
 def _import(name):
     """(module, None) or (None, exception); cached so a failing import is attempted once."""
     if name == "torch":
-        return reference, None
+        return torch_backend, None
     try:
         return importlib.import_module(_MODULES[name]), None
     except Exception as exc:  # any failure means: backend unavailable
@@ -153,7 +155,7 @@ def _select(fn_name, device):
         triton, _ = _import("triton")
         if triton is not None and hasattr(triton, fn_name):
             return getattr(triton, fn_name)
-    return getattr(reference, fn_name)
+    return getattr(torch_backend, fn_name)
 
 
 def backend_for(fn_name, device):

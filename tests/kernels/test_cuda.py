@@ -15,7 +15,8 @@ import torch
 
 from sgkernels import ops
 from sgkernels.kernels import cuda
-from sgkernels.ops import reference, validate
+from sgkernels.kernels import torch as reference
+from sgkernels.ops import validate
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DEV = "cuda"

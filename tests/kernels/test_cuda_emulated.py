@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sgkernels.kernels import torch as reference
 from sgkernels.kernels.cuda import MAX_ROW_DIM
-from sgkernels.ops import reference, validate
+from sgkernels.ops import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracles import torch_rope_axial
 
+from sgkernels.kernels import torch as reference
 from sgkernels.kernels.triton import attention, attention_bwd, attention_fwd, launch, rope
 from sgkernels.kernels.triton.launch import INTERPRET as INTERPRETING
-from sgkernels.ops import reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 # Compiled kernels on a CUDA device: run with TRITON_INTERPRET=0 (tests/kernels/conftest.py

@@ -8,7 +8,7 @@ import torch
 
 import sgkernels.kernels.triton as triton_backend
 from sgkernels import ops
-from sgkernels.ops import reference
+from sgkernels.kernels import torch as reference
 
 pytestmark = [pytest.mark.interpret,
               pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")]

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import sgkernels.kernels.triton as backend
+from sgkernels.kernels import torch as reference
 from sgkernels.kernels.triton import launch, norm, residual, rope, routing, segments, swiglu
-from sgkernels.ops import reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 

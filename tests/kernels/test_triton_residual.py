@@ -5,9 +5,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sgkernels.kernels import torch as reference
 from sgkernels.kernels.triton import residual
 from sgkernels.kernels.triton.launch import INTERPRET
-from sgkernels.ops import reference
 
 # `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
 # TRITON_INTERPRET=1); `gpu` tests run them compiled on CUDA (with TRITON_INTERPRET=0).

@@ -7,9 +7,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sgkernels.kernels import torch as reference
 from sgkernels.kernels.triton import rope
 from sgkernels.kernels.triton.launch import INTERPRET as INTERPRETING
-from sgkernels.ops import reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 

@@ -5,8 +5,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sgkernels.kernels import torch as reference
 from sgkernels.kernels.triton import routing
-from sgkernels.ops import reference
 
 # `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
 # TRITON_INTERPRET=1); `gpu` tests run them compiled on CUDA (with TRITON_INTERPRET=0).

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from sgkernels.kernels import torch as reference
 from sgkernels.kernels.triton import norm, residual, segments
-from sgkernels.ops import reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 

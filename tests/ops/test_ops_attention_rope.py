@@ -10,7 +10,7 @@ from oracles import torch_rope_axial
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sgkernels import ops
-from sgkernels.ops import reference
+from sgkernels.kernels.torch import attention as torch_attention
 from sgkernels.ops.attention import varlen_attention_qkv
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -78,17 +78,17 @@ def test_varlen_attention_lse_and_chunking(monkeypatch):
     lengths = [3, 5, 3, 3, 0, 5]
     q, k, v = (torch.randn(sum(lengths), 2, 8) for _ in range(3))
     cu = cu_seqlens(lengths)
-    o, lse = reference.varlen_attention_fwd(q, k, v, cu, 5, 0.25)
+    o, lse = torch_attention.varlen_attention_fwd(q, k, v, cu, 5, 0.25)
     assert lse.shape == (2, sum(lengths)) and lse.dtype == torch.float32
     bounds = cu.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         scores = torch.einsum("ihd,jhd->hij", q[start:end], k[start:end]) * 0.25
         torch.testing.assert_close(lse[:, start:end], torch.logsumexp(scores, -1))
     do = torch.randn_like(o)
-    grads = reference.varlen_attention_bwd(do, q, k, v, o, lse, cu, 5, 0.25)
-    monkeypatch.setattr(reference, "_ATTN_CHUNK_ELEMS", 1)   # one segment per chunk
-    o1, lse1 = reference.varlen_attention_fwd(q, k, v, cu, 5, 0.25)
-    grads1 = reference.varlen_attention_bwd(do, q, k, v, o1, lse1, cu, 5, 0.25)
+    grads = torch_attention.varlen_attention_bwd(do, q, k, v, o, lse, cu, 5, 0.25)
+    monkeypatch.setattr(torch_attention, "_ATTN_CHUNK_ELEMS", 1)   # one segment per chunk
+    o1, lse1 = torch_attention.varlen_attention_fwd(q, k, v, cu, 5, 0.25)
+    grads1 = torch_attention.varlen_attention_bwd(do, q, k, v, o1, lse1, cu, 5, 0.25)
     torch.testing.assert_close((o1, lse1, *grads1), (o, lse, *grads))
 
 
@@ -130,13 +130,13 @@ def test_rope_axial_scores_depend_on_relative_position_only():
 def test_reference_attention_batches_each_length_group(monkeypatch):
     """50 segments of 2 distinct lengths (and empty ones) -> one batched pass per length."""
     calls = []
-    heads_first = reference._heads_first
+    heads_first = torch_attention._heads_first
 
     def counting(t, tok):
         calls.append(tuple(tok.shape))
         return heads_first(t, tok)
 
-    monkeypatch.setattr(reference, "_heads_first", counting)
+    monkeypatch.setattr(torch_attention, "_heads_first", counting)
     lengths = [3, 5, 0] * 25
     inputs = attention_inputs(lengths, 2, 8)
     q = inputs["q"].requires_grad_()

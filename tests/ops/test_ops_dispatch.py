@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sgkernels import ops
-from sgkernels.ops import dispatch, reference
+from sgkernels.kernels import torch as reference
+from sgkernels.ops import dispatch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

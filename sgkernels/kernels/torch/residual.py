@@ -1,0 +1,15 @@
+"""gated_residual for the torch backend; math: sgkernels.ops.residual."""
+from .segments import segment_sum
+
+
+def gated_residual_fwd(x, y, gate, seg):
+    out = x.float() + gate.float()[seg.long()] * y.float()
+    return out.to(x.dtype)
+
+
+def gated_residual_bwd(dout, y, gate, seg):
+    """dx is `dout` itself (the identity); callers must not write into it."""
+    doutf = dout.float()
+    dy = (doutf * gate.float()[seg.long()]).to(y.dtype)
+    dgate = segment_sum(doutf * y.float(), seg, gate.shape[0]).to(gate.dtype)
+    return dout, dy, dgate
