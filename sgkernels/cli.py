@@ -1,4 +1,4 @@
-"""Command line: `python -m sgkernels {train,sample,eval} ...` (or the `sgkernels` script).
+"""Command line: `python -m sgkernels {train,sample,eval,plan} ...` (or the `sgkernels` script).
 
 Errors of every command are turned into exit statuses HERE, in one place (docs/contracts.md,
 "Input policy"): the commands raise exceptions, `main` prints ONE line on stderr
@@ -27,6 +27,7 @@ COMMANDS = {
     "train": ("sgkernels.train.cli", "train a routed DiT with flow matching"),
     "sample": ("sgkernels.sampling.cli", "sample images with CFG / AutoGuidance / Sparse Guidance"),
     "eval": ("sgkernels.eval.cli", "FID, classifier-feature metrics, precision/recall"),
+    "plan": ("sgkernels.train.plan_cli", "per-GPU memory of a training run (ddp / fsdp)"),
 }
 USAGE_ERROR, FAILURE, INTERRUPTED = 2, 1, 130
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
