@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from sgkernels import ops
 
@@ -106,6 +107,16 @@ class DiTBlock(nn.Module):
         x = ops.gated_residual(b.x, self.attn(h, b), gate1, b.seg)
         h = norm_modulate(self.flavour, x, shift2, scale2, b.seg, self.eps)
         return ops.gated_residual(x, self.mlp(h), gate2, b.seg)
+
+
+def call_block(block: DiTBlock, b: TokenBatch, mod: tuple[torch.Tensor, ...] | None = None,
+               h: torch.Tensor | None = None, checkpoint: bool = False) -> torch.Tensor:
+    """block(b, mod, h); with `checkpoint` (and autograd recording) the block keeps only its
+    inputs and is recomputed in backward (torch.utils.checkpoint, non-reentrant): the same
+    gradients for a fraction of the activation memory (sgkernels/train/plan.py)."""
+    if checkpoint and torch.is_grad_enabled():
+        return _checkpoint(block, b, mod, h, use_reentrant=False)
+    return block(b, mod, h)
 
 
 class FinalLayer(nn.Module):

@@ -24,7 +24,7 @@ from torch import nn
 from sgkernels import ops
 
 from . import routing
-from .blocks import DiTBlock, FinalLayer
+from .blocks import DiTBlock, FinalLayer, call_block
 from .config import ModelConfig, check_gamma
 from .embedders import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d
 from .maskdit import MaskDecoder
@@ -33,6 +33,7 @@ from .tokens import TokenBatch, dense_batch, grid_pos, unpatchify
 
 Gamma = None | float | Sequence[float] | torch.Tensor
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CHECKPOINTING = ("none", "blocks")
 
 
 class RoutedDiT(nn.Module):
@@ -67,7 +68,29 @@ class RoutedDiT(nn.Module):
         self.decoder = MaskDecoder(c) if c.maskdit else None
         out_width = c.decoder_dim if c.maskdit else c.dim
         self.final = FinalLayer(c, out_width, c.dim, c.patch_size ** 2 * c.out_channels)
+        self.checkpoint_blocks = False     # set_activation_checkpointing
         self.initialize_weights()
+
+    def set_activation_checkpointing(self, policy: str) -> RoutedDiT:
+        """Activation checkpointing of the transformer blocks in training.
+
+        Args:
+            policy: "none" (keep every block's activations for backward) or "blocks" (keep
+                each block's inputs only and recompute the block in backward; gradients are
+                unchanged, activation memory drops to the inputs plus one block, see
+                `python -m sgkernels plan`).
+
+        Returns:
+            The model itself.
+
+        Raises:
+            ValueError: an unknown policy.
+        """
+        if policy not in CHECKPOINTING:
+            raise ValueError(f"activation_checkpointing: expected one of {CHECKPOINTING}, "
+                             f"got {policy!r}")
+        self.checkpoint_blocks = policy == "blocks"
+        return self
 
     @contextlib.contextmanager
     def record_token_counts(self) -> Iterator[list[list[int]]]:
@@ -307,8 +330,8 @@ class RoutedDiT(nn.Module):
         if self.config.maskdit:
             b = routing.gather(batch, plans[0]) if plans[0] is not None else batch
             for block in self.blocks:
-                b = b.replace(x=block(b))
-            b = self.decoder(self.decoder.fill(batch, b.x, plans[0]))
+                b = b.replace(x=self._block(block, b))
+            b = self.decoder(self.decoder.fill(batch, b.x, plans[0]), self.checkpoint_blocks)
         else:
             b = batch
             starts = {route.start: i for i, route in enumerate(self.config.routes)}
@@ -319,7 +342,7 @@ class RoutedDiT(nn.Module):
                     saved, active = b, i
                     b = self._route_start(block, b, plans[i])
                 else:
-                    b = b.replace(x=block(b))
+                    b = b.replace(x=self._block(block, b))
                 if active is not None and k == self.config.routes[active].end:
                     b = saved.replace(x=routing.scatter(saved.x, b.x, plans[active]))
                     saved, active = None, None
@@ -332,10 +355,13 @@ class RoutedDiT(nn.Module):
         gather and the block's first RMSNorm-modulate are one fused op."""
         if self.config.flavour != "llama":
             b = routing.gather(b, plan)
-            return b.replace(x=block(b))
+            return b.replace(x=self._block(block, b))
         mod = block.modulation(b.cond)
         b, h = routing.gather_rms_norm_modulate(b, plan, mod[0], mod[1], self.config.norm_eps)
-        return b.replace(x=block(b, mod, h))
+        return b.replace(x=self._block(block, b, mod, h))
+
+    def _block(self, block: DiTBlock, b: TokenBatch, mod=None, h=None) -> torch.Tensor:
+        return call_block(block, b, mod, h, self.checkpoint_blocks)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 gamma: Gamma = None, generator: torch.Generator | None = None,

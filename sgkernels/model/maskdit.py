@@ -17,7 +17,7 @@ from torch import nn
 
 from sgkernels import ops
 
-from .blocks import DiTBlock
+from .blocks import DiTBlock, call_block
 from .config import ModelConfig
 from .embedders import sincos_2d
 from .routing import RoutePlan
@@ -47,7 +47,7 @@ class MaskDecoder(nn.Module):
             z = z + sincos_2d(full.pos, self.dim).to(z.dtype)
         return full.replace(x=z)
 
-    def forward(self, b: TokenBatch) -> TokenBatch:
+    def forward(self, b: TokenBatch, checkpoint: bool = False) -> TokenBatch:
         for block in self.blocks:
-            b = b.replace(x=block(b))
+            b = b.replace(x=call_block(block, b, checkpoint=checkpoint))
         return b

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import torch
 
 from sgkernels.model.config import ModelConfig, keep_count
+from sgkernels.model.dit import CHECKPOINTING
 
 PARALLEL = ("ddp", "fsdp")
-CHECKPOINTING = ("none", "blocks")
 PRECISIONS = ("fp32", "bf16")
 GIB = 2 ** 30
 
