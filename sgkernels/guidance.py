@@ -10,21 +10,9 @@ outputs D, so it is applied to velocities as
 and `terms(step, steps)` returns that list of (Branch, a_k): identical branches merged, branches
 whose coefficient is zero dropped (|a_k| < 1e-12 counts as zero, the float residue of e.g.
 1 − 0.7 − 0.3). The sampler (evaluation and packing), the FLOP counter (`branches`, duck-typed)
-and the tests all read this one description. With D_s(c) = D(x_t,t,c; γ_strong),
-D_w(c) = D(x_t,t,c; γ_weak):
-
-    unguided   D(c)
-    CFG        D(∅) + ω(D(c) − D(∅))                  = ω D(c) + (1−ω) D(∅)
-    AutoG.     D_bad(c) + ω(D(c) − D_bad(c))          = ω D(c) + (1−ω) D_bad(c)
-    SG         D_w(c) + ω(D_s(c) − D_w(c))            = ω D_s(c) + (1−ω) D_w(c)
-    CFG+SG
-      direct   D_w(∅) + w_cfg(D_s(c) − D_w(∅)) + w_sg(D_s(c) − D_w(c))
-                 = (w_cfg+w_sg) D_s(c) − w_sg D_w(c) + (1−w_cfg) D_w(∅)
-      inner    (1+w_cfg+w_sg) D_s(c) − w_cfg D_s(∅) − w_sg D_w(c)
-      compositional  D_w(∅) + w_cfg(D_s(c) − D_w(∅)) + w_sg(D_w(c) − D_w(∅))
-                 = w_cfg D_s(c) + w_sg D_w(c) + (1−w_cfg−w_sg) D_w(∅)
-      ip2p     D_w(∅) + w_sg(D_w(c) − D_w(∅)) + w_cfg(D_s(c) − D_w(c))
-                 = w_cfg D_s(c) + (w_sg−w_cfg) D_w(c) + (1−w_sg) D_w(∅)
+and the tests all read this one description. Notation: D_s(c) = D(x_t,t,c; γ_strong),
+D_w(c) = D(x_t,t,c; γ_weak); each rule's formula is in the docstring of its class (Unguided,
+CFG, AutoGuidance, SparseGuidance, CFGSparseGuidance).
 
 With γ_strong = γ_weak (one model) the CFG+SG rules reduce to CFG with scale w_cfg (direct),
 1 + w_cfg (inner), w_cfg + w_sg (compositional) and w_sg (ip2p).
@@ -78,7 +66,18 @@ class Schedule:
         linear    start + (end − start)·u
         cosine    start + (end − start)·(1 − cos πu)/2
     Both non-constant kinds are monotone, so their values lie between start and end, which they
-    hit exactly at the first and last step.
+    hit exactly at the first and last step. Build one with Schedule.constant(v),
+    Schedule.linear(a, b), Schedule.cosine(a, b) or Schedule.parse("cosine:a:b"); call it as
+    schedule(step, steps) -> float.
+
+    Args:
+        kind: "constant", "linear" or "cosine".
+        start: the value at the first step, a finite real number.
+        end: the value at the last step (== start for "constant").
+
+    Raises:
+        TypeError: start or end not a real number (bools rejected).
+        ValueError: an unknown kind; start or end not finite; a constant with start != end.
     """
 
     kind: str
@@ -113,7 +112,17 @@ class Schedule:
 
     @classmethod
     def parse(cls, text: str) -> Schedule:
-        """'0.5' (constant), 'linear:a:b' or 'cosine:a:b' (the command-line form)."""
+        """A Schedule from its command-line form.
+
+        Args:
+            text: '0.5' (constant), 'linear:a:b' or 'cosine:a:b'.
+
+        Returns:
+            The Schedule.
+
+        Raises:
+            ValueError: text is none of these forms.
+        """
         parts = str(text).split(":")
         try:
             values = [float(p) for p in parts[-2:]] if len(parts) == 3 else [float(parts[0])]
@@ -127,6 +136,7 @@ class Schedule:
                          f"'cosine:a:b'")
 
     def __call__(self, step: int, steps: int) -> float:
+        """The value at step `step` (0-based) of a `steps`-step run (formula: the class)."""
         u = step / (steps - 1) if steps > 1 else 0.0
         if self.kind == "constant" or u == 0.0:
             return self.start
@@ -215,25 +225,64 @@ class Guidance:
         return _in_interval(getattr(self, "interval", None), step, steps)
 
     def validate(self, steps: int) -> None:
-        """Raise ValueError if some step of a `steps`-step run is invalid (checked up front,
-        before any model evaluation; `terms` calls it too)."""
+        """Check every step of a `steps`-step run up front, before any model evaluation
+        (`terms` and `sample` call it).
+
+        Args:
+            steps: the number of steps, an int >= 1.
+
+        Raises:
+            ValueError: steps not a positive int; γ_strong > γ_weak at some guided step
+                (sparse rules without allow_inverted).
+        """
         _check_step(0, steps)
 
     def terms(self, step: int, steps: int) -> list[tuple[Branch, float]]:
-        """The guided velocity of this step as [(Branch, coefficient)], non-zero only."""
+        """The guided velocity v = Σ_k a_k · D_k of one step, as its branches and coefficients.
+
+        Args:
+            step: the step, an int in [0, steps).
+            steps: the number of steps of the run, an int >= 1.
+
+        Returns:
+            [(Branch(model, gamma, cond), a_k)]: identical branches merged, in first-seen order,
+            zero coefficients dropped; Σ a_k = 1. Outside the interval: one branch, weight 1.
+
+        Raises:
+            ValueError: steps not a positive int; step not an int in [0, steps); γ_strong >
+                γ_weak at some guided step of the run (sparse rules without allow_inverted).
+        """
         self.validate(steps)
         if not self.guided(step, steps):
             return [(self._fallback(step, steps), 1.0)]
         return merge_terms(self._rule(step, steps))
 
     def branches(self, step: int, steps: int) -> list[Branch]:
-        """The branches evaluated at this step (docs/contracts.md, read by the FLOP counter)."""
+        """The branches evaluated at this step (what the FLOP counter reads).
+
+        Args:
+            step, steps: as in `terms`.
+
+        Returns:
+            The Branch of every term of `terms(step, steps)`, in order.
+
+        Raises:
+            ValueError: as `terms`.
+        """
         return [branch for branch, _ in self.terms(step, steps)]
 
 
 @dataclass(frozen=True)
 class Unguided(Guidance):
-    """D(c) at drop rate gamma (dense by default); what `guidance=None` means."""
+    """No guidance, what `guidance=None` means: v = D(c) at drop rate gamma.
+
+    Args:
+        gamma: the drop rate, a float in [0, 1) or a Schedule of them (default 0, dense).
+
+    Raises:
+        TypeError: gamma not a real number or Schedule.
+        ValueError: gamma outside [0, 1) at some step.
+    """
 
     gamma: float | Schedule = 0.0
 
@@ -249,7 +298,20 @@ class Unguided(Guidance):
 
 @dataclass(frozen=True)
 class CFG(Guidance):
-    """Classifier-free guidance D(∅) + ω(D(c) − D(∅)); both branches at `gamma` (dense)."""
+    """Classifier-free guidance, both branches at drop rate gamma:
+
+        v = D(∅) + ω(D(c) − D(∅)) = ω D(c) + (1−ω) D(∅)
+
+    Args:
+        scale: ω, a finite float >= 0.
+        gamma: the drop rate of both branches, a float in [0, 1) or a Schedule (default 0).
+        interval: (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1: the guided steps; None: all.
+
+    Raises:
+        TypeError: scale or gamma not a real number (gamma: or Schedule); interval not None
+            or a pair of real numbers.
+        ValueError: scale negative or not finite; gamma outside [0, 1); a bad interval.
+    """
 
     scale: float
     gamma: float | Schedule = 0.0
@@ -318,11 +380,30 @@ class _SparseBase(Guidance):
 
 @dataclass(frozen=True)
 class SparseGuidance(_SparseBase):
-    """Sparse Guidance D_w(c) + ω(D_s(c) − D_w(c)); the weak branch optionally from `weak_model`.
+    """Sparse Guidance: the same model at two drop rates, the sparser one as the weak branch.
 
-    Paper settings: `SparseGuidance.sg_flops(scale)` (γ 0.5 / 0.9, one checkpoint) and
-    `SparseGuidance.sg_fid(scale, early_model)` (weak branch from an early checkpoint,
-    γ_weak cosine 0.6 → 0, γ_strong its inverse, cosine 0 → 0.6).
+        v = D_w(c) + ω(D_s(c) − D_w(c)) = ω D_s(c) + (1−ω) D_w(c)
+
+    Paper settings: `SparseGuidance.sg_flops(scale)` and `SparseGuidance.sg_fid(scale,
+    early_model)`.
+
+    Args:
+        scale: ω, a finite float >= 0.
+        gamma_strong: γ_strong of D_s, a float in [0, 1) or a Schedule.
+        gamma_weak: γ_weak of D_w, a float in [0, 1) or a Schedule; >= γ_strong at every
+            guided step unless allow_inverted.
+        interval: (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1: the guided steps; None: all.
+        weak_model: None (D_w from the main model) or a second model called like it (an
+            early checkpoint; SG combined with AutoGuidance); a ModelConfig is enough for
+            FLOP counting.
+        allow_inverted: allow γ_strong > γ_weak (e.g. with a weak_model).
+
+    Raises:
+        TypeError: scale or a gamma not a real number (gamma: or Schedule); interval not None
+            or a pair of real numbers; allow_inverted not a bool.
+        ValueError: scale negative or not finite; a gamma outside [0, 1); a bad interval;
+            γ_strong > γ_weak at the first or last step without allow_inverted (every step
+            is checked by `validate(steps)`).
     """
 
     scale: float
@@ -338,11 +419,41 @@ class SparseGuidance(_SparseBase):
 
     @classmethod
     def sg_flops(cls, scale: float, interval=None) -> SparseGuidance:
+        """The paper's FLOP-saving setting: one checkpoint, γ_strong 0.5, γ_weak 0.9.
+
+        Args:
+            scale: ω, a finite float >= 0.
+            interval: as in the class.
+
+        Returns:
+            SparseGuidance(scale, 0.5, 0.9, interval=interval).
+
+        Raises:
+            TypeError, ValueError: as the class, for scale and interval.
+        """
         return cls(scale, 0.5, 0.9, interval=interval)
 
     @classmethod
     def sg_fid(cls, scale: float, weak_model, gamma_max: float = 0.6,
                interval=None) -> SparseGuidance:
+        """The paper's FID setting: the weak branch from an early checkpoint, inverted rates.
+
+        γ_strong = Schedule.cosine(0, gamma_max), γ_weak = Schedule.cosine(gamma_max, 0)
+        (allow_inverted=True).
+
+        Args:
+            scale: ω, a finite float >= 0.
+            weak_model: the early checkpoint, called like the main model.
+            gamma_max: the largest drop rate, in [0, 1).
+            interval: as in the class.
+
+        Returns:
+            The SparseGuidance.
+
+        Raises:
+            ValueError: weak_model is None; and as the class, for scale, gamma_max, interval.
+            TypeError: as the class.
+        """
         if weak_model is None:
             raise ValueError("sg_fid needs weak_model (an early checkpoint of the model)")
         return cls(scale, Schedule.cosine(0.0, gamma_max), Schedule.cosine(gamma_max, 0.0),
@@ -356,9 +467,19 @@ class SparseGuidance(_SparseBase):
 
 @dataclass(frozen=True)
 class AutoGuidance(Guidance):
-    """AutoGuidance D_bad(c) + ω(D(c) − D_bad(c)), both dense; D_bad = `weak_model`.
+    """AutoGuidance: a weaker model as the weak branch, both dense, D_bad = weak_model:
 
-    weak_model is a model called like the main one; a ModelConfig is enough for FLOP counting.
+        v = D_bad(c) + ω(D(c) − D_bad(c)) = ω D(c) + (1−ω) D_bad(c)
+
+    Args:
+        weak_model: a weaker or earlier model called like the main one (a ModelConfig is
+            enough for FLOP counting).
+        scale: ω, a finite float >= 0.
+        interval: (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1: the guided steps; None: all.
+
+    Raises:
+        TypeError: scale not a real number; interval not None or a pair of real numbers.
+        ValueError: weak_model is None; scale negative or not finite; a bad interval.
     """
 
     weak_model: object = field(repr=False)
@@ -381,7 +502,29 @@ class AutoGuidance(Guidance):
 
 @dataclass(frozen=True)
 class CFGSparseGuidance(_SparseBase):
-    """CFG combined with SG by one of the rules "direct", "inner", "compositional", "ip2p"."""
+    """CFG combined with Sparse Guidance by one of four rules:
+
+        direct         D_w(∅) + w_cfg(D_s(c) − D_w(∅)) + w_sg(D_s(c) − D_w(c))
+                         = (w_cfg+w_sg) D_s(c) − w_sg D_w(c) + (1−w_cfg) D_w(∅)
+        inner          (1+w_cfg+w_sg) D_s(c) − w_cfg D_s(∅) − w_sg D_w(c)
+        compositional  D_w(∅) + w_cfg(D_s(c) − D_w(∅)) + w_sg(D_w(c) − D_w(∅))
+                         = w_cfg D_s(c) + w_sg D_w(c) + (1−w_cfg−w_sg) D_w(∅)
+        ip2p           D_w(∅) + w_sg(D_w(c) − D_w(∅)) + w_cfg(D_s(c) − D_w(c))
+                         = w_cfg D_s(c) + (w_sg−w_cfg) D_w(c) + (1−w_sg) D_w(∅)
+
+    (how the rules relate: the module docstring). Null branches need a class-conditional
+    model (num_classes > 0) or a null caption (text models).
+
+    Args:
+        cfg_scale: w_cfg, a finite float >= 0.
+        sg_scale: w_sg, a finite float >= 0.
+        gamma_strong, gamma_weak, interval, weak_model, allow_inverted: as in SparseGuidance.
+        rule: "direct", "inner", "compositional" or "ip2p".
+
+    Raises:
+        TypeError: as SparseGuidance, for either scale.
+        ValueError: as SparseGuidance, for either scale; an unknown rule.
+    """
 
     cfg_scale: float
     sg_scale: float

@@ -2,8 +2,9 @@
 
 Each op is a `torch.library.custom_op` under the `sgkernels::` namespace with a fake (meta)
 implementation and an autograd formula whose backward is itself a custom op. The op bodies call
-the backend chosen by `sgkernels.ops.dispatch` (torch reference, Triton, CUDA); see
-docs/contracts.md for signatures, dtypes and errors.
+the backend chosen by `sgkernels.ops.dispatch` (torch reference, Triton, CUDA). Each op's
+docstring holds its math and its Args (shapes, dtypes), Returns and Raises; docs/contracts.md
+the contract between the layers and the backends.
 
     rms_norm(x, weight=None, eps=1e-6)
     rms_norm_modulate(x, weight, shift, scale, seg, eps=1e-6)

@@ -19,16 +19,21 @@ def enabled(device):
 
 
 def to_autocast_dtype(*tensors):
-    """Floating tensors cast to the active autocast dtype of their device (no-op without it)."""
-    device = tensors[0].device
-    if not enabled(device):
+    """Floating tensors cast to the active autocast dtype of their device (no-op without it);
+    anything else is returned as is, for the op's validation to reject."""
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor) or not enabled(first.device):
         return tensors
-    dtype = torch.get_autocast_dtype(device.type)
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if _floating(t) else t for t in tensors)
 
 
 def like(ref, *tensors):
     """Floating tensors cast to ref's dtype under autocast (no-op without it)."""
     if not enabled(ref.device):
         return tensors
-    return tuple(t.to(ref.dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+    return tuple(t.to(ref.dtype) if _floating(t) else t for t in tensors)
+
+
+def _floating(t):
+    return isinstance(t, torch.Tensor) and t.is_floating_point()

@@ -1,8 +1,5 @@
-"""Variable-length (packed) non-causal attention: each segment of cu_seqlens attends to itself.
-
-Per segment and head, with Q, K, V [L, Dh] and scale s (default Dh^-1/2):
-    S = s·QKᵀ, lse = logsumexp_row(S) (fp32, kept for the backward), P = exp(S − lse), O = PV
-    dV = PᵀdO, dP = dO Vᵀ, D = rowsum(dO∘O), dS = P∘(dP − D), dQ = s·dS K, dK = s·dSᵀQ
+"""Variable-length (packed) non-causal attention: each segment of cu_seqlens attends to itself
+(math: the docstring of varlen_attention).
 
 Two entry points:
     varlen_attention(q, k, v, ...)           q, k, v [T, H, Dh], each with any token stride
@@ -160,8 +157,37 @@ def _check_common(op, ref, cu_seqlens, max_seqlen, scale):
 
 
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
-    """softmax(scale·QKᵀ)V within each segment; q, k, v [T, H, Dh] (any token strides, read in
-    place); cu_seqlens [S+1] int32. Returns o [T, H, Dh] contiguous."""
+    """Non-causal attention within each segment of a packed batch.
+
+    Segment i holds tokens cu_seqlens[i] .. cu_seqlens[i+1] − 1. Per segment and head, with
+    Q, K, V [L, Dh] its rows and s = scale:
+        S = s · Q Kᵀ,   lse = logsumexp_row(S) (fp32),   P = exp(S − lse),   O = P V
+    Gradients, with D = rowsum(dO ∘ O):
+        dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ∘ (dP − D),   dQ = s · dS K,   dK = s · dSᵀ Q
+    Softmax statistics and accumulation in fp32; no [L, L] matrix is stored.
+
+    Args:
+        q: [T, H, Dh] fp32, fp16 or bf16, on CPU or CUDA (cast to the autocast dtype under
+            torch.autocast).
+        k, v: [T, H, Dh] in q's dtype, on q's device. q, k, v are read in place with any token
+            stride when their head and feature dims are dense (strides (·, Dh, 1)), copied
+            otherwise.
+        cu_seqlens: [S+1] int32 on q's device: 0, then the cumulative segment lengths up to T
+            (non-decreasing).
+        max_seqlen: int >= the longest segment.
+        scale: the softmax scale s; None for Dh ** -0.5.
+
+    Returns:
+        o: [T, H, Dh] in q's dtype, on q's device (contiguous).
+
+    Raises:
+        TypeError: q, k, v or cu_seqlens not a tensor; q not fp32 / fp16 / bf16; k or v not
+            in q's dtype; cu_seqlens not int32.
+        ValueError: q not 3-D; k or v not q's shape; a tensor not on q's device; cu_seqlens
+            not 1-D or empty; max_seqlen not an int >= 0; cu_seqlens not from 0 to T,
+            decreasing, or with a segment longer than max_seqlen (checked on CPU, and on CUDA
+            under SGKERNELS_DEBUG=1).
+    """
     op = "varlen_attention"
     q, k, v = amp.to_autocast_dtype(q, k, v)
     validate.floating(op, "q", q)
@@ -175,10 +201,30 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
 
 
 def varlen_attention_qkv(qkv, cu_seqlens, max_seqlen, scale=None, rope=None):
-    """varlen_attention of (q, k, v) = qkv.unbind(1), read in place; qkv [T, 3, H, Dh] (e.g. a
-    qkv projection [T, 3·H·Dh] viewed so). rope: None or (pos [T, 2] int32/int64/fp32, theta):
-    q and k are first rotated by rope_axial(·, pos, theta). Returns o [T, H, Dh] contiguous; the
-    gradient of qkv is one contiguous [T, 3, H, Dh] tensor (no stack of dq, dk, dv)."""
+    """varlen_attention of (q, k, v) = qkv.unbind(1), optionally with axial RoPE on q and k.
+
+        o = varlen_attention(rope(q), rope(k), v, cu_seqlens, max_seqlen, scale),
+        rope = rope_axial(·, pos, theta) when rope = (pos, theta), the identity when None
+    q, k, v are read in place, the rotation happens inside the op (no rotated copy), and the
+    gradient of qkv is ONE contiguous [T, 3, H, Dh] tensor written by the backward (no stack
+    of dq, dk, dv), so a qkv projection's backward consumes it as is.
+
+    Args:
+        qkv: [T, 3, H, Dh] fp32, fp16 or bf16, on CPU or CUDA (e.g. a qkv projection
+            [T, 3·H·Dh] viewed so; cast to the autocast dtype under torch.autocast).
+        cu_seqlens, max_seqlen, scale: as in varlen_attention.
+        rope: None, or (pos, theta) with pos [T, 2] int32, int64 or fp32 on qkv's device and
+            theta a float, as in rope_axial (then Dh % 4 == 0).
+
+    Returns:
+        o: [T, H, Dh] in qkv's dtype, on qkv's device (contiguous).
+
+    Raises:
+        TypeError: qkv or cu_seqlens not a tensor; qkv not fp32 / fp16 / bf16; cu_seqlens not
+            int32; with rope: pos not a tensor or not int32 / int64 / fp32.
+        ValueError: qkv not [T, 3, H, Dh]; cu_seqlens and max_seqlen as in varlen_attention;
+            with rope: Dh not divisible by 4, pos not [T, 2] or not on qkv's device.
+    """
     op = "varlen_attention_qkv"
     (qkv,) = amp.to_autocast_dtype(qkv)
     validate.floating(op, "qkv", qkv)

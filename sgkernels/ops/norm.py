@@ -1,10 +1,4 @@
-"""RMSNorm and RMSNorm fused with adaLN modulation.
-
-    rms_norm(x, w)                       y = x · r · w,         r = rsqrt(mean(x²) + eps)  (fp32)
-    rms_norm_modulate(x, w, sh, sc, seg) y = x · r · w · (1 + sc[seg]) + sh[seg]
-Backward (x̂ = x·r, g = dy·w, resp. g = dy·(1 + sc[seg])·w):
-    dx = r · (g − x̂ · mean(g·x̂)),  dw = Σ_rows (dy or dy·(1+sc[seg])) · x̂,
-    dshift = Σ_seg dy,  dscale = Σ_seg dy · x̂ · w
+"""RMSNorm and RMSNorm fused with adaLN modulation (math: the docstrings of the two ops).
 
 Roofline per call, M rows of D channels, e bytes per element, S segments (weight optional):
     rms_norm            fwd bytes e·(2MD + D) + 4M (rstd)     FLOPs ≈ 4MD
@@ -58,7 +52,26 @@ _rms_norm.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
 
 
 def rms_norm(x, weight=None, eps=1e-6):
-    """RMSNorm over the last dim of `x` (any leading shape); `weight` [D] or None."""
+    """RMSNorm over the last dim of x.
+
+        y = x · r · weight,   r = rsqrt(mean(x², last dim) + eps)   (r and the mean in fp32)
+    Gradients, with x̂ = x · r and g = dy · weight:
+        dx = r · (g − x̂ · mean(g · x̂)),   dweight = Σ_rows dy · x̂   (deterministic sum)
+
+    Args:
+        x: [..., D] (any leading shape, at least 1-D), fp32, fp16 or bf16, on CPU or CUDA.
+        weight: [D] in x's dtype on x's device, or None (no scale). Under torch.autocast it
+            is cast to x's dtype.
+        eps: added to the mean square.
+
+    Returns:
+        y: the shape, dtype and device of x (contiguous).
+
+    Raises:
+        TypeError: x or weight not a tensor; x not fp32 / fp16 / bf16; weight not in x's
+            dtype.
+        ValueError: x a scalar; weight not [D]; weight not on x's device.
+    """
     op = "rms_norm"
     validate.floating(op, "x", x)
     (weight,) = amp.like(x, weight)
@@ -143,7 +156,33 @@ def check_modulation(op, x, weight, shift, scale, seg, rows, rows_name):
 
 
 def rms_norm_modulate(x, weight, shift, scale, seg, eps=1e-6):
-    """adaLN RMSNorm: x [T, D]; weight [D] or None; shift, scale [S, D]; seg [T] int32 sorted."""
+    """RMSNorm with adaLN modulation per segment: token i belongs to segment seg[i].
+
+        y = x · r · weight · (1 + scale[seg]) + shift[seg],   r = rsqrt(mean(x², dim 1) + eps)
+    (r and the mean in fp32). Gradients, with x̂ = x · r and g = dy · (1 + scale[seg]) · weight:
+        dx = r · (g − x̂ · mean(g · x̂)),   dweight = Σ_rows dy · (1 + scale[seg]) · x̂,
+        dshift = Σ_seg dy,   dscale = Σ_seg dy · x̂ · weight   (deterministic sums)
+
+    Args:
+        x: [T, D] fp32, fp16 or bf16, on CPU or CUDA.
+        weight: [D] or None (no scale).
+        shift: [S, D], one row per segment.
+        scale: [S, D] (the shape of shift).
+        seg: [T] int32, values in [0, S), non-decreasing (tokens grouped by segment).
+        eps: added to the mean square.
+        weight, shift and scale are in x's dtype (under torch.autocast they are cast to it);
+        every tensor is on x's device.
+
+    Returns:
+        y: [T, D] in x's dtype, on x's device (contiguous).
+
+    Raises:
+        TypeError: an argument not a tensor; x not fp32 / fp16 / bf16; weight, shift or scale
+            not in x's dtype; seg not int32.
+        ValueError: x not 2-D; weight not [D]; shift not [S, D]; scale not shift's shape;
+            seg not [T]; a tensor not on x's device; seg values outside [0, S) or decreasing
+            (checked on CPU, and on CUDA under SGKERNELS_DEBUG=1).
+    """
     op = "rms_norm_modulate"
     validate.floating(op, "x", x)
     weight, shift, scale = amp.like(x, weight, shift, scale)

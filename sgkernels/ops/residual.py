@@ -1,6 +1,4 @@
-"""Gated residual of adaLN-Zero: out = x + gate[seg] · y.
-
-Backward: dx = dout, dy = dout · gate[seg], dgate = Σ_seg dout · y (deterministic segment sum).
+"""Gated residual of adaLN-Zero (math: the docstring of gated_residual).
 
 Roofline per call, T rows of D channels, e bytes per element, S segments (seg int32):
     fwd bytes e·(3TD + SD) + 4T      FLOPs 2TD
@@ -53,7 +51,29 @@ _gated_residual.register_autograd(_grad, setup_context=_setup)
 
 
 def gated_residual(x, y, gate, seg):
-    """x + gate[seg] · y; x, y [T, D]; gate [S, D]; seg [T] int32 non-decreasing."""
+    """Gated residual of adaLN-Zero: token i adds y scaled by the gate of its segment seg[i].
+
+        out = x + gate[seg] · y
+    Gradients: dx = dout, dy = dout · gate[seg], dgate = Σ_seg dout · y (deterministic sum).
+
+    Args:
+        x: [T, D] fp32, fp16 or bf16, on CPU or CUDA (the residual stream).
+        y: [T, D] (the branch output).
+        gate: [S, D], one row per segment.
+        seg: [T] int32, values in [0, S), non-decreasing (tokens grouped by segment).
+        y and gate are in x's dtype (under torch.autocast they are cast to it); every tensor
+        is on x's device.
+
+    Returns:
+        out: [T, D] in x's dtype, on x's device.
+
+    Raises:
+        TypeError: an argument not a tensor; x not fp32 / fp16 / bf16; y or gate not in x's
+            dtype; seg not int32.
+        ValueError: x not 2-D; y not x's shape; gate not [S, D]; seg not [T]; a tensor not on
+            x's device; seg values outside [0, S) or decreasing (checked on CPU, and on CUDA
+            under SGKERNELS_DEBUG=1).
+    """
     op = "gated_residual"
     validate.floating(op, "x", x)
     y, gate = amp.like(x, y, gate)

@@ -1,10 +1,4 @@
-"""Axial rotary position embedding for 2-D token grids.
-
-x [T, H, Dh] with Dh % 4 == 0, h = Dh/2, pos [T, 2] (row, col). Channels [0, h) rotate by the row
-position pos[:, 0], channels [h, Dh) by the column position pos[:, 1]. Inside one half, channel j
-pairs with j + h/2 (rotate-half), frequency f_j = theta^(-2j/h), j < h/2, angle a = pos·f_j:
-    (x1, x2) -> (x1·cos a − x2·sin a,  x2·cos a + x1·sin a)
-The map is a rotation, so the backward rotates dy by −a. pos may be int32, int64 or fp32.
+"""Axial rotary position embedding for 2-D token grids (math: the docstring of rope_axial).
 
 Roofline per call, e bytes per element: bytes 2·e·T·H·Dh + 8T (int32 pos); FLOPs ≈ 3·T·H·Dh
 (sin/cos of T·Dh/2 angles not counted).
@@ -71,9 +65,30 @@ def check_pos(op, x, pos, name="x"):
 
 
 def rope_axial(x, pos, theta=10000.0):
-    """Rotate x [T, H, Dh] by axial (row, col) angles from pos [T, 2]. x with dense heads and
-    features is read in place whatever its token stride (e.g. q of a [T, 3, H, Dh] qkv); the
-    result is a new contiguous tensor."""
+    """Axial RoPE: rotate each head of token i by angles of its grid position pos[i] = (row, col).
+
+    With h = Dh / 2, channels [0, h) rotate by the row pos[:, 0] and channels [h, Dh) by the
+    column pos[:, 1]. Inside one half, channel j pairs with j + h/2 (rotate-half), with
+    frequency f_j = theta^(-2j/h), j in [0, h/2), and angle a = pos · f_j:
+        (x1, x2) -> (x1 · cos a − x2 · sin a,   x2 · cos a + x1 · sin a)
+    Gradient: the same rotation by −a applied to dy.
+
+    Args:
+        x: [T, H, Dh] with Dh % 4 == 0, fp32, fp16 or bf16, on CPU or CUDA (cast to the
+            autocast dtype under torch.autocast). With dense heads and features (strides
+            (·, Dh, 1)) it is read in place whatever its token stride, e.g. q of a
+            [T, 3, H, Dh] qkv; otherwise copied.
+        pos: [T, 2] int32, int64 or fp32 on x's device: (row, col) of each token.
+        theta: the frequency base.
+
+    Returns:
+        y: [T, H, Dh] in x's dtype, on x's device (a new contiguous tensor).
+
+    Raises:
+        TypeError: x or pos not a tensor; x not fp32 / fp16 / bf16; pos not int32 / int64 /
+            fp32.
+        ValueError: x not 3-D; Dh not divisible by 4; pos not [T, 2] or not on x's device.
+    """
     op = "rope_axial"
     (x,) = amp.to_autocast_dtype(x)
     validate.floating(op, "x", x)

@@ -1,16 +1,6 @@
-"""Fused route start: gather the kept rows and apply the adaLN RMSNorm in one pass.
-
-    h, y = route_gather_rms_norm_modulate(x, idx, weight, shift, scale, seg, eps)
-        h = x[idx]                                          the routed blocks' residual stream
-        y = rms_norm_modulate(h, weight, shift, scale, seg, eps)
-          = h · r · w · (1 + scale[seg]) + shift[seg],      r = rsqrt(mean(h²) + eps)  (fp32)
-    x [T, D]; idx [K] int32/int64 unique; weight [D] or None; shift, scale [S, D];
-    seg [K] int32 non-decreasing: the segment of each kept row.
-
-Backward, from the gradients dh and dy of both outputs (the gradient reaches x through both):
-    dx = 0 outside idx,  dx[idx] = dh + (rms_norm_modulate's dx of dy)
-    dweight, dshift, dscale as in rms_norm_modulate.
-Equal to route_gather followed by rms_norm_modulate, without the round trip of h through memory.
+"""Fused route start: gather the kept rows and apply the adaLN RMSNorm in one pass (math: the
+docstring of route_gather_rms_norm_modulate). Equal to route_gather followed by
+rms_norm_modulate, without the round trip of h through memory.
 
 Roofline per call, T rows, K kept, D channels, e bytes per element (idx, seg, rstd not counted):
     fwd bytes 3·e·KD  (read K rows, write h and y; unfused: 4·e·KD)
@@ -92,10 +82,28 @@ _fused.register_autograd(_grad, setup_context=_setup)
 
 
 def route_gather_rms_norm_modulate(x, idx, weight, shift, scale, seg, eps=1e-6):
-    """(h, y) = (x[idx], rms_norm_modulate(x[idx], weight, shift, scale, seg, eps)) in one pass.
+    """Fused route start: gather the kept rows and adaLN-RMSNorm them in one pass.
 
-    x [T, D]; idx [K] unique rows (int32 or int64); weight [D] or None; shift, scale [S, D];
-    seg [K] int32, non-decreasing, the segment of each kept row.
+        h = x[idx]                                               (route_gather)
+        y = rms_norm_modulate(h, weight, shift, scale, seg, eps)
+    Gradients, from dh and dy (x gets both): dx = 0 outside idx, dx[idx] = dh + (the dx of
+    rms_norm_modulate for dy); dweight, dshift, dscale as in rms_norm_modulate.
+
+    Args:
+        x: [T, D] fp32, fp16 or bf16, on CPU or CUDA.
+        idx: [K] int32 or int64 on x's device: distinct rows in [0, T), in any order.
+        weight, shift, scale, eps: as in rms_norm_modulate ([D] or None; [S, D]; [S, D]).
+        seg: [K] int32, the segment of each kept row: values in [0, S), non-decreasing.
+
+    Returns:
+        (h, y): both [K, D] in x's dtype, on x's device; h is the routed blocks' residual
+        stream, y the first block's normalized input.
+
+    Raises:
+        TypeError: as rms_norm_modulate, and idx not a tensor or not int32 / int64.
+        ValueError: as rms_norm_modulate with seg [K], and idx not 1-D or not on x's device;
+            idx values outside [0, T) or repeated (checked on CPU, and on CUDA under
+            SGKERNELS_DEBUG=1).
     """
     validate.floating(_OP, "x", x)
     weight, shift, scale = amp.like(x, weight, shift, scale)

@@ -1,11 +1,5 @@
-"""Token routing (TREAD): gather the kept rows, later write the processed rows back.
-
-    route_gather(x, idx)         out = x[idx]                     x [T, D], idx [K] unique
-        backward                 dx = zeros [T, D] with dx[idx] = dout   (route_scatter onto zeros)
-    route_scatter(base, y, idx)  out = base; out[idx] = y          base [T, D], y [K, D]
-        backward                 dbase = dout with rows idx zeroed, dy = dout[idx]
-
-idx is int64 or int32 and must not repeat a row (checked on CPU, and on CUDA with SGKERNELS_DEBUG=1).
+"""Token routing (TREAD): gather the kept rows, later write the processed rows back (math: the
+docstrings of route_gather and route_scatter; gather's backward is route_scatter onto zeros).
 
 Roofline per call, e bytes per element, idx of i bytes per entry:
     route_gather   fwd bytes 2·e·KD + i·K          bwd bytes e·(TD + KD) + i·K (zero fill + rows)
@@ -92,7 +86,23 @@ def _check_idx(op, idx, x_name, x):
 
 
 def route_gather(x, idx):
-    """x[idx] for x [T, D] and unique row indices idx [K] (int64 or int32)."""
+    """Gather the kept rows of x.
+
+        out = x[idx]
+    Gradient: dx = zeros [T, D] with dx[idx] = dout.
+
+    Args:
+        x: [T, D] fp32, fp16 or bf16, on CPU or CUDA.
+        idx: [K] int32 or int64 on x's device: distinct rows in [0, T), in any order.
+
+    Returns:
+        out: [K, D] in x's dtype, on x's device.
+
+    Raises:
+        TypeError: x or idx not a tensor; x not fp32 / fp16 / bf16; idx not int32 / int64.
+        ValueError: x not 2-D; idx not 1-D or not on x's device; idx values outside [0, T) or
+            repeated (checked on CPU, and on CUDA under SGKERNELS_DEBUG=1).
+    """
     op = "route_gather"
     validate.floating(op, "x", x)
     validate.ndim(op, "x", x, 2)
@@ -100,7 +110,26 @@ def route_gather(x, idx):
 
 
 def route_scatter(base, y, idx):
-    """A copy of base [T, D] with rows idx [K] replaced by y [K, D]."""
+    """Write processed rows back: a copy of base with rows idx replaced by y.
+
+        out = base;  out[idx] = y
+    Gradients: dbase = dout with rows idx zeroed,   dy = dout[idx].
+
+    Args:
+        base: [T, D] fp32, fp16 or bf16, on CPU or CUDA.
+        y: [K, D] in base's dtype (under torch.autocast it is cast to it), on base's device.
+        idx: [K] int32 or int64 on base's device: distinct rows in [0, T), in any order.
+
+    Returns:
+        out: [T, D] in base's dtype, on base's device (base itself is not modified).
+
+    Raises:
+        TypeError: an argument not a tensor; base not fp32 / fp16 / bf16; y not in base's
+            dtype; idx not int32 / int64.
+        ValueError: base not 2-D; y not [K, D]; idx not 1-D; y or idx not on base's device;
+            idx values outside [0, T) or repeated (checked on CPU, and on CUDA under
+            SGKERNELS_DEBUG=1).
+    """
     op = "route_scatter"
     validate.floating(op, "base", base)
     (y,) = amp.like(base, y)

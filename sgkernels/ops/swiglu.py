@@ -1,5 +1,4 @@
-"""SwiGLU gate: out = silu(a) · b, with σ = sigmoid(a):
-    db = dout · a · σ,   da = dout · b · σ · (1 + a · (1 − σ)).
+"""SwiGLU gate (math: the docstring of swiglu).
 
 `swiglu(a)` (b None) splits the last dim of a [..., 2H] into a[..., :H] and a[..., H:] without a
 copy: the backend receives the two halves as strided views (row stride 2H), and the backward
@@ -89,7 +88,27 @@ _swiglu_packed.register_autograd(_packed_grad, setup_context=_packed_setup)
 
 
 def swiglu(a, b=None):
-    """silu(a) · b (any shape, a and b alike); with b None, a is [..., 2H] and b its second half."""
+    """SwiGLU gate, elementwise, with σ = sigmoid(a):
+
+        out = silu(a) · b = a · σ · b
+    Gradients: da = dout · b · σ · (1 + a · (1 − σ)),   db = dout · a · σ.
+    With b None, a is [..., 2H]: the gate is a[..., :H] and b = a[..., H:] (halves read in
+    place, one [..., 2H] gradient).
+
+    Args:
+        a: any shape (at least 1-D), fp32, fp16 or bf16, on CPU or CUDA; [..., 2H] when b is
+            None.
+        b: the shape, dtype and device of a, or None.
+        Under torch.autocast both are cast to the autocast dtype first.
+
+    Returns:
+        out: a's shape ([..., H] when b is None), in a's dtype, on a's device.
+
+    Raises:
+        TypeError: a or b not a tensor; a not fp32 / fp16 / bf16; b not in a's dtype.
+        ValueError: a a scalar; b None and a's last dim odd; b not a's shape; b not on a's
+            device.
+    """
     op = "swiglu"
     a, b = amp.to_autocast_dtype(a, b)
     validate.floating(op, "a", a)

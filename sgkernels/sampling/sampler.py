@@ -147,24 +147,53 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
            solver: str = "euler", guidance: Guidance | None = None,
            generator: torch.Generator | None = None, *, packed: bool = True,
            progress: bool = False, text=None, null_text=None) -> torch.Tensor:
-    """Integrate from `noise` (t = 0) to samples (t = 1) in the model's space.
+    """Integrate the guided flow dx/dt = v(x, t) from `noise` (t = 0) to samples (t = 1).
 
-    model: called as model(x, t, y, gamma=list of B host floats, route_scores=[R, B, N]); its
-        config.num_classes is the null label. Put it in eval mode yourself.
-    noise [B, C, H, W] of any float dtype, finite; labels [B] int64 or int32 in
-    [0, num_classes] (None for an unconditional model, num_classes=0, which takes no guidance
-    with null branches: CFG, CFG+SG); guidance None = unguided dense D(c). Each model sees x in
-    its own parameter dtype (fp32, bf16 or fp16; a model without parameters: noise's dtype);
-    t, the guidance combination and the solver state are float32 (float64 for float64 noise);
-    the samples come back in noise's dtype.
-    packed=False runs every branch in its own forward (same token selections; for checks and
-    benchmarks). progress shows a per-step tqdm bar. Text-conditioned models: labels None,
-    text = TextBatch of B prompts, null_text = the empty caption (needed by null branches).
+    v is the guidance's combination Σ_k a_k · D_k of its branches at each step
+    (`guidance.terms`). Each model sees x in its own parameter dtype (fp32, bf16 or fp16; a
+    model without parameters: noise's dtype); t, the guidance combination and the solver state
+    are fp32 (fp64 for fp64 noise). All bad arguments are rejected up front, before any model
+    evaluation (docs/contracts.md, input policy).
 
-    Errors (docs/contracts.md, input policy): TypeError / ValueError up front, before any model
-    evaluation, for bad arguments and non-finite noise (one device sync on CUDA);
-    FloatingPointError at the end when an image became NaN / inf, naming the first such image
-    and the step (tracked on the device without a per-step sync).
+    Args:
+        model: a callable model with a `.config` (e.g. RoutedDiT; put it in eval mode
+            yourself), called as model(x, t, y, gamma=list of B host floats,
+            route_scores=[R, B, N]) (+ text=); config.num_classes is the null label.
+        noise: [B, C, H, W] of any float dtype (C = config.in_channels, H = W =
+            config.input_size), finite, on the model's device.
+        labels: [B] int64 or int32 in [0, num_classes], on noise's device; None for an
+            unconditional model (num_classes = 0, which takes no guidance with null branches:
+            CFG, CFG+SG) and for a text-conditioned model.
+        steps: the number of solver steps, an int >= 1.
+        solver: "euler" or "heun".
+        guidance: a `sgkernels.guidance` rule (Unguided, CFG, AutoGuidance, SparseGuidance,
+            CFGSparseGuidance); None = Unguided(), the dense D(c).
+        generator: torch.Generator of the token selections: route scores are drawn from it once
+            per model evaluation (twice per step for Heun); None: the default RNG.
+        packed: True evaluates all branches of one model in ONE packed forward per step;
+            False one forward per branch, with the same token selections (checks, benchmarks).
+        progress: show a per-step tqdm bar.
+        text: a TextBatch of B prompts for a text-conditioned model, else None.
+        null_text: a TextBatch of 1 or B empty captions, needed by null branches (text models).
+
+    Returns:
+        samples [B, C, H, W] in noise's dtype, on noise's device.
+
+    Raises:
+        TypeError: model not a callable with a .config; noise not a float tensor; labels not
+            an int64 / int32 tensor; text / null_text not TextBatches of B (1 or B) captions;
+            guidance not a guidance rule; generator not a torch.Generator; weak_model not a
+            callable model with a .config; a model's parameters not fp32 / bf16 / fp16.
+        ValueError: noise not [B, C, H, W] of the model or not on its device; labels not [B],
+            not on noise's device or outside [0, num_classes] (checked on CPU, and on CUDA
+            under SGKERNELS_DEBUG=1); labels given to an unconditional or text model; text
+            given to a model without text conditioning; an unknown solver; steps not a
+            positive int; guidance.validate(steps) fails; a branch whose model is missing or
+            whose null condition is missing (an unconditional model, no null_text); a
+            weak_model of another config (image size, channels, classes, text); noise not
+            finite (one device sync on CUDA).
+        FloatingPointError: at the end, when an image became NaN / inf, naming the first such
+            image and the step (tracked on the device without a per-step sync).
     """
     guidance = Unguided() if guidance is None else guidance
     _check_inputs(model, noise, labels, guidance, generator, text, null_text)

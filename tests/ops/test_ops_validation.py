@@ -81,6 +81,12 @@ CASES = [
     (lambda: ops.rope_axial(qkv(d=6)[0], torch.zeros(7, 2, dtype=torch.int32)), ValueError, r"rope_axial: x head dim Dh must be divisible by 4, got 6"),
     (lambda: ops.rope_axial(qkv()[0], torch.zeros(7, 3, dtype=torch.int32)), ValueError, r"rope_axial: pos must have shape \[T, 2\] = \(7, 2\)"),
     (lambda: ops.rope_axial(qkv()[0], torch.zeros(7, 2, dtype=bf16)), TypeError, r"rope_axial: pos must have dtype int32, int64 or float32"),
+    # not a tensor, also for the ops that first cast to the autocast dtype
+    (lambda: ops.rope_axial([1.0], None), TypeError, r"rope_axial: x must be a torch.Tensor, got list"),
+    (lambda: ops.swiglu(2.0), TypeError, r"swiglu: a must be a torch.Tensor, got float"),
+    (lambda: ops.varlen_attention(None, *qkv()[1:], cu([0, 7]), 7), TypeError, r"varlen_attention: q must be a torch.Tensor"),
+    (lambda: ops.varlen_attention_qkv((), cu([0, 7]), 7), TypeError, r"varlen_attention_qkv: qkv must be a torch.Tensor"),
+    (lambda: ops.rms_norm(x2(), [1.0] * 8), TypeError, r"rms_norm: weight must be a torch.Tensor, got list"),
 ]
 
 
