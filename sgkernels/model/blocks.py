@@ -92,7 +92,12 @@ class DiTBlock(nn.Module):
         self.mlp = SwiGLUMLP(dim, hidden) if llama else GeluMLP(dim, hidden)
 
     def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(shift1, scale1, gate1, shift2, scale2, gate2), each [S, D], from cond [S, Dc]."""
+        """(shift1, scale1, gate1, shift2, scale2, gate2), each [S, D], from cond [S, Dc], for
+        a caller outside forward (the fused route start); under FSDP it is registered as a
+        forward method (train/fsdp.py), so it gathers the block's parameters itself."""
+        return self._modulation(cond)
+
+    def _modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.adaLN(F.silu(cond)).chunk(6, dim=1)
 
     def forward(self, b: TokenBatch, mod: tuple[torch.Tensor, ...] | None = None,
@@ -100,7 +105,7 @@ class DiTBlock(nn.Module):
         """New residual stream [T, D]. mod = modulation(b.cond) and h = the attention input
         norm(b.x)·(1 + scale1[seg]) + shift1[seg] may come precomputed from the caller (the
         fused route start of the Llama flavour, ops.route_gather_rms_norm_modulate)."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(b.cond) if mod is None \
+        shift1, scale1, gate1, shift2, scale2, gate2 = self._modulation(b.cond) if mod is None \
             else mod
         if h is None:
             h = norm_modulate(self.flavour, b.x, shift1, scale1, b.seg, self.eps)

@@ -15,15 +15,24 @@ import torch
 from torch import nn
 
 
+def check_decay(decay: float) -> float:
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay: expected a value in [0, 1], got {decay}")
+    return decay
+
+
+def decay_at(decay: float, warmup: bool, step: int) -> float:
+    """d_s: `decay`, with warm-up min(decay, (1 + s) / (10 + s))."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = False):
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay: expected a value in [0, 1], got {decay}")
-        self.decay, self.warmup = decay, warmup
+        self.decay, self.warmup = check_decay(decay), warmup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     def decay_at(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+        return decay_at(self.decay, self.warmup, step)
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int = 0, skip: torch.Tensor | None = None) -> None:
