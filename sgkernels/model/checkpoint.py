@@ -56,22 +56,28 @@ def _unreadable(path: str, error: BaseException) -> str:
         return "its contents are not a torch.save archive"
 
 
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """The checkpoint dict at `path` (torch.load weights_only=True), its keys checked."""
+def load_file(path: str | os.PathLike, map_location="cpu", expected: str = EXPECTED,
+              safe_globals: tuple = ()) -> object:
+    """The object torch.save wrote to `path` (torch.load weights_only=True, which also admits
+    the classes of `safe_globals`), or one error naming the file and `expected`."""
     name = os.fspath(path)
     if not os.path.exists(name):
         raise FileNotFoundError(f"checkpoint file not found: {name!r}")
     if os.path.isdir(name):
-        raise ValueError(f"checkpoint {name!r} is a directory; expected {EXPECTED}")
+        raise ValueError(f"checkpoint {name!r} is a directory; expected {expected}")
     try:
-        with warnings.catch_warnings():     # e.g. "Detected pickle protocol 4": noise on stderr
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(name, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise on stderr
+            return torch.load(name, map_location=map_location, weights_only=True)
     except (PermissionError, MemoryError):
         raise
     except Exception as e:                  # EOFError, RuntimeError, UnpicklingError, KeyError...
-        raise ValueError(f"checkpoint {name!r} is not {EXPECTED}: {_unreadable(name, e)}") \
+        raise ValueError(f"checkpoint {name!r} is not {expected}: {_unreadable(name, e)}") \
             from e
+
+
+def check_checkpoint(ckpt, name: str) -> dict:
+    """The loaded checkpoint object `ckpt` of file `name`, its keys checked."""
     if not isinstance(ckpt, dict):
         raise ValueError(f"checkpoint {name!r} holds a {type(ckpt).__name__}; expected "
                          f"{EXPECTED}")
@@ -85,6 +91,11 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise ValueError(f"checkpoint {name!r}: args must be a dict with key "
                          f"'model_config' (ModelConfig.to_dict())")
     return ckpt
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The checkpoint dict at `path` (torch.load weights_only=True), its keys checked."""
+    return check_checkpoint(load_file(path, map_location), os.fspath(path))
 
 
 def checkpoint_config(ckpt: dict, name: str) -> ModelConfig:
@@ -101,14 +112,9 @@ def _listed(items: list[str]) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > SHOWN else "")
 
 
-def check_state_dict(model: torch.nn.Module, state, name: str, which: str) -> None:
-    """ValueError naming the checkpoint and the first mismatches when `state` does not fit
-    `model` exactly (missing / unexpected keys, shapes) or holds non-finite values."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
-                                              for v in state.values()):
-        raise ValueError(f"checkpoint {name!r}: {which!r} must be a state_dict (a dict of "
-                         f"tensors), got {type(state).__name__}")
-    expected = model.state_dict()
+def state_problems(expected: dict[str, torch.Tensor], state: dict) -> list[str]:
+    """The first missing and unexpected keys of `state` and its shapes that differ from those of
+    `expected` (a state dict), one phrase per kind of mismatch; [] when it fits."""
     problems = []
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -120,26 +126,48 @@ def check_state_dict(model: torch.nn.Module, state, name: str, which: str) -> No
         problems.append(f"unexpected {_listed(unexpected)}")
     if shapes:
         problems.append(f"shape (checkpoint vs config) {_listed(shapes)}")
+    return problems
+
+
+def check_state_dict(model: torch.nn.Module, state, name: str, which: str) -> None:
+    """ValueError naming the checkpoint and the first mismatches when `state` does not fit
+    `model` exactly (missing / unexpected keys, shapes) or holds non-finite values."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ValueError(f"checkpoint {name!r}: {which!r} must be a state_dict (a dict of "
+                         f"tensors), got {type(state).__name__}")
+    problems = state_problems(model.state_dict(), state)
     if problems:
         raise ValueError(f"checkpoint {name!r}: the {which!r} weights do not fit its "
                          f"model_config: {'; '.join(problems)}")
+    bad = non_finite(state)
+    if bad:
+        raise ValueError(f"checkpoint {name!r}: the {which!r} weights hold NaN or inf in "
+                         f"{_listed(bad)}")
+
+
+def non_finite(state: dict) -> list[str]:
+    """The keys of the floating-point tensors of `state` that hold NaN or inf (one sync)."""
     floats = [(k, v) for k, v in state.items() if v.is_floating_point() and v.numel()]
-    if floats:
-        finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).cpu()  # one sync
-        bad = [k for (k, _), ok in zip(floats, finite.tolist()) if not ok]
-        if bad:
-            raise ValueError(f"checkpoint {name!r}: the {which!r} weights hold NaN or inf in "
-                             f"{_listed(bad)}")
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).cpu()
+    return [k for (k, _), ok in zip(floats, finite.tolist()) if not ok]
+
+
+def model_from_checkpoint(ckpt, name: str, ema: bool = True) -> RoutedDiT:
+    """RoutedDiT (CPU, eval mode) with the EMA (ema=True) or raw weights of the loaded checkpoint
+    object `ckpt` of file `name`."""
+    ckpt = check_checkpoint(ckpt, name)
+    model = RoutedDiT(checkpoint_config(ckpt, name))
+    which = "ema" if ema else "model"
+    check_state_dict(model, ckpt[which], name, which)
+    model.load_state_dict(ckpt[which])
+    return model.eval()
 
 
 def from_checkpoint(path: str | os.PathLike, ema: bool = True,
                     map_location: str | torch.device = "cpu") -> RoutedDiT:
     """RoutedDiT with the EMA (ema=True) or raw weights of the checkpoint at path, in eval mode."""
-    name = os.fspath(path)
-    ckpt = read_checkpoint(path, map_location)
-    model = RoutedDiT(checkpoint_config(ckpt, name))
-    which = "ema" if ema else "model"
-    check_state_dict(model, ckpt[which], name, which)
-    model.load_state_dict(ckpt[which])
-    return model.to(map_location).eval()
-
+    ckpt = load_file(path, map_location)
+    return model_from_checkpoint(ckpt, os.fspath(path), ema).to(map_location)

@@ -25,6 +25,14 @@ model; images in [-1, 1] model space mapped by round((x + 1)·127.5)), OUT/grid.
 OUT/sampling.json (arguments, GFLOPs and NFE per image per step). Models whose samples are not
 1- or 3-channel images (latents) get float32 OUT/latents.npz instead of the npz and grid.
 
+Official DiT / SiT checkpoints (docs/interop.md) load through sgkernels.model.load_official:
+--ckpt-kind auto tells a sgkernels checkpoint from an official training checkpoint (SiT's args
+have path_type); a bare official state dict needs --ckpt-kind sit. Only SiT weights (velocity,
+t in [0, 1], t = 1 data) can be sampled; DiT's predict DDPM noise. --routes a:b[,c:d] makes
+blocks a..b of a dense official model a route, so Sparse Guidance can drop tokens there:
+    python -m sgkernels sample --ckpt SiT-XL-2-256x256.pt --ckpt-kind sit --routes 2:24 \\
+        --guidance sg --scale 2 --gamma-strong 0.5 --gamma-weak 0.9 -n 50000 --out samples/sit
+
 Errors: a bad flag value, a missing or corrupt checkpoint / prompts file or a checkpoint of
 another model is ONE line on stderr naming the flag or file, exit status 2, when run as
 `python -m sgkernels sample` (add --debug for the traceback); samples that become NaN / inf end
@@ -60,6 +68,10 @@ PAPER_SETTINGS = {
                     gamma_strong=Schedule.constant(0.2), gamma_weak=Schedule.constant(0.7)),
 }
 SEED_STRIDE = 2 ** 32
+CKPT_KINDS = ("auto", "sgkernels", "sit", "dit")
+DIT_REFUSED = ("official DiT checkpoints predict DDPM noise at steps 0..999, not the flow "
+               "velocity these samplers integrate, so they cannot be sampled here (load them "
+               "with sgkernels.model.load_official(path, 'dit'); SiT checkpoints can be sampled)")
 
 
 def paper_flags(name: str) -> str:
@@ -84,6 +96,16 @@ def _labels(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
 
 
+def _routes(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected 'a:b[,c:d]' block ranges, got {text!r}")
+    return pairs
+
+
 def _schedule(text: str) -> Schedule:
     try:
         return Schedule.parse(text)
@@ -96,9 +118,16 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="training checkpoint (sgkernels.model.from_checkpoint)")
+    src.add_argument("--ckpt", help="training checkpoint (sgkernels.model.from_checkpoint) or "
+                     "official DiT / SiT checkpoint (sgkernels.model.load_official)")
     src.add_argument("--model", help="preset name, randomly initialised from --seed (tests)")
     a("--weights", default="ema", choices=("ema", "model"), help="checkpoint weights to load")
+    a("--ckpt-kind", default="auto", choices=CKPT_KINDS,
+      help="what --ckpt (and --weak-ckpt) is: auto (default), sgkernels, sit (official SiT); "
+           "dit (official DiT) is refused: it predicts noise, not a velocity")
+    a("--routes", type=_routes, default=None,
+      help="official checkpoints: blocks 'a:b[,c:d]' (0-based, inclusive) become routes that "
+           "guidance may drop tokens in (the model was trained dense: your choice)")
     a("--num", "--num-samples", "-n", dest="num", type=int, default=64,
       help="number of images (under torchrun write -n or --num-samples: torchrun's own parser "
            "rejects --num as ambiguous with its --numa-binding)")
@@ -168,6 +197,10 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
                 f"--gamma-strong / --gamma-weak (autoguidance is dense)")
     if args.weak_ckpt is not None and args.guidance in ("none", "cfg"):
         p.error(f"--weak-ckpt is not used by --guidance {args.guidance}")
+    if args.ckpt is None and (args.ckpt_kind != "auto" or args.routes is not None):
+        p.error("--ckpt-kind / --routes describe a --ckpt file")
+    if args.ckpt_kind == "dit":
+        p.error(DIT_REFUSED)
 
 
 def build_guidance(args, weak_model=None):
@@ -258,11 +291,15 @@ def _encode_prompts(args, config, prompts, device):
 
 
 def _load(args, path, device, flag="--ckpt"):
-    from sgkernels.model import from_checkpoint
+    from sgkernels.model.official import load_model
     try:
-        return from_checkpoint(path, ema=args.weights == "ema", map_location=device)
+        model, kind = load_model(path, args.ckpt_kind, ema=args.weights == "ema",
+                                 routes=args.routes)
+        if kind == "dit":
+            raise ValueError(f"{path} holds official DiT weights: {DIT_REFUSED}")
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"{flag}: {e}") from e
+    return model.to(device)
 
 
 def _build_model(args, device):

@@ -15,6 +15,12 @@ def small_config(flavour: str = "llama", maskdit: bool = False, **changes) -> Mo
     return ModelConfig(**base)
 
 
+# DiT-S/2 (width 384, 6 heads, patch 2, 4 latent channels, learn_sigma), cut to 2 blocks on an
+# 8x8 input so that it runs in a second on CPU: the official-weights tests
+DIT_S2 = ModelConfig(input_size=8, patch_size=2, in_channels=4, num_classes=10, depth=2,
+                     dim=384, heads=6, flavour="sit", learn_sigma=True)
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every parameter (adaLN-Zero ones included) random non-zero values."""
     g = torch.Generator().manual_seed(seed)
