@@ -17,10 +17,21 @@ the same rule as `EMA` (ema.py) on the local shards.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from .ema import check_decay, decay_at
+
+
+def single_process_group(device: torch.device) -> bool:
+    """A one-rank process group (in-memory store) for FSDP without torchrun; True if it was
+    created here (the caller destroys it), False when a group exists already."""
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                            rank=0, world_size=1)
+    return True
 
 
 def sharded_modules(model: nn.Module) -> list[nn.Module]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -157,7 +158,9 @@ def export(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     states = {"model": None, "optim": None,
               "ema": {k: torch.empty_like(v) for k, v in model.state_dict().items()}}
     states["model"], states["optim"] = get_state_dict(model, opt)
-    dcp.load(states, checkpoint_id=Path(path))
+    with warnings.catch_warnings():        # "assuming ... load in a single process": intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(states, checkpoint_id=Path(path))
     set_state_dict(model, opt, model_state_dict=states["model"],
                    optim_state_dict=states["optim"])
     ckpt = make_checkpoint(model=model.state_dict(), ema=states["ema"], opt=opt.state_dict(),
