@@ -94,14 +94,15 @@ class RoutedDiT(nn.Module):
 
     @contextlib.contextmanager
     def record_token_counts(self) -> Iterator[list[list[int]]]:
-        """Record how many tokens each block processes, forward by forward.
+        """Record how many tokens each block processes, call by call.
 
-        A context manager over forward hooks on the encoder blocks and the MaskDiT decoder
-        blocks; the forward itself keeps no record, so it has no Python side effects (and
-        compiles to the same graph) outside this block. Inside it, every forward (`model(...)`
-        or `forward_tokens`) appends one list to the yielded list: the token count of each
-        block in order (encoder blocks, then decoder blocks), summed over the segments of the
-        batch, text tokens included. The hooks are removed on exit.
+        A context manager over forward hooks (on the model, its encoder blocks and the MaskDiT
+        decoder blocks); the forward itself keeps no record, so it has no Python side effects
+        (and compiles to the same graph) outside this block. Inside it, every call
+        `model(...)` appends one list to the yielded list: the token count of each block in
+        order (encoder blocks, then decoder blocks), summed over the segments of the batch,
+        text tokens included. Blocks recomputed in backward (activation checkpointing) are not
+        recorded again. The hooks are removed on exit.
 
             with model.record_token_counts() as counts:
                 model(x, t, y, gamma=0.5)
@@ -109,19 +110,26 @@ class RoutedDiT(nn.Module):
                            # [4 * 256, 4 * 128, 4 * 128, 4 * 256]
 
         Returns:
-            A context manager yielding the list of per-forward lists of token counts.
+            A context manager yielding the list of per-call lists of token counts.
         """
         counts: list[list[int]] = []
+        current: list[list[int]] = []          # the open record, during a call only
+
+        def start(module, args):
+            counts.append([])
+            current.append(counts[-1])
+
+        def stop(module, args, out):
+            current.clear()
+
+        def record(module, args, out):
+            if current:
+                current[0].append(out.shape[0])
+
         blocks = [*self.blocks, *(self.decoder.blocks if self.decoder is not None else ())]
-
-        def hook(first: bool):
-            def record(module, args, out):
-                if first:
-                    counts.append([])
-                counts[-1].append(out.shape[0])
-            return record
-
-        handles = [b.register_forward_hook(hook(k == 0)) for k, b in enumerate(blocks)]
+        handles = [self.register_forward_pre_hook(start),
+                   self.register_forward_hook(stop, always_call=True),
+                   *(block.register_forward_hook(record) for block in blocks)]
         try:
             yield counts
         finally:

@@ -50,6 +50,15 @@ def test_route_counts_exact(flavour):
     assert len(counts) == 3                                 # hooks removed on exit
 
 
+def test_token_counts_skip_blocks_recomputed_in_backward(flavour_config):
+    model = randomize_(RoutedDiT(flavour_config)).train().set_activation_checkpointing("blocks")
+    x, t, y = inputs(flavour_config)
+    with model.record_token_counts() as counts:
+        model(x, t, y, gamma=0.0).square().mean().backward()
+    blocks = flavour_config.depth + flavour_config.decoder_depth
+    assert counts == [[48] * blocks]
+
+
 def test_maskdit_counts_and_keep_mask():
     cfg = small_config("sit", maskdit=True)
     model = RoutedDiT(cfg).train()
