@@ -16,7 +16,8 @@ import torch
 
 import sgkernels.kernels.triton as backend
 from sgkernels.kernels import torch as reference
-from sgkernels.kernels.triton import launch, norm, residual, rope, routing, segments, swiglu
+from sgkernels.kernels.triton import (launch, norm, residual, rope, route_norm, routing, segments,
+                                     swiglu)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
@@ -143,7 +144,7 @@ def test_the_cases_launch_every_autotuned_kernel(poisoned_empty):
 ROW_COUNTS = {"M", "K", "T", "n_tokens", "n_rows"}
 
 
-@pytest.mark.parametrize("module", [norm, residual, swiglu, routing, rope, segments],
+@pytest.mark.parametrize("module", [norm, route_norm, residual, swiglu, routing, rope, segments],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_kernels_do_not_specialize_on_row_counts(module):
     """Triton specializes an int argument on being 1 or divisible by 16 unless it is

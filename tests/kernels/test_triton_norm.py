@@ -1,12 +1,12 @@
-"""Triton rms_norm / rms_norm_modulate (forward and every gradient) vs the torch reference,
-run by the Triton interpreter on CPU tensors."""
+"""Triton rms_norm / rms_norm_modulate and the fused route start (norm.py, route_norm.py: forward
+and every gradient) vs the torch reference, run by the Triton interpreter on CPU tensors."""
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgkernels.kernels import torch as reference
-from sgkernels.kernels.triton import norm
+from sgkernels.kernels.triton import norm, route_norm
 from sgkernels.kernels.triton.launch import INTERPRET
 
 # `interpret` tests run the kernels in the Triton interpreter on CPU (tests/kernels/conftest.py sets
@@ -130,14 +130,15 @@ def _check_fused(total, lengths, dim, dtype, has_weight, assert_matches, device=
     idx = torch.randperm(total, generator=gen)[:kept].to(device)
     dy, dh = (torch.randn(kept, dim, generator=gen).to(device, dtype) for _ in range(2))
     weight = weight if has_weight else None
-    h, y, rstd = norm.route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, 1e-6)
+    h, y, rstd = route_norm.route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg,
+                                                               1e-6)
     h_ref, y_ref, rstd_ref = reference.route_gather_rms_norm_modulate_fwd(x, idx, weight, shift,
                                                                           scale, seg, 1e-6)
     assert torch.equal(h, h_ref)
     assert_matches(y, y_ref, "y")
     assert_matches(rstd, rstd_ref, "rstd")
     args = (dh, dy, h_ref, idx, weight, scale, seg, rstd_ref, total)
-    grads = norm.route_gather_rms_norm_modulate_bwd(*args)
+    grads = route_norm.route_gather_rms_norm_modulate_bwd(*args)
     grads_ref = reference.route_gather_rms_norm_modulate_bwd(*args)
     for name, got, want in zip(("dx", "dweight", "dshift", "dscale"), grads, grads_ref):
         if want is None:

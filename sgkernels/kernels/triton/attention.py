@@ -1,11 +1,6 @@
-"""Varlen (packed) attention for the Triton backend: FlashAttention-2 forward and backward.
-
-Math, per segment s of length L (rows cu_seqlens[s] .. cu_seqlens[s+1]) and head h, non-causal:
-    S = scale·Q Kᵀ,  lse = logsumexp_row(S) (natural log, saved [H, T] fp32),  P = exp(S − lse),
-    O = P V
-    dV = Pᵀ dO,  dP = dO Vᵀ,  D = rowsum(dO∘O),  dS = P∘(dP − D),  dQ = scale·dS K,
-    dK = scale·dSᵀ Q
-Tokens never attend across segments; segments of length 0 own no rows and launch nothing.
+"""varlen_attention for the Triton backend: FlashAttention-2 forward and backward; math:
+sgkernels.ops.attention. lse is the natural-log logsumexp, saved [H, T] fp32; segments of
+length 0 own no rows and launch nothing.
 
 Algorithm (FlashAttention-2, Dao 2023): the grid is (blocks of max_seqlen, segments, heads) and
 each program reads its segment's bounds from cu_seqlens, so one launch covers a packed batch of
@@ -24,11 +19,10 @@ writes dQ, dK, dV into one [T, 3, H, Dh] gradient; rope=(pos, theta) adds axial 
 (a rotation pre-pass by rope.py's kernel, one launch for q and k; the backward rotates dQ, dK
 back in place): attention_fwd.py says why.
 
-Roofline: FLOPs per call 4·Σ_s L_s²·H·Dh forward (two matmuls of 2·L²·Dh each), 2.5× that
-backward (five matmuls); compulsory bytes 4·T·H·Dh·e forward (q, k, v, o; e bytes per element)
-and 8·T·H·Dh·e backward. Intensity ≈ L/e FLOP/byte forward: with bf16 on an H100 (989 TFLOP/s
-dense, 3.35 TB/s) the ridge is near L ≈ 600; SiT's L = 256 sits below it and TR-DiT's ~1-4k
-above. Targets are measured as TFLOP/s against FlashAttention-2 (torch varlen_attn).
+Roofline (sgkernels.ops.attention): intensity ≈ L/e FLOP/byte forward (e bytes per element):
+with bf16 on an H100 (989 TFLOP/s dense, 3.35 TB/s) the ridge is near L ≈ 600; SiT's L = 256
+sits below it and TR-DiT's ~1-4k above. Targets are measured as TFLOP/s against
+FlashAttention-2 (torch varlen_attn).
 """
 import torch
 

@@ -1,4 +1,4 @@
-"""Backward kernels of varlen attention (FlashAttention-2 tiling); the math is in attention.py.
+"""Backward kernels of varlen attention (FlashAttention-2 tiling); math: sgkernels.ops.attention.
 
 Three launches, no atomics, so every gradient is deterministic:
     _attn_bwd_preprocess_kernel   D = rowsum(dO∘O) in fp32, [H, T]

@@ -1,4 +1,4 @@
-"""Forward kernel of varlen attention (FlashAttention-2 tiling); the math is in attention.py.
+"""Forward kernel of varlen attention (FlashAttention-2 tiling); math: sgkernels.ops.attention.
 
 One program owns BLOCK_M query rows of one segment and one head. It streams the segment's keys
 and values in BLOCK_N tiles and keeps the online-softmax state in fp32 registers, in base 2

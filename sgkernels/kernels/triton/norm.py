@@ -1,31 +1,16 @@
-"""Triton RMSNorm and adaLN-modulated RMSNorm, forward and backward.
-
-Math (per row, fp32 inside the kernels; r = rsqrt(mean(x²) + eps), x̂ = x·r, w = weight or 1):
-    rms_norm            y = x̂·w
-                        g = dy·w,  dx = r·(g − x̂·mean(g·x̂)),  dweight = Σ_rows dy·x̂
-    rms_norm_modulate   n = x̂·w,  y = n·(1 + scale[seg]) + shift[seg]
-                        dn = dy·(1 + scale[seg]), g = dn·w, dx as above,
-                        dweight = Σ_rows dn·x̂,  dshift[s] = Σ_seg dy,  dscale[s] = Σ_seg dy·n
+"""rms_norm and rms_norm_modulate for the Triton backend, forward and backward; math:
+sgkernels.ops.norm.
 
 A program owns whole rows (BLOCK_D = next_pow2(D) ≥ D columns, BLOCK_M rows), so the row statistic
 is one in-register reduction (no register spills on sm_90 up to D = 4096; wider rows spill in
-the backward but stay correct); rstd [M] fp32 is saved for the backward. The backward runs one
-program per reduction item (≤ R rows, inside one segment for the modulated norm, segments.py):
-it writes dx and fp32 partial rows of dweight/dshift/dscale, which a second kernel sums in a fixed
-order (deterministic, no atomics). Forward kernels are autotuned over BLOCK_M and num_warps
-(keyed on D); the backward launch is a fixed function of D so that the summation order, and with
-it every weight-gradient bit, is the same in every process.
-
-Fused route start (backend of sgkernels.ops.route_gather_rms_norm_modulate): h = x[idx] and
-y = rms_norm_modulate(h) in one pass that reads each kept row once and writes both h and y; its
-backward writes dx = (dh + ∂y/∂h·dy) at rows idx and 0 elsewhere.
-
-Roofline (bytes per call, b = bytes per element, M·D elements):
-    forward   read x, write y: 2·M·D·b (+ weight D·b, shift/scale 2·S·D·b, rstd 4·M)
-    backward  read dy, x, write dx: 3·M·D·b (+ rstd, fp32 partials (M/R + S)·D·4 per reduction)
-    fused route start, T rows, K kept: forward read K rows, write h and y: 3·K·D·b (gather then
-    norm: 4·K·D·b); backward read dy, h, dh, write dx: (3·K + T)·D·b (the zero rows included;
-    unfused: norm backward, dh accumulation and scatter onto zeros: (7·K + T)·D·b)
+the backward but stay correct); fp32 inside the kernels; rstd [M] fp32 is saved for the
+backward. The backward runs one program per reduction item (≤ R rows, inside one segment for the
+modulated norm, segments.py): it writes dx and fp32 partial rows of dweight/dshift/dscale, which
+a second kernel sums in a fixed order (deterministic, no atomics; the partials add
+(M/R + S)·D·4 bytes, written and read once). Forward kernels are autotuned over BLOCK_M and
+num_warps (keyed on D); the backward launch is a fixed function of D so that the summation
+order, and with it every weight-gradient bit, is the same in every process. The row functions
+(`modulate_fwd`, `modulate_bwd`) also serve the fused route start (route_norm.py, GATHER).
 """
 import torch
 import triton
@@ -60,11 +45,11 @@ def _rms_norm_fwd_kernel(X, W, Y, RSTD, M, D, stride_x, stride_y, eps,
 
 
 @triton.jit
-def _modulate_fwd(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, M, D, stride_x, stride_h, stride_y,
-                  stride_s, eps, HAS_WEIGHT: tl.constexpr, GATHER: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows of y = rms_norm(x)·(1 + scale[seg]) + shift[seg]; with GATHER, row k reads x[IDX[k]]
-    and also writes it to H[k]."""
+def modulate_fwd(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, M, D, stride_x, stride_h, stride_y,
+                 stride_s, eps, HAS_WEIGHT: tl.constexpr, GATHER: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows of rms_norm_modulate's forward; with GATHER, row k reads x[IDX[k]] and also writes
+    it to H[k]."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < M
@@ -89,17 +74,8 @@ def _modulate_fwd(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, M, D, stride_x, stri
 def _rms_norm_modulate_fwd_kernel(X, W, SHIFT, SCALE, SEG, Y, RSTD, M, D, stride_x, stride_y,
                                   stride_s, eps, HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
                                   BLOCK_D: tl.constexpr):
-    _modulate_fwd(X, SEG, W, SHIFT, SCALE, SEG, Y, Y, RSTD, M, D, stride_x, stride_y, stride_y,
-                  stride_s, eps, HAS_WEIGHT, False, BLOCK_M, BLOCK_D)
-
-
-@triton.jit(do_not_specialize=["K"])
-def _route_gather_rms_norm_modulate_fwd_kernel(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, K, D,
-                                               stride_x, stride_h, stride_y, stride_s, eps,
-                                               HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
-                                               BLOCK_D: tl.constexpr):
-    _modulate_fwd(X, IDX, W, SHIFT, SCALE, SEG, H, Y, RSTD, K, D, stride_x, stride_h, stride_y,
-                  stride_s, eps, HAS_WEIGHT, True, BLOCK_M, BLOCK_D)
+    modulate_fwd(X, SEG, W, SHIFT, SCALE, SEG, Y, Y, RSTD, M, D, stride_x, stride_y, stride_y,
+                 stride_s, eps, HAS_WEIGHT, False, BLOCK_M, BLOCK_D)
 
 
 @triton.jit
@@ -154,10 +130,10 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, PW, M, R, D, stride_dy, stride_x, s
 
 
 @triton.jit
-def _modulate_bwd(DY, X, W, SCALE, RSTD, DX, IDX, DH, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
-                  D, stride_dy, stride_x, stride_dx, stride_dh, stride_s, stride_pw, stride_pb,
-                  stride_p, HAS_WEIGHT: tl.constexpr, GATHER: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def modulate_bwd(DY, X, W, SCALE, RSTD, DX, IDX, DH, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
+                 D, stride_dy, stride_x, stride_dx, stride_dh, stride_s, stride_pw, stride_pb,
+                 stride_p, HAS_WEIGHT: tl.constexpr, GATHER: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Program i: rows of item i (one segment); fp32 partials of dweight in PW[i], of dshift and
     dscale in PMOD[0, i] and PMOD[1, i]."""
     item = tl.program_id(0)
@@ -189,21 +165,9 @@ def _rms_norm_modulate_bwd_kernel(DY, X, W, SCALE, RSTD, DX, PW, PMOD, ITEM_STAR
                                   ITEM_SEG, R, D, stride_dy, stride_x, stride_dx, stride_s,
                                   stride_pw, stride_pb, stride_p, HAS_WEIGHT: tl.constexpr,
                                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    _modulate_bwd(DY, X, W, SCALE, RSTD, DX, DX, DX, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
-                  D, stride_dy, stride_x, stride_dx, stride_dx, stride_s, stride_pw, stride_pb,
-                  stride_p, HAS_WEIGHT, False, BLOCK_M, BLOCK_D)
-
-
-@triton.jit
-def _route_gather_rms_norm_modulate_bwd_kernel(DY, H, W, SCALE, RSTD, DX, IDX, DH, PW, PMOD,
-                                               ITEM_START, ITEM_END, ITEM_SEG, R, D, stride_dy,
-                                               stride_h, stride_dx, stride_dh, stride_s,
-                                               stride_pw, stride_pb, stride_p,
-                                               HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
-                                               BLOCK_D: tl.constexpr):
-    _modulate_bwd(DY, H, W, SCALE, RSTD, DX, IDX, DH, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
-                  D, stride_dy, stride_h, stride_dx, stride_dh, stride_s, stride_pw, stride_pb,
-                  stride_p, HAS_WEIGHT, True, BLOCK_M, BLOCK_D)
+    modulate_bwd(DY, X, W, SCALE, RSTD, DX, DX, DX, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
+                 D, stride_dy, stride_x, stride_dx, stride_dx, stride_s, stride_pw, stride_pb,
+                 stride_p, HAS_WEIGHT, False, BLOCK_M, BLOCK_D)
 
 
 def _configs(block_ms, warps):
@@ -225,10 +189,15 @@ _KEY = ["D", "HAS_WEIGHT"]
 _CONFIGS = _configs((1, 2, 4, 8, 16), (4, 8, 16))
 _FIXED = {"BLOCK_M": 2, "num_warps": 4}
 _INTERPRET_CONFIG = ({"BLOCK_M": 2}, 4, 1)
-_fwd = Autotuned(_rms_norm_fwd_kernel, _CONFIGS, _KEY, _INTERPRET_CONFIG, _prune)
-_mod_fwd = Autotuned(_rms_norm_modulate_fwd_kernel, _CONFIGS, _KEY, _INTERPRET_CONFIG, _prune)
-_gather_mod_fwd = Autotuned(_route_gather_rms_norm_modulate_fwd_kernel, _CONFIGS, _KEY,
-                            _INTERPRET_CONFIG, _prune)
+
+
+def autotuned_rows(kernel):
+    """`kernel` (a whole-row forward) autotuned over the row tiles that `_prune` keeps for D."""
+    return Autotuned(kernel, _CONFIGS, _KEY, _INTERPRET_CONFIG, _prune)
+
+
+_fwd = autotuned_rows(_rms_norm_fwd_kernel)
+_mod_fwd = autotuned_rows(_rms_norm_modulate_fwd_kernel)
 
 
 def _bwd_config(dim):
@@ -243,7 +212,7 @@ def _bwd_config(dim):
             "num_warps": min(16, max(4, block_m * block_d // 256))}
 
 
-def _row_grid(rows):
+def row_grid(rows):
     return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)
 
 
@@ -251,7 +220,7 @@ def rms_norm_fwd(x2d, weight, eps):
     rows, dim = x2d.shape
     y = torch.empty_like(x2d)
     rstd = torch.empty(rows, device=x2d.device, dtype=torch.float32)
-    _fwd.launch(_row_grid(rows), rows, x2d, weight, y, rstd, rows, dim, x2d.stride(0),
+    _fwd.launch(row_grid(rows), rows, x2d, weight, y, rstd, rows, dim, x2d.stride(0),
            y.stride(0), float(eps), HAS_WEIGHT=weight is not None,
            BLOCK_D=triton.next_power_of_2(dim))
     return y, rstd
@@ -274,13 +243,13 @@ def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
     rows, dim = x.shape
     y = torch.empty_like(x)
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    _mod_fwd.launch(_row_grid(rows), rows, x, weight, shift, scale, seg, y, rstd, rows, dim,
+    _mod_fwd.launch(row_grid(rows), rows, x, weight, shift, scale, seg, y, rstd, rows, dim,
            x.stride(0), y.stride(0), shift.stride(0), float(eps), HAS_WEIGHT=weight is not None,
            BLOCK_D=triton.next_power_of_2(dim))
     return y, rstd
 
 
-def _modulate_bwd_sums(kernel, head, strides, x, weight, scale, seg):
+def modulate_bwd_sums(kernel, head, strides, x, weight, scale, seg):
     """Launch a modulated-norm backward kernel(*head, PW, PMOD, ITEM_START, ITEM_END, ITEM_SEG, R,
     D, *strides, stride_pw, stride_pb, stride_p), one program per reduction item of the rows of
     x, then sum its fp32 partials -> (dweight | None, dshift, dscale)."""
@@ -301,42 +270,34 @@ def _modulate_bwd_sums(kernel, head, strides, x, weight, scale, seg):
 
 def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):
     dx = torch.empty_like(x)
-    sums = _modulate_bwd_sums(_rms_norm_modulate_bwd_kernel, (dy, x, weight, scale, rstd, dx),
-                              (dy.stride(0), x.stride(0), dx.stride(0), scale.stride(0)),
-                              x, weight, scale, seg)
+    sums = modulate_bwd_sums(_rms_norm_modulate_bwd_kernel, (dy, x, weight, scale, rstd, dx),
+                             (dy.stride(0), x.stride(0), dx.stride(0), scale.stride(0)),
+                             x, weight, scale, seg)
     return (dx, *sums)
 
 
-def route_gather_rms_norm_modulate_fwd(x, idx, weight, shift, scale, seg, eps):
-    """Fused route start: h = x[idx] and y = rms_norm_modulate(h, weight, shift, scale, seg, eps)
-    in one pass over the kept rows (x [T, D]; idx [K] int32/int64 unique; seg [K] int32, the
-    non-decreasing segments of the kept rows). Returns (h [K, D], y [K, D], rstd [K] fp32)."""
-    kept, dim = idx.shape[0], x.shape[1]
-    h = torch.empty(kept, dim, device=x.device, dtype=x.dtype)
-    y = torch.empty_like(h)
-    rstd = torch.empty(kept, device=x.device, dtype=torch.float32)
-    _gather_mod_fwd.launch(_row_grid(kept), kept, x, idx, weight, shift, scale, seg, h, y, rstd,
-           kept, dim, x.stride(0), h.stride(0), y.stride(0), shift.stride(0), float(eps),
-           HAS_WEIGHT=weight is not None, BLOCK_D=triton.next_power_of_2(dim))
-    return h, y, rstd
+SPEC_DIMS = (256, 1152, 4096)  # bf16 with weight, as model widths specialize them (1152: SiT-XL)
 
 
-def route_gather_rms_norm_modulate_bwd(dh, dy, h, idx, weight, scale, seg, rstd, total):
-    """Backward of the fused route start, given dh (gradient reaching h = x[idx] from its other
-    uses) and dy: dx [total, D] holds dh + ∂y/∂h·dy at rows idx and 0 elsewhere.
-    Returns (dx, dweight | None, dshift, dscale)."""
-    dx = torch.zeros(total, h.shape[1], device=h.device, dtype=h.dtype)
-    sums = _modulate_bwd_sums(_route_gather_rms_norm_modulate_bwd_kernel,
-                              (dy, h, weight, scale, rstd, dx, idx, dh),
-                              (dy.stride(0), h.stride(0), dx.stride(0), dh.stride(0),
-                               scale.stride(0)), h, weight, scale, seg)
-    return (dx, *sums)
+def row_specs(forward, backward):
+    """Static specs at every width of SPEC_DIMS: the autotuned forwards [(Autotuned, signature)]
+    under every config the prune keeps there (together: every config), the backward kernels
+    [(kernel, signature)] under their fixed config."""
+    specs = []
+    for dim in SPEC_DIMS:
+        tag, shape = f"_d{dim}", {"HAS_WEIGHT": True, "BLOCK_D": triton.next_power_of_2(dim)}
+        for entry, sig in forward:
+            specs += entry.specs(sig, shape, [n for n in sig if n != "eps"], tag)
+        config = dict(_bwd_config(dim))
+        warps = config.pop("num_warps")
+        specs += [ast_spec(kernel, sig, {"HAS_WEIGHT": True, **config}, list(sig), warps,
+                           name=kernel.__name__ + tag)
+                  for kernel, sig in backward]
+    return specs
 
 
 def static_specs():
-    """bf16 with weight at D = 256, 1152 (SiT-XL) and 4096, as a real launch specializes them:
-    the forward kernels under every config the prune keeps at these widths (together: every
-    config), the backward kernels under their fixed config."""
+    """The norm kernels at every width of SPEC_DIMS (`row_specs`)."""
     ptr, i32 = "*bf16", "i32"
     fwd = {"X": ptr, "W": ptr, "Y": ptr, "RSTD": "*fp32", "M": i32, "D": i32, "stride_x": i32,
            "stride_y": i32, "eps": "fp32"}
@@ -350,24 +311,5 @@ def static_specs():
                "ITEM_SEG": "*i32", "R": i32, "D": i32, "stride_dy": i32, "stride_x": i32,
                "stride_dx": i32, "stride_s": i32, "stride_pw": i32, "stride_pb": i32,
                "stride_p": i32}
-    gather_fwd = {"X": ptr, "IDX": "*i64", "W": ptr, "SHIFT": ptr, "SCALE": ptr, "SEG": "*i32",
-                  "H": ptr, "Y": ptr, "RSTD": "*fp32", "K": i32, "D": i32, "stride_x": i32,
-                  "stride_h": i32, "stride_y": i32, "stride_s": i32, "eps": "fp32"}
-    gather_bwd = {"DY": ptr, "H": ptr, "W": ptr, "SCALE": ptr, "RSTD": "*fp32", "DX": ptr,
-                  "IDX": "*i64", "DH": ptr, "PW": "*fp32", "PMOD": "*fp32", "ITEM_START": "*i32",
-                  "ITEM_END": "*i32", "ITEM_SEG": "*i32", "R": i32, "D": i32, "stride_dy": i32,
-                  "stride_h": i32, "stride_dx": i32, "stride_dh": i32, "stride_s": i32,
-                  "stride_pw": i32, "stride_pb": i32, "stride_p": i32}
-    specs = []
-    for dim in (256, 1152, 4096):
-        tag, shape = f"_d{dim}", {"HAS_WEIGHT": True, "BLOCK_D": triton.next_power_of_2(dim)}
-        for entry, sig in ((_fwd, fwd), (_mod_fwd, mod_fwd), (_gather_mod_fwd, gather_fwd)):
-            specs += entry.specs(sig, shape, [n for n in sig if n != "eps"], tag)
-        config = dict(_bwd_config(dim))
-        warps = config.pop("num_warps")
-        specs += [ast_spec(kernel, sig, {"HAS_WEIGHT": True, **config}, list(sig), warps,
-                           name=kernel.__name__ + tag)
-                  for kernel, sig in ((_rms_norm_bwd_kernel, bwd),
-                                      (_rms_norm_modulate_bwd_kernel, mod_bwd),
-                                      (_route_gather_rms_norm_modulate_bwd_kernel, gather_bwd))]
-    return specs
+    return row_specs([(_fwd, fwd), (_mod_fwd, mod_fwd)],
+                     [(_rms_norm_bwd_kernel, bwd), (_rms_norm_modulate_bwd_kernel, mod_bwd)])

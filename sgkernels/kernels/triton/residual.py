@@ -1,18 +1,12 @@
-"""Triton gated residual of adaLN-Zero, forward and backward.
+"""gated_residual for the Triton backend, forward and backward; math: sgkernels.ops.residual.
 
-Math (fp32 inside the kernels, seg [T] non-decreasing, gate [S, D]):
-    forward   out = x + gate[seg]·y
-    backward  dx = dout (returned as is, like the reference), dy = dout·gate[seg],
-              dgate[s] = Σ_{t: seg[t]=s} dout[t]·y[t]
-
-The forward is elementwise and autotuned on GPU. The backward runs one program per reduction item
-(≤ R rows inside one segment, segments.py): it writes dy and an fp32 partial row of dgate, which
-`segment_sum` adds in a fixed order; its launch config is a fixed function of D (not autotuned),
-so dgate is bitwise repeatable. Under TRITON_INTERPRET=1 every kernel runs one small fixed config.
-
-Roofline (bytes per call, b = bytes per element): forward reads x, y and writes out: 3·T·D·b
-(+ gate rows, S·D·b, cached). Backward reads dout, y and writes dy: 3·T·D·b, plus the fp32
-partials (T/R + S)·D·4 written and read once.
+fp32 inside the kernels; seg [T] non-decreasing. The forward tiles [T, D] and is autotuned on
+GPU. The backward runs one program per reduction item (≤ R rows inside one segment,
+segments.py): it writes dy and an fp32 partial row of dgate, which `segment_sum` adds in a fixed
+order; its launch config is a fixed function of D (not autotuned), so dgate is bitwise
+repeatable. dx is dout itself (returned as is). Under TRITON_INTERPRET=1 every kernel runs one
+small fixed config. Bytes beyond the op's roofline: the fp32 partials, (T/R + S)·D·4, written
+and read once.
 """
 import torch
 import triton

@@ -1,18 +1,11 @@
-"""Axial rotary position embedding (RoPE) for the Triton backend, forward and backward.
+"""rope_axial for the Triton backend, forward and backward; math: sgkernels.ops.rope.
 
-Math (docs/contracts.md), x [T, H, Dh] with Dh % 4 == 0, h = Dh/2, q = Dh/4, pos [T, 2]:
-    channels [0, h) rotate by the row position pos[:, 0], channels [h, Dh) by the column
-    position pos[:, 1]; inside half a ∈ {0, 1}, channel a·h + j pairs with a·h + j + q,
-    f_j = theta^(−2j/h),  φ = pos[:, a]·f_j (fp32, as the reference),  j ∈ [0, q):
-        y1 = x1·cos φ − x2·sin φ,   y2 = x2·cos φ + x1·sin φ
-The backward is the rotation by −φ (the transpose of an orthogonal map): the same kernel with
-sin negated (INVERSE).
-
-Kernel: a program owns BLOCK_T tokens and HEADS heads. It computes cos/sin once for its tokens
-as [BLOCK_T, 2 (axis), Q_PAD] fp32 tiles and reuses them for every head; x1 and x2 are loaded as
-two such tiles (contiguous runs of q channels, padded to a power of two Q_PAD with masks), so
-each element is read and written exactly once. Memory-bound: bytes = 2·T·H·Dh·itemsize
-(+ pos), FLOPs negligible; the target is the device copy bandwidth.
+Angles are computed in fp32 from the shared frequency table (kernels/rope_frequencies.py); the
+backward is the same kernel with sin negated (INVERSE). A program owns BLOCK_T tokens and HEADS
+heads. It computes cos/sin once for its tokens as [BLOCK_T, 2 (axis), Q_PAD] fp32 tiles and
+reuses them for every head; the two partners of each pair, x1 and x2, are loaded as two such
+tiles (contiguous runs of Dh/4 channels, padded to a power of two Q_PAD with masks), so each
+element is read and written exactly once. Memory-bound, the target is the device copy bandwidth.
 
 Layout: x and y are [T, H, Dh] with dense head and feature dims (strides (·, Dh, 1)) and each its
 own token stride, and y may be x (in place: a program reads both halves of a pair before it

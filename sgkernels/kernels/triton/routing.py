@@ -1,20 +1,12 @@
-"""Triton token routing: gather the kept rows before a route, scatter them back after it.
+"""route_gather and route_scatter for the Triton backend, forward and backward; math:
+sgkernels.ops.routing (gather's backward is route_scatter of dout onto zeros, composed by the ops
+layer).
 
-Math (idx [K] int64, unique, rows of x / base [T, D]):
-    route_gather    out[k] = x[idx[k]]
-    route_scatter   out[t] = y[k] if t = idx[k] else base[t]
-                    backward: dbase[t] = 0 if t ∈ idx else dout[t];  dy[k] = dout[idx[k]]
-(gather's backward is route_scatter of dout onto zeros, composed by the ops layer.)
-
-The scatter kernels run over the T output rows with an inverse map inv[t] = k (or −1), built on
-device with one index_copy (idx is unique, so it is deterministic): every output row is written
-exactly once and the base rows that get replaced are never read. Programs tile
-[BLOCK_M rows, BLOCK_D columns].
-
-Roofline (bytes per call, b = bytes per element): gather reads K rows, writes K rows: 2·K·D·b;
-scatter forward reads (T − K) base rows and K rows of y, writes T rows: 2·T·D·b; scatter
-backward reads T rows of dout, writes T rows of dbase and K rows of dy: (2·T + K)·D·b
-(+ 8·K + 4·T bytes of indices).
+idx [K] unique, int32 or int64. The scatter kernels run over the T output rows with an inverse map
+inv[t] = k (or −1), built on device with one index_copy (idx is unique, so it is deterministic):
+every output row is written exactly once and the base rows that get replaced are never read.
+Programs tile [BLOCK_M rows, BLOCK_D columns]. Bytes beyond the op's roofline: the int32
+inverse map inv [T].
 """
 import torch
 import triton

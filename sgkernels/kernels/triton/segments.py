@@ -1,6 +1,6 @@
 """Deterministic per-segment and per-column sums of the Triton backward kernels (no float atomics).
 
-Used for dgate (residual.py) and dweight, dshift, dscale (norm.py):
+Used for dgate (residual.py) and dweight, dshift, dscale (norm.py, route_norm.py):
     out[s] = Σ_{t: seg[t] = s} v[t]        (seg [T] non-decreasing, v [T, D] computed in a kernel)
 
 `segment_plan` cuts every segment into *items* of at most R rows (an item never crosses a segment

@@ -1,15 +1,9 @@
-"""Triton SwiGLU, forward and backward.
+"""swiglu for the Triton backend, forward and backward; math: sgkernels.ops.swiglu.
 
-Math (fp32 inside the kernels, σ = sigmoid(a) = 1/(1 + exp(−a)), written with tl.exp):
-    forward   out = silu(a)·b = a·σ·b
-    backward  db = dout·a·σ,  da = dout·b·σ·(1 + a·(1 − σ))
-
-a and b are [M, H] with a contiguous last dim; their row stride may be 2H (the two halves of one
-[M, 2H] projection), so no split copy is made; da and db are written in place and may be the
-halves of one [M, 2H] gradient. Elementwise: programs tile [BLOCK_M, BLOCK_H].
-
-Roofline (bytes per call, b = bytes per element): forward reads a, b and writes out: 3·M·H·b;
-backward reads dout, a, b and writes da, db: 5·M·H·b.
+fp32 inside the kernels, σ = sigmoid(a) written with tl.exp. a and b are [M, H] with a contiguous
+last dim; their row stride may be 2H (the two halves of one [M, 2H] projection), so no split copy
+is made; da and db are written in place and may be the halves of one [M, 2H] gradient. Programs
+tile [BLOCK_M, BLOCK_H].
 """
 import torch
 import triton
