@@ -7,7 +7,10 @@ Examples:
         --ref-num 500 --metrics fid        # real-vs-real baseline
 
 SAMPLES is an .npz (arr_0 uint8 [N, H, W, C], arr_1 labels), a folder of images, or a named
-reference (fashion-mnist-test / fashion-mnist-train). Prints one row per metric: the value and,
+reference (fashion-mnist-test / fashion-mnist-train). --ref takes the same, or an ADM reference
+batch: its Inception statistics (mu, sigma) give fid without recomputation (docs/eval.md):
+    python -m sgkernels eval samples/sit/samples.npz --ref VIRTUAL_imagenet256_labeled.npz \
+        --metrics fid --device cuda Prints one row per metric: the value and,
 with --bootstrap B > 0, the normal interval value ± z·std from the bootstrap standard error and
 the mean of the replicates (see sgkernels/eval/bootstrap.py). --json stores everything, with
 timings and the classifier's record.
@@ -89,7 +92,7 @@ def load(spec: str, arg: str, num):
         reason = why.get(type(e)) or ("it holds pickled objects, which are never loaded"
                                       if "pickle" in str(e) else " ".join(str(e).split()))
         raise ValueError(f"{arg}: {spec} is not a readable .npz of uint8 images (arr_0 "
-                         f"[N, H, W, C]) or image folder: {reason}") from e
+                         f"[N, H, W, C], or an ADM batch) or image folder: {reason}") from e
 
 
 def format_table(result: dict) -> str:
@@ -145,8 +148,9 @@ def main(argv=None) -> int:
         return _user_error(args, e)
     info = result["info"]
     space = f"  kid/prdc space: {info['space']}" if {"kid", "prdc"} & set(metrics) else ""
+    size = "precomputed mu, sigma" if info["num_reference"] is None else info["num_reference"]
     print(f"samples: {info['samples']} ({info['num_samples']})  reference: {info['reference']} "
-          f"({info['num_reference']}){space}")
+          f"({size}){space}")
     print(format_table(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ Metrics (names as in the CLI):
 
 Reference features are cached (cache.cached_features); generated features are computed once and
 every bootstrap replicate (bootstrap.py) resamples their rows, so intervals cost no extra
-network passes. The point estimate of each metric uses the full generated set.
+network passes. The point estimate of each metric uses the full generated set. A reference
+with precomputed statistics (ImageSet.stats: an ADM reference batch's Inception mu and sigma)
+gives fid from them; kid / prdc in that space still need its images.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .kid import KIDReference
 from .prdc import PRDCResampler, prdc
 
 METRICS = ("fid", "cfd", "kid", "prdc", "acc")
+FRECHET = {"fid": "inception", "cfd": "classifier"}      # Fréchet metric -> its feature space
 SPACES = ("classifier", "inception")
 PRDC_NAMES = ("precision", "recall", "density", "coverage")
 
@@ -71,7 +74,7 @@ def _statistics(metrics, gen, ref, space, k, kid_subsets, kid_subset_size, seed,
                 bootstrap):
     """(point, boot): functions idx -> {metric: value} for the estimate and the replicates."""
     point, boot = [], []
-    for metric, name in (("fid", "inception"), ("cfd", "classifier")):
+    for metric, name in FRECHET.items():
         if metric in metrics:
             fr = FrechetReference(ref[name]["mu"], ref[name]["sigma"])
             fn = (lambda idx, fr=fr, f=gen[name], m=metric:
@@ -94,6 +97,25 @@ def _statistics(metrics, gen, ref, space, k, kid_subsets, kid_subset_size, seed,
         point.append(fn)
         boot.append(fn)
     return point, boot
+
+
+def _reference(name: str, extractor, reference: ImageSet, metrics, space: str) -> dict | None:
+    """The reference in feature space `name`: its precomputed {"mu", "sigma"} when only a
+    Fréchet distance uses them, else {"features", "mu", "sigma"} (cached); None when no metric
+    compares with the reference in that space (acc)."""
+    features = name == space and bool({"kid", "prdc"} & set(metrics))
+    frechet = [m for m, n in FRECHET.items() if n == name and m in metrics]
+    if not (features or frechet):
+        return None
+    stats = (reference.stats or {}).get(name)
+    if stats is not None and not features:
+        return stats
+    if reference.images is None:
+        raise ValueError(f"ref: {reference.name} holds only precomputed statistics (mu, sigma of "
+                         f"{'/'.join(reference.stats)} features: fid); "
+                         f"{'kid / prdc' if features else frechet[0]} in the {name} space "
+                         f"need its images (arr_0)")
+    return cached_features(extractor, reference.images, reference.digest())
 
 
 def _extractors(metrics, space, classifier, inception, device, log) -> dict:
@@ -127,10 +149,13 @@ def evaluate(samples: ImageSet, reference: ImageSet, metrics=METRICS, *, space="
     if space not in SPACES:
         raise ValueError(f"space: expected one of {SPACES}, got {space!r}")
     _check_options(metrics, k, kid_subsets, kid_subset_size, bootstrap, alpha)
+    if samples.images is None:
+        raise ValueError(f"samples: {samples.name} holds statistics only; expected images")
     labels = _check_labels(samples) if "acc" in metrics else None
     n = len(samples)
     info = {"samples": samples.name, "num_samples": n, "reference": reference.name,
-            "num_reference": len(reference), "space": space, "k": k, "seconds": {}}
+            "num_reference": None if reference.images is None else len(reference),
+            "space": space, "k": k, "seconds": {}}
     extractors = _extractors(metrics, space, classifier, inception, device, log)
     if "classifier" in extractors:
         info["classifier"] = extractors["classifier"].info
@@ -139,7 +164,10 @@ def evaluate(samples: ImageSet, reference: ImageSet, metrics=METRICS, *, space="
     gen, ref = {}, {}
     for name, ex in extractors.items():
         start = time.perf_counter()
-        ref[name] = cached_features(ex, reference.images, reference.digest())
+        ref[name] = _reference(name, ex, reference, metrics, space)
+        if ref[name] is not None and "features" not in ref[name]:
+            info.setdefault("precomputed", []).append(name)
+            log(f"{name} reference: the precomputed mu, sigma of {reference.name}")
         mid = time.perf_counter()
         gen[name] = ex(samples.images).astype(np.float64)
         info["seconds"][f"{name}_reference"] = round(mid - start, 3)

@@ -5,7 +5,11 @@ Images are uint8 [N, H, W, C] with C in (1, 3), the layout `python -m sgkernels 
 image sits in a sub-folder named by an integer, that integer is its label. References by name
 are the Fashion-MNIST splits from the Debian package (`apt-get install -y
 dataset-fashion-mnist`; $SGKERNELS_FMNIST overrides the folder); any other reference is a path
-read like the samples.
+read like the samples. ADM reference batches (the .npz files of ADM's evaluator) are read too:
+arr_0 uint8 images [N, H, W, 3] (arr_1 labels when labelled) and the Inception pool3
+statistics mu [2048], sigma [2048, 2048] of those images, which `evaluate` uses for fid instead
+of recomputing them (mu_s / sigma_s, ADM's spatial features for sFID, are not used); a file with
+mu and sigma but no arr_0 serves fid alone.
 
 Matching a set to a 28x28 feature extractor undoes the trainer's padding (32 = 28 + 2·2 pixels
 of background) by a centre crop; other sizes are resized bilinearly (antialiased when shrinking)
@@ -40,12 +44,19 @@ def check_images(images, name: str = "images") -> np.ndarray:
 
 @dataclass
 class ImageSet:
-    """uint8 images [N, H, W, C], optional int64 labels [N], and where they came from."""
-    images: np.ndarray
+    """uint8 images [N, H, W, C], optional int64 labels [N], and where they came from; `stats`
+    holds precomputed {"mu", "sigma"} of the images by feature space ("inception": an ADM
+    reference batch), and then images may be None (a statistics-only reference)."""
+    images: np.ndarray | None
     labels: np.ndarray | None
     name: str
+    stats: dict[str, dict[str, np.ndarray]] | None = None
 
     def __post_init__(self):
+        if self.images is None:
+            if not self.stats:
+                raise ValueError(f"{self.name}: an image set needs images or precomputed stats")
+            return
         check_images(self.images, "images")
         if self.labels is not None:
             labels = np.asarray(self.labels).reshape(-1)
@@ -60,12 +71,17 @@ class ImageSet:
                                  f"{self.labels.shape[0]}")
 
     def __len__(self):
-        return self.images.shape[0]
+        """Number of images (0 for a statistics-only set)."""
+        return 0 if self.images is None else self.images.shape[0]
 
     def head(self, num: int | None) -> ImageSet:
-        """The first `num` images (all when None); asking for more than there are is an error."""
+        """The first `num` images (all when None; precomputed stats, which describe all of
+        them, are dropped); asking for more than there are is an error."""
         if num is None:
             return self
+        if self.images is None:
+            raise ValueError(f"num: {self.name} holds precomputed statistics only, no images to "
+                             f"take the first {num} of")
         if num < 1 or num > len(self):
             raise ValueError(f"num: expected 1..{len(self)} for {self.name}, got {num}")
         labels = None if self.labels is None else self.labels[:num]
@@ -78,15 +94,30 @@ class ImageSet:
         return h.hexdigest()
 
 
+def _adm_stats(f, path: Path) -> dict[str, dict[str, np.ndarray]] | None:
+    """{"inception": {"mu", "sigma"}} from an ADM batch's mu and sigma (float64), or None."""
+    if "mu" not in f or "sigma" not in f:
+        return None
+    mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"path: {path}: expected ADM Inception statistics mu [D] and sigma "
+                         f"[D, D], got {mu.shape} and {sigma.shape}")
+    return {"inception": {"mu": mu, "sigma": sigma}}
+
+
 def _read_npz(path: Path) -> ImageSet:
     with np.load(path) as f:
-        if "arr_0" not in f:
-            raise ValueError(f"path: {path} has no arr_0 (expected uint8 images [N, H, W, C])")
-        images = f["arr_0"]
-        labels = f.get("arr_1")
-    if images.ndim == 3:
-        images = images[..., None]
-    return ImageSet(check_images(images, f"{path}:arr_0"), labels, path.name)
+        stats = _adm_stats(f, path)
+        if "arr_0" not in f and stats is None:
+            raise ValueError(f"path: {path} has no arr_0 (expected uint8 images [N, H, W, C]) "
+                             f"and no mu / sigma (an ADM batch's Inception statistics)")
+        images = f["arr_0"] if "arr_0" in f else None
+        labels = f.get("arr_1") if images is not None else None
+    if images is not None:
+        if images.ndim == 3:
+            images = images[..., None]
+        check_images(images, f"{path}:arr_0")
+    return ImageSet(images, labels, path.name, stats)
 
 
 def _read_folder(root: Path) -> ImageSet:
@@ -111,7 +142,8 @@ def _read_folder(root: Path) -> ImageSet:
 
 
 def load_images(path) -> ImageSet:
-    """Samples from an .npz (arr_0 uint8 [N, H, W, C], optional arr_1 labels) or a PNG folder."""
+    """Samples from an .npz (arr_0 uint8 [N, H, W, C], optional arr_1 labels, ADM's mu / sigma)
+    or a PNG folder."""
     path = Path(path)
     if path.is_dir():
         return _read_folder(path)

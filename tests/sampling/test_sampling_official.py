@@ -4,6 +4,7 @@ dense official model, DiT refused (sgkernels/model/official.py, docs/interop.md)
 import argparse
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -28,6 +29,17 @@ def official_file(path, container=lambda state: state):
     return str(path)
 
 
+def adm_header(path) -> tuple:
+    """(shape, dtype) of arr_0 read the way ADM's evaluator streams a batch: the zip member
+    arr_0.npy, its .npy header (C order only), then raw rows."""
+    with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = getattr(np.lib.format, f"read_array_header_{version[0]}_{version[1]}")
+        shape, fortran, dtype = read(f)
+    assert not fortran
+    return shape, dtype
+
+
 def run(out, *argv):
     return cli.main(["--out", str(out), "--no-progress", "--device", "cpu", "--num", "3",
                      "--batch", "3", "--steps", "2", *argv])
@@ -41,6 +53,7 @@ def test_sparse_guidance_on_an_official_sit_file_matches_the_api(tmp_path):
     with np.load(tmp_path / "samples.npz") as f:
         arr = f["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (3, 8, 8, 3)   # ADM's layout: uint8 NHWC RGB
+    assert adm_header(tmp_path / "samples.npz") == ((3, 8, 8, 3), np.dtype(np.uint8))
     model = load_official(ckpt, "sit", routes=[(0, 1)])
     gen = torch.Generator().manual_seed(2 * cli.SEED_STRIDE)
     noise = torch.randn(3, 3, 8, 8, generator=gen)
