@@ -261,6 +261,12 @@ inline unsigned blocks_for(int64_t groups, const RowPlan& p) {
   return (unsigned)((groups + gpb - 1) / gpb);
 }
 
+// Calls f(Int<VEC>) with VEC = VMAX (the dtype's 16-byte width) or 1.
+template <int VMAX, typename F>
+inline void dispatch_vec(int vec, F&& f) {
+  if (vec == VMAX) f(Int<VMAX>{}); else f(Int<1>{});
+}
+
 // Calls f(Int<VEC>, Int<K>) for the plan's (vec, k); VMAX is the dtype's widest vector.
 template <int VMAX, typename F>
 inline void dispatch_vec_k(const RowPlan& p, F&& f) {

@@ -1,14 +1,10 @@
-// RMSNorm and adaLN-modulated RMSNorm over packed segments: forward and backward.
+// rms_norm and rms_norm_modulate over packed segments, forward and backward; math:
+// sgkernels.ops.norm.
 //
-//   rstd = rsqrt(mean_j x_j^2 + eps),  n = x * rstd
-//   rms_norm:          y = n * w
-//   rms_norm_modulate: y = n * w * (1 + scale[seg]) + shift[seg]
-// Backward with g = dy * (1 + scale[seg]) * w (factors absent when not given):
-//   dx = rstd * g - x * rstd^3 * mean_j(g_j x_j)
-//   dw = sum_rows dy * (1 + scale[seg]) * n
-//   dshift[s] = sum_{rows of s} dy,   dscale[s] = w * sum_{rows of s} dy * n
-// One group of threads per row keeps the row in registers (K vectors per thread); statistics
-// and sums in fp32; dw / dshift / dscale by the deterministic two-stage scheme of common.cuh.
+// dx is formed as rstd * g - x * rstd^3 * mean(g * x) (g: the gradient of x * rstd), the
+// arrangement of the torch backend. One group of threads per row keeps the row in registers
+// (K vectors per thread); statistics and sums in fp32; dw / dshift / dscale by the
+// deterministic two-stage scheme of common.cuh.
 #include "common.cuh"
 
 namespace sgk {

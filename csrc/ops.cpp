@@ -2,7 +2,7 @@
 //
 // Each op allocates its outputs (and fp32 workspaces of the two-stage reductions), checks the
 // layout the launchers rely on, and launches on the current stream of the input's device.
-// sgkernels/kernels/cuda.py calls them as torch.ops.sgkernels_C.<name>; the full argument
+// sgkernels/kernels/cuda/ calls them as torch.ops.sgkernels_C.<name>; the full argument
 // validation of the public ops lives in sgkernels/ops/.
 #include <Python.h>
 

@@ -1,11 +1,11 @@
-// Token routing (TREAD): gather the kept rows, scatter processed rows back, and the backward.
+// route_gather and route_scatter (TREAD token routing), forward and scatter's backward; math:
+// sgkernels.ops.routing.
 //
-//   gather:       out[k] = x[idx[k]]                                  (idx int32 or int64)
-//   scatter:      out[t] = y[inv[t]] if inv[t] >= 0 else base[t]      (inv[idx[k]] = k, else -1)
-//   scatter bwd:  dbase[t] = 0 if inv[t] >= 0 else dout[t];  dy[inv[t]] = dout[t]
-// Row copies are dtype-agnostic: a row is row_bytes bytes moved in the widest unit U (16, 8, 4, 2
-// or 1 bytes) that divides row_bytes and every pointer. Scatter reads each source row once
-// (base rows that y overwrites are never read) and writes each output row once.
+// idx is int32 or int64. Scatter and its backward run over the output rows with the inverse
+// map inv (inv[idx[k]] = k, else -1). Row copies are dtype-agnostic: a row is row_bytes bytes
+// moved in the widest unit U (16, 8, 4, 2 or 1 bytes) that divides row_bytes and every pointer.
+// Scatter reads each source row once (base rows that y overwrites are never read) and writes
+// each output row once.
 #include "common.cuh"
 
 namespace sgk {

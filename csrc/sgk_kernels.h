@@ -1,4 +1,5 @@
-// Host launchers of the sgkernels CUDA kernels (norm.cu, elementwise.cu, routing.cu).
+// Host launchers of the sgkernels CUDA kernels (norm.cu, residual.cu, swiglu.cu, routing.cu);
+// the math of each op: sgkernels.ops.<op>.
 //
 // Plain C++ interface over raw device pointers, sizes and a stream, so that the kernel files
 // include only CUDA headers and compile alone with nvcc; csrc/ops.cpp binds them to torch.
@@ -24,7 +25,6 @@ enum SgkIndex : int { SGK_I32 = 0, SGK_I64 = 1 };
 constexpr int64_t SGK_MAX_ROW_DIM = 4096;
 
 // ---- rms_norm / rms_norm_modulate (norm.cu) -------------------------------------------------
-// y = x * rstd * w [* (1 + scale[seg]) + shift[seg]], rstd = rsqrt(mean(x^2) + eps).
 // w may be null; shift, scale, seg are null for plain rms_norm. x, y [M, D]; rstd [M] fp32.
 // D in [0, SGK_MAX_ROW_DIM]; D = 0 writes rstd = NaN (the mean of no squares, as the reference).
 cudaError_t sgk_rms_norm_fwd(SgkDtype dt, const void* x, const void* w, const void* shift,
@@ -35,47 +35,49 @@ cudaError_t sgk_rms_norm_fwd(SgkDtype dt, const void* x, const void* w, const vo
 // plain rms_norm) on the current device.
 size_t sgk_rms_norm_bwd_workspace(SgkDtype dt, int64_t M, int64_t D, int64_t S);
 
-// dx; dw (if w) = sum_rows dy*(1+scale)*x*rstd; with scale/seg (modulate): per segment
-// dshift = sum dy, dscale = sum dy*x*rstd*w. dw, dshift, dscale are written in x's dtype.
+// dx; dw (if w); with scale/seg (modulate): dshift, dscale [S, D]. dw, dshift, dscale are
+// written in x's dtype.
 cudaError_t sgk_rms_norm_bwd(SgkDtype dt, const void* dy, const void* x, const void* w,
                              const void* scale, const int32_t* seg, const float* rstd, void* dx,
                              void* dw, void* dshift, void* dscale, float* workspace, int64_t M,
                              int64_t D, int64_t S, cudaStream_t stream);
 
-// ---- gated_residual, swiglu (elementwise.cu) ------------------------------------------------
-// out = x + gate[seg] * y; x, y, out [M, D], gate [S, D].
+// ---- gated_residual (residual.cu) -----------------------------------------------------------
+// x, y, out [M, D], gate [S, D].
 cudaError_t sgk_gated_residual_fwd(SgkDtype dt, const void* x, const void* y, const void* gate,
                                    const int32_t* seg, void* out, int64_t M, int64_t D,
                                    cudaStream_t stream);
 
 size_t sgk_gated_residual_bwd_workspace(SgkDtype dt, int64_t M, int64_t D, int64_t S);
 
-// dy = dout * gate[seg], dgate[s] = sum over rows of segment s of dout * y (dx is dout).
+// dy and dgate (dx is dout).
 cudaError_t sgk_gated_residual_bwd(SgkDtype dt, const void* dout, const void* y,
-                                   const void* gate, const int32_t* seg, void* dy, void* dgate, float* workspace, int64_t M, int64_t D, int64_t S,
+                                   const void* gate, const int32_t* seg, void* dy, void* dgate,
+                                   float* workspace, int64_t M, int64_t D, int64_t S,
                                    cudaStream_t stream);
 
-// out = silu(a) * b; a, b [M, H] with row strides lda, ldb (elements); out [M, H] contiguous.
+// ---- swiglu (swiglu.cu) ---------------------------------------------------------------------
+// a, b [M, H] with row strides lda, ldb (elements); out [M, H] contiguous.
 cudaError_t sgk_swiglu_fwd(SgkDtype dt, const void* a, const void* b, void* out, int64_t M,
                            int64_t H, int64_t lda, int64_t ldb, cudaStream_t stream);
 
-// da = dout * b * silu'(a), db = dout * silu(a), written through row strides ldda, lddb.
+// da, db written through row strides ldda, lddb.
 cudaError_t sgk_swiglu_bwd(SgkDtype dt, const void* dout, const void* a, const void* b, void* da,
                            void* db, int64_t M, int64_t H, int64_t lda, int64_t ldb,
                            int64_t ldda, int64_t lddb, cudaStream_t stream);
 
-// ---- routing (routing.cu); dtype-agnostic row copies of row_bytes bytes ----------------------
+// ---- route_gather / route_scatter (routing.cu); dtype-agnostic row copies of row_bytes bytes --
 // idx [K] has element type `it` (read as is, no conversion copy).
-// out[k] = x[idx[k]] for k < K; rows whose index is outside [0, T) are written as zeros.
+// gather: rows whose index is outside [0, T) are written as zeros.
 cudaError_t sgk_route_gather(SgkIndex it, const void* x, const void* idx, void* out, int64_t T,
                              int64_t K, int64_t row_bytes, cudaStream_t stream);
 
-// out = base with out[idx[k]] = y[k]; inv is an int32 [T] scratch buffer.
+// scatter: inv is an int32 [T] scratch buffer.
 cudaError_t sgk_route_scatter(SgkIndex it, const void* base, const void* y, const void* idx,
                               void* out, int32_t* inv, int64_t T, int64_t K, int64_t row_bytes,
                               cudaStream_t stream);
 
-// dbase = dout with rows idx zeroed, dy[k] = dout[idx[k]]; inv is an int32 [T] scratch buffer.
+// scatter's backward (dbase, dy): inv is an int32 [T] scratch buffer.
 cudaError_t sgk_route_scatter_bwd(SgkIndex it, const void* dout, const void* idx, void* dbase,
                                   void* dy, int32_t* inv, int64_t T, int64_t K,
                                   int64_t row_bytes, cudaStream_t stream);

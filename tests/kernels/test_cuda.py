@@ -214,7 +214,7 @@ def test_norms_of_width_zero_follow_the_reference(dtype, has_weight):
 
 
 @pytest.mark.gpu
-def test_elementwise_and_routing_of_width_zero():
+def test_residual_swiglu_and_routing_of_width_zero():
     seg = _seg([2, 0, 3])
     x, gate = torch.empty(5, 0, device=DEV), torch.empty(3, 0, device=DEV)
     assert cuda.gated_residual_fwd(x, x, gate, seg).shape == (5, 0)

@@ -257,7 +257,7 @@ def test_norms_of_width_zero_follow_the_reference(lib, dtype, has_weight):
                 assert got.shape == want.shape and got.dtype == want.dtype, name
 
 
-def test_elementwise_and_routing_of_width_zero(lib):
+def test_residual_swiglu_and_routing_of_width_zero(lib):
     seg = _seg([2, 0, 3])
     x, gate = torch.empty(5, 0), torch.empty(3, 0)
     assert lib.gated_residual_fwd(x, x, gate, seg).shape == (5, 0)

@@ -1,15 +1,11 @@
 """CUDA C++ backend of sgkernels.ops: thin wrappers over ``torch.ops.sgkernels_C``.
 
-The kernels live in ``csrc/`` and are built as the extension ``sgkernels._C``
+The kernels live in ``csrc/`` (one ``.cu`` per op: norm, residual, swiglu, routing; math:
+sgkernels.ops.<op>) and are built as the extension ``sgkernels._C``
 (``pip install --no-build-isolation .`` with a CUDA torch and nvcc). They implement the
 memory-bound ops; every function here has the name and signature of its counterpart in
-``sgkernels.ops.reference`` (docs/contracts.md, "Backends"):
-
-    rms_norm:          y = x * rsqrt(mean(x^2) + eps) * w                  (rstd kept for bwd)
-    rms_norm_modulate: y = rms_norm(x, w) * (1 + scale[seg]) + shift[seg]
-    gated_residual:    out = x + gate[seg] * y
-    swiglu:            out = silu(a) * b
-    route_gather:      out = x[idx];   route_scatter: out = base, out[idx] = y
+``sgkernels.kernels.torch`` (docs/contracts.md, "Backends"). One module: the bindings are too
+thin to split per op.
 
 Statistics and sums in fp32; weight / segment gradients are reduced deterministically.
 The norms and gated_residual's backward keep a row in registers and support rows of up to
