@@ -18,8 +18,7 @@ from sgkernels.layers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sgkernels", "benchmarks")
-# Known upward imports, each failing strictly until fixed (then the mark must go): the Triton
-# RoPE kernel builds its frequencies with the ops layer's reference.
+# Known upward imports, each failing strictly until fixed (then the mark must go); none at present.
 KNOWN_UPWARD = {}
 
 
