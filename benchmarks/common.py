@@ -14,7 +14,7 @@ Ceilings, measured in the same run as the numbers they bound (a roofline with tw
 An op that moves `b` bytes in time `t` achieves b/t, i.e. the fraction (b/t)/B of the ceiling;
 a compute-bound op doing `f` FLOPs achieves (f/t)/F.
 
-Output files: `write_csv` / `write_json` replace the file atomically (temporary file + rename);
+Output files: `write_csv` / `write_json` replace the file atomically (runtime.files);
 `Results` is a benchmark's CSV (+ JSON) rewritten after every case, so a run killed at any point
 leaves every case it measured, and read back with `resume=True` so a rerun measures only the
 missing cases. A benchmark whose --budget-s left cases out exits with EXIT_PARTIAL (3).
@@ -42,22 +42,8 @@ if str(REPO_ROOT) not in sys.path:  # run from a source tree without `pip instal
 
 import torch  # noqa: E402
 
-from sgkernels.train.checkpoint import atomic_write  # noqa: E402
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """"auto"/None -> cuda when available, else cpu; otherwise a validated torch.device."""
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} was requested but torch.cuda.is_available() is False")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be 'cpu' or 'cuda[:N]', got {name!r}")
-    return device
+from sgkernels.runtime.device import resolve_device  # noqa: E402
+from sgkernels.runtime.files import write_text_atomic  # noqa: E402
 
 
 def configure_threads(threads: int | None, device: torch.device) -> int:
@@ -229,12 +215,6 @@ def machine_info(device: torch.device) -> dict:
 EXIT_PARTIAL = 3  # exit status of a benchmark whose --budget-s left cases unmeasured
 
 
-def _replace_atomically(path: Path, text: str) -> Path:
-    """`text` written through the package's atomic writer (temporary file beside `path`, fsync,
-    rename): a reader, or a run killed mid-write, sees the old file or the new one."""
-    return atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def write_csv(path: Path, rows: list[dict]) -> Path:
     """Write dict rows (atomically); columns are the union of keys in first-seen order
     (missing -> empty)."""
@@ -246,7 +226,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(v) for k, v in row.items()})
-    return _replace_atomically(path, buf.getvalue())
+    return write_text_atomic(path, buf.getvalue())
 
 
 def _csv_value(value):
@@ -278,7 +258,7 @@ def read_csv(path: Path) -> list[dict]:
 
 def write_json(path: Path, record: dict) -> Path:
     """Write `record` as indented JSON (atomically; non-JSON values via str)."""
-    return _replace_atomically(path, json.dumps(record, indent=2, default=str) + "\n")
+    return write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
 class Results:

@@ -210,7 +210,7 @@ def quality_grid(model, args, s, device) -> tuple[list[dict], dict]:
 
     import sgkernels
     from sgkernels.eval import ImageSet, evaluate, load_reference
-    from sgkernels.sampling.io import IMAGE_CHANNELS, to_uint8
+    from sgkernels.runtime.images import IMAGE_CHANNELS, to_uint8
 
     cfg = model.config
     if cfg.in_channels not in IMAGE_CHANNELS or cfg.num_classes < 1:

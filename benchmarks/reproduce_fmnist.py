@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,14 +42,13 @@ from reproduce import methods as methods_mod
 from reproduce import paired, report, training
 from reproduce.generate import generate
 
+from sgkernels.runtime.files import savez_atomic, write_text_atomic
+
 STAGES = ("train", "sweep", "final", "report")
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 class Reproduction:
@@ -154,7 +152,7 @@ class Reproduction:
                                       "final", self.args.num_final,
                                       folder / f"chunks-{methods_mod.scale_key(scale)}",
                                       self.args.sample_steps, self.log)
-            report.save_samples(folder / "samples.npz", images, labels)
+            savez_atomic(folder / "samples.npz", images, labels)
             result = self.scorer.final(images, labels, method.name, self.args.bootstrap)
             _write_json(metrics_path, {
                 "method": method.name, "scale": list(scale), "num": self.args.num_final,

@@ -11,6 +11,8 @@ importing the bare package reaches the top); every other module must match a lon
 """
 
 LAYERS = (
+    # runtime helpers: atomic file writes, device and process group, uint8 images and grids
+    ("sgkernels.runtime",),
     # the backends (torch, Triton, the CUDA extension built from csrc/ and its wrapper); this file
     ("sgkernels._C", "sgkernels.kernels", "sgkernels.layers"),
     # public ops: custom_op registration, dispatch over the backends

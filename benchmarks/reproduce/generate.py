@@ -9,14 +9,14 @@ interrupted stage resumes at the first missing chunk and a larger N reuses the s
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sgkernels import sample
-from sgkernels.sampling.io import to_uint8
+from sgkernels.runtime.files import savez_atomic
+from sgkernels.runtime.images import to_uint8
 
 CHUNK = 250
 SPLIT_SEEDS = {"sweep": 1, "final": 2}
@@ -38,12 +38,6 @@ def inputs(split: str, start: int, stop: int, config, device) -> tuple[torch.Ten
     return noise.to(device), labels.to(device)
 
 
-def _save(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, images, labels)
-    os.replace(tmp, path)
-
-
 def generate(model, guidance, split: str, num: int, folder: Path, steps: int,
              log=print) -> tuple[np.ndarray, np.ndarray]:
     """uint8 samples [num, H, W, C] and labels [num] of `guidance` on `model`, chunk-cached."""
@@ -60,7 +54,7 @@ def generate(model, guidance, split: str, num: int, folder: Path, steps: int,
             noise, y = inputs(split, start, stop, model.config, device)
             gen = torch.Generator(device).manual_seed(SPLIT_SEEDS[split] * SEED_STRIDE + start)
             x = sample(model, noise, y, steps=steps, guidance=guidance, generator=gen)
-            _save(path, to_uint8(x), y.cpu().numpy())
+            savez_atomic(path, to_uint8(x), y.cpu().numpy())
             log(f"  {folder.name}: samples {start}..{stop - 1}")
         with np.load(path) as data:
             images.append(data["arr_0"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sgkernels.eval import FrechetReference, bootstrap
-from sgkernels.eval.cache import cached_features
+from sgkernels.eval.cache import feature_stats
 
 from .report import load_samples
 from .scoring import FID_REPLICATES
@@ -145,5 +145,5 @@ def _with_fid(a, b, a_name, b_name, scorer, references, log) -> tuple[dict, dict
 
 def _reference(extractor, scorer) -> FrechetReference:
     ref = scorer.reference
-    stats = cached_features(extractor, ref.images, ref.digest())
+    stats = feature_stats(extractor, ref.images, ref.digest())
     return FrechetReference(stats["mu"], stats["sigma"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,6 @@ FINAL_COLUMNS = ("method", "model", "scale", "num", "fid", "num_fid", "cfd", "cf
                  "nfe_per_step", "gflops_per_step")
 SWEEP_COLUMNS = ("method", "scale", "num", "cfd", "acc", "nfe_per_step", "gflops_per_step",
                  "seconds")
-
-
-def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, images, labels)
-    os.replace(tmp, path)
 
 
 def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +213,7 @@ def _paired_plot(path: Path, rows: list[dict]) -> None:
 
 
 def _grids(out: Path, folder: Path, methods, sweeps) -> None:
-    from sgkernels.sampling.io import save_grid
+    from sgkernels.runtime.images import save_grid
     (folder / "grids").mkdir(exist_ok=True)
     shown = []
     for m in methods:

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from sgkernels.eval import ImageSet, evaluate, load_reference
-from sgkernels.eval.cache import cached_features
+from sgkernels.eval.cache import feature_stats
 from sgkernels.eval.classifier import ClassifierFeatures, FashionCNN, train_classifier
+from sgkernels.runtime.files import save_atomic
 
 FINAL_METRICS = "cfd,kid,prdc,acc"
 FID_REPLICATES = 20      # bootstrap cap for FID: a 2048-d Fréchet distance costs ~1.5 s per core
@@ -34,7 +35,7 @@ def _quick_classifier(out: Path) -> ClassifierFeatures:
     else:
         train = load_reference("fashion-mnist-train").head(QUICK_TRAIN)
         model = train_classifier(train.images, train.labels, epochs=1, seed=0)
-        torch.save(model.state_dict(), path)
+        save_atomic(model.state_dict(), path)
     return ClassifierFeatures(model=model)
 
 
@@ -47,7 +48,7 @@ class DigestCached:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         digest = ImageSet(images, None, self.name).digest()
-        return cached_features(self.extractor, images, digest)["features"]
+        return feature_stats(self.extractor, images, digest)["features"]
 
 
 class Scorer:

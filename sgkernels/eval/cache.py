@@ -1,16 +1,16 @@
 """The user cache: $SGKERNELS_CACHE, else ~/.cache/sgkernels. Holds the trained Fashion-MNIST
 classifier and reference feature sets (.npz of features, mu, sigma keyed by a hash of the image
-set and the feature extractor). Files are written to a temporary name and renamed, so a crash
-never leaves a half-written entry."""
+set and the feature extractor). Files are written atomically (runtime.files), so a crash never
+leaves a half-written entry."""
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from sgkernels.runtime.files import savez_atomic
 
 
 def cache_dir(sub: str = "") -> Path:
@@ -28,21 +28,7 @@ def file_sha1(path) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) for a temporary file next to `path`, then rename it to `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def cached_features(extractor, images, digest: str) -> dict[str, np.ndarray]:
+def feature_stats(extractor, images, digest: str) -> dict[str, np.ndarray]:
     """{"features" float32 [N, D], "mu", "sigma" float64} of an image set, cached under
     features/<extractor.name>-<sha1(extractor.key, digest)>.npz."""
     from .frechet import gaussian_stats
@@ -55,10 +41,5 @@ def cached_features(extractor, images, digest: str) -> dict[str, np.ndarray]:
     feats = extractor(images)
     mu, sigma = gaussian_stats(feats)
     out = {"features": feats.astype(np.float32), "mu": mu, "sigma": sigma}
-
-    def save(tmp: Path):
-        with open(tmp, "wb") as f:
-            np.savez(f, **out)
-
-    atomic_write(path, save)
+    savez_atomic(path, **out)
     return out

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import atomic_write, cache_dir
+from sgkernels.runtime.files import save_atomic
+
+from .cache import cache_dir
 from .images import check_images, fit_to, load_reference, to_gray
 
 ARCH = "fmnist-cnn-v1"
@@ -125,7 +127,7 @@ def load_classifier(seed: int = 0, log=print) -> tuple[FashionCNN, dict]:
     if log is not None:
         log(f"classifier test accuracy {info['test_accuracy']:.4f} after "
             f"{info['train_seconds']} s")
-    atomic_write(path, lambda tmp: torch.save({"model": model.state_dict(), "info": info}, tmp))
+    save_atomic({"model": model.state_dict(), "info": info}, path)
     return model, info
 
 

@@ -7,7 +7,7 @@ Metrics (names as in the CLI):
     prdc  precision, recall, density, coverage (k-NN, Naeem et al. 2020) in the chosen `space`
     acc   class agreement: fraction of samples the classifier assigns to their conditioning label
 
-Reference features are cached (cache.cached_features); generated features are computed once and
+Reference features are cached (cache.feature_stats); generated features are computed once and
 every bootstrap replicate (bootstrap.py) resamples their rows, so intervals cost no extra
 network passes. The point estimate of each metric uses the full generated set. A reference
 with precomputed statistics (ImageSet.stats: an ADM reference batch's Inception mu and sigma)
@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from .bootstrap import bootstrap as run_bootstrap
-from .cache import cached_features
+from .cache import feature_stats
 from .frechet import FrechetReference, gaussian_stats
 from .images import ImageSet
 from .kid import KIDReference
@@ -115,7 +115,7 @@ def _reference(name: str, extractor, reference: ImageSet, metrics, space: str) -
                          f"{'/'.join(reference.stats)} features: fid); "
                          f"{'kid / prdc' if features else frechet[0]} in the {name} space "
                          f"need its images (arr_0)")
-    return cached_features(extractor, reference.images, reference.digest())
+    return feature_stats(extractor, reference.images, reference.digest())
 
 
 def _extractors(metrics, space, classifier, inception, device, log) -> dict:

@@ -30,6 +30,15 @@ EXPECTED = ("a sgkernels training checkpoint (a torch.save zip holding a dict wi
 SHOWN = 3                                   # keys / shapes listed per kind of mismatch
 
 
+def make_checkpoint(**parts) -> dict:
+    """The checkpoint dict of the layout above (what the trainer saves): `parts` by key, exactly
+    the keys of REQUIRED_KEYS, in the order given."""
+    if sorted(parts) != sorted(REQUIRED_KEYS):
+        raise ValueError(f"a checkpoint takes exactly the parts {list(REQUIRED_KEYS)}, got "
+                         f"{list(parts)}")
+    return dict(parts)
+
+
 def _unreadable(path: str, error: BaseException) -> str:
     """Why torch.load failed on `path`, in a few words (never torch's weights_only advice)."""
     with open(path, "rb") as f:

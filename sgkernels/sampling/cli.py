@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +55,8 @@ import torch.distributed as dist
 
 from ..guidance import (CFG, RULES, AutoGuidance, CFGSparseGuidance, Schedule, SparseGuidance,
                         Unguided)
+from ..runtime.device import setup_distributed
+from ..runtime.images import IMAGE_CHANNELS, save_grid, to_uint8
 from . import io
 from .sampler import sample
 from .solvers import SOLVERS
@@ -220,38 +221,6 @@ def build_guidance(args, weak_model=None):
                              rule=args.rule, **sparse)
 
 
-def parse_device(name: str) -> torch.device:
-    """--device as a torch.device that exists here, or a ValueError naming the flag."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"--device {name}: no CUDA device is available here (use cpu)")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"--device {name}: only {count} CUDA device(s) here")
-    return device
-
-
-def _setup_distributed(device_name):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_name is None:
-        device_name = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    device = parse_device(device_name)
-    if device.type == "cuda":
-        if world > 1 and device.index is None:
-            device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
 def _prompts(args) -> list[str] | None:
     prompts = list(args.prompt or [])
     if args.prompts_file is not None:
@@ -358,7 +327,7 @@ def _sample_rank(args, model, guidance, labels, rank, world, device, text=None):
             y, cond = None, {"text": text[0].select(labels[index]), "null_text": text[1]}
         x = sample(model, noise, y, steps=args.steps, solver=args.solver, guidance=guidance,
                    generator=gen, **cond)
-        images.append(io.to_uint8(x) if shape[0] in io.IMAGE_CHANNELS else x.float().cpu().numpy())
+        images.append(to_uint8(x) if shape[0] in IMAGE_CHANNELS else x.float().cpu().numpy())
         indices.append(index)
     if not images:                          # more ranks than batches
         return None
@@ -371,7 +340,8 @@ def main(argv=None) -> int:
     args = parse(p, argv)
     _check_args(p, args)
     prompts = _prompts(args)
-    rank, world, device = _setup_distributed(args.device)
+    ranks = setup_distributed(args.device)
+    rank, world, device = ranks.rank, ranks.world_size, ranks.device
     model = _build_model(args, device)
     weak = _load(args, args.weak_ckpt, device, "--weak-ckpt") if args.weak_ckpt else None
     if weak is not None:
@@ -396,7 +366,7 @@ def main(argv=None) -> int:
         labels = _image_labels(args, model.config.num_classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "samples.npz" if model.config.in_channels in io.IMAGE_CHANNELS else "latents.npz"
+    name = "samples.npz" if model.config.in_channels in IMAGE_CHANNELS else "latents.npz"
 
     part = _sample_rank(args, model, guidance, labels, rank, world, device, text)
     if world > 1:
@@ -407,7 +377,7 @@ def main(argv=None) -> int:
         arrays, ys = io.merge_parts(out, world) if world > 1 else part[:2]
         np.savez(out / name, arrays, ys)
         if name == "samples.npz":
-            io.save_grid(arrays[: args.grid], out / "grid.png")
+            save_grid(arrays[: args.grid], out / "grid.png")
         if text is not None:
             (out / "prompts.txt").write_text("".join(f"{q}\n" for q in prompts))
         info = {"args": {k: (str(v) if isinstance(v, Schedule) else v)

@@ -1,40 +1,10 @@
-"""Writing samples: model-space images in [-1, 1] -> uint8 [N, H, W, C] (the DiT/ADM `.npz`
-layout, key arr_0; labels in arr_1) and a PNG grid; per-rank parts merged by global index."""
+"""Per-rank sample files: uint8 [N, H, W, C] images (runtime.images.to_uint8; key arr_0),
+labels (arr_1) and global indices (arr_2) of each rank, merged by global index."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
-import torch
-
-IMAGE_CHANNELS = (1, 3)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> [N, H, W, C] uint8 via round((x + 1) · 127.5), clamped."""
-    if images.dim() != 4 or images.shape[1] not in IMAGE_CHANNELS:
-        raise ValueError(f"images must be [N, C, H, W] with C in {IMAGE_CHANNELS}, got "
-                         f"{tuple(images.shape)}")
-    u8 = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return u8.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_grid(images: np.ndarray, path, pad: int = 2) -> Path:
-    """Tile uint8 images [N, H, W, C] row-major in a near-square grid, white padding."""
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    ncol = math.ceil(math.sqrt(n))
-    nrow = math.ceil(n / ncol)
-    canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        canvas[top:top + h, left:left + w] = img
-    path = Path(path)
-    Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(path)
-    return path
 
 
 def part_path(out: Path, rank: int) -> Path:

@@ -8,8 +8,9 @@ them) packed in one tensor, plus the encoder settings that produced them:
 
 saved with torch.save and loaded with weights_only=True. A dataset with several caption levels
 per image stores each distinct caption once; a training step looks rows up by caption
-(`get(captions) -> TextBatch`), a gather with no encoder call. `cached_features` reuses a cache
-file whose meta matches the encoder and that covers the captions, and rebuilds it otherwise.
+(`get(captions) -> TextBatch`), a gather with no encoder call. `load_or_build_feature_cache`
+reuses a cache file whose meta matches the encoder and that covers the captions, and rebuilds it
+otherwise; files are written atomically (runtime.files).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from sgkernels.model.text import TextBatch
+from sgkernels.runtime.files import save_atomic
 
 from .prompts import NULL_CAPTION
 
@@ -65,11 +67,8 @@ class FeatureCache:
         return self.get([NULL_CAPTION])
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"captions": self.captions, "features": self.features.x,
-                    "lengths": list(self.features.lengths), "meta": self.meta}, path)
-        return path
+        return save_atomic({"captions": self.captions, "features": self.features.x,
+                            "lengths": list(self.features.lengths), "meta": self.meta}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureCache:
@@ -82,8 +81,8 @@ class FeatureCache:
         return cls(d["captions"], TextBatch(d["features"], tuple(d["lengths"])), d["meta"])
 
 
-def cached_features(path: str | os.PathLike, encoder_factory, captions: Sequence[str],
-                    meta: dict | None = None) -> FeatureCache:
+def load_or_build_feature_cache(path: str | os.PathLike, encoder_factory,
+                                captions: Sequence[str], meta: dict | None = None) -> FeatureCache:
     """The cache at `path` if it matches `meta` and covers `captions`; else built and saved.
 
     encoder_factory() -> TextEncoder is called only when (re)building, so a valid cache spares

@@ -53,12 +53,13 @@ class CaptionCondition:
 def feature_cache(out, encoder: str, config, captions: list[str], device):
     """The captions' features from OUT/text_features.pt, (re)built with `encoder` when its
     settings differ or captions are missing; width checked against config.text_dim."""
-    from sgkernels.text import SYSTEM_PROMPT, TextEncoder, cached_features
+    from sgkernels.text import SYSTEM_PROMPT, TextEncoder, load_or_build_feature_cache
 
     meta = {"encoder": encoder, "system_prompt": SYSTEM_PROMPT, "max_length": config.text_len,
             "dim": config.text_dim}
-    cache = cached_features(Path(out) / "text_features.pt",
-                            lambda: TextEncoder(encoder, device, config.text_len), captions, meta)
+    cache = load_or_build_feature_cache(Path(out) / "text_features.pt",
+                                        lambda: TextEncoder(encoder, device, config.text_len),
+                                        captions, meta)
     if cache.dim != config.text_dim:
         raise ValueError(f"encoder: {encoder!r} gives features of width {cache.dim}, the model "
                          f"expects text_dim {config.text_dim}")

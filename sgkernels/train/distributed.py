@@ -1,66 +1,28 @@
-"""Data-parallel set-up for `torchrun`: process group (gloo on CPU, nccl on CUDA) and rank info.
+"""Data-parallel training under `torchrun`: the process group (runtime.device.setup_distributed)
+plus a CPU group, and the few collectives the trainer needs.
 
-torchrun exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them the
-run is a single process. Each rank takes a contiguous slice of the global batch (draws.py);
-gradients are averaged by DistributedDataParallel, so a k-rank step on k equal slices equals the
-1-process step on the whole batch. Only rank 0 logs, samples and writes checkpoints.
+Each rank takes a contiguous slice of the global batch (draws.py); gradients are averaged by
+DistributedDataParallel, so a k-rank step on k equal slices equals the 1-process step on the
+whole batch. Only rank 0 logs, samples and writes checkpoints.
 
 Host-side agreements (stop flags, logged means) use a CPU group: the default group with gloo, an
 extra gloo group next to nccl, so they never wait on the GPU.
 """
-import os
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    initialized_here: bool = False
-    cpu_group: object = None        # gloo group for host values (None: the default group)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} requested but CUDA is not available")
-    return device
+from sgkernels.runtime.device import DistInfo, setup_distributed
 
 
 def setup(device: str | None = None) -> DistInfo:
-    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1) or reuse one."""
-    dev = resolve_device(device)
-    if dist.is_available() and dist.is_initialized():
-        rank, world, here = dist.get_rank(), dist.get_world_size(), False
-    else:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        here = world > 1
-        if here:
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    group = None
-    if world > 1 and dist.get_backend() != "gloo":
-        group = dist.new_group(backend="gloo")   # every rank calls setup: collective is matched
-    return DistInfo(rank, world, local, dev, here, group)
+    """setup_distributed(device), with a gloo group for host values when the group is nccl."""
+    info = setup_distributed(device)
+    if info.enabled and dist.get_backend() != "gloo":
+        # every rank calls setup: the collective new_group is matched
+        info = replace(info, cpu_group=dist.new_group(backend="gloo"))
+    return info
 
 
 def cleanup(info: DistInfo) -> None:

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from sgkernels.runtime.device import DistInfo
+
 from . import distributed as D
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -87,7 +89,7 @@ class Window:
 class NonFiniteGuard:
     """Per-step loss and gradient norm on the device; checked at the loop's sync points."""
 
-    def __init__(self, mode: str, info: D.DistInfo, start_step: int, skipped: int = 0):
+    def __init__(self, mode: str, info: DistInfo, start_step: int, skipped: int = 0):
         if mode not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite: expected one of {ON_NONFINITE}, got {mode!r}")
         self.mode, self.info = mode, info

@@ -31,18 +31,20 @@ import torch
 from torch import nn
 
 from sgkernels.data import CAPTION_DATASETS, load_dataset
-from sgkernels.model.checkpoint import check_state_dict, read_checkpoint
+from sgkernels.model.checkpoint import check_state_dict, make_checkpoint, read_checkpoint
 from sgkernels.model.tokens import to_device
+from sgkernels.runtime.files import (link_atomic, os_error, reason, remove_stale_temps,
+                                     save_atomic, write_text_atomic)
+from sgkernels.runtime.images import save_grid
 
 from . import distributed as D
 from .args import RESUME_KEYS, TrainArgs
-from .checkpoint import (atomic_write, link_atomic, os_error, reason, remove_stale_temps,
-                         rng_state, save_atomic, set_rng_state)
+from .checkpoint import rng_state, set_rng_state
 from .conditioning import CaptionCondition, LabelCondition, feature_cache
 from .draws import GlobalOrder, draw_samples, rank_positions
 from .ema import EMA
 from .faults import NonFiniteGuard, StopSignals, nonfinite_message, signal_name
-from .grid import generate, save_grid
+from .grid import generate
 from .logger import TrainLog, plot_loss
 from .objective import batch_loss, num_route_draws
 
@@ -255,11 +257,11 @@ class Trainer:
             self.last_ckpt = (path, self.step)
             return None
         train = self.args.to_dict() | {"effective_lr": self.args.effective_lr}
-        ckpt = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "opt": self.opt.state_dict(), "step": self.step,
-                "args": {"model_config": self.config_dict, "train": train, "rng": rng_state(),
-                         "world_size": self.info.world_size,
-                         "skipped_steps": self.guard.skipped_total}}
+        ckpt = make_checkpoint(model=self.model.state_dict(), ema=self.ema.state_dict(),
+                               opt=self.opt.state_dict(), step=self.step,
+                               args={"model_config": self.config_dict, "train": train,
+                                     "rng": rng_state(), "world_size": self.info.world_size,
+                                     "skipped_steps": self.guard.skipped_total})
         if self.condition.meta is not None:       # the encoder settings sampling must reuse
             ckpt["args"]["text"] = self.condition.meta
         try:
@@ -300,7 +302,7 @@ class Trainer:
             remove_stale_temps(self.ckpt_dir)   # left by a writer killed mid-write
             text = json.dumps({"train": args.to_dict(), "model_config": self.config_dict,
                                "world_size": info.world_size}, indent=2)
-            atomic_write(self.out / "args.json", lambda f: f.write(text.encode()))
+            write_text_atomic(self.out / "args.json", text)
         log = TrainLog(self.out, args.steps, self.step, info.is_main, args.progress)
         t0, last, stopped = time.perf_counter(), float("nan"), None
         try:

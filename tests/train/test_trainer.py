@@ -142,7 +142,8 @@ def test_bad_arguments_are_named():
 def test_sample_grid_is_fixed_and_tiles_classes(tmp_path):
     from PIL import Image
 
-    from sgkernels.train.grid import generate, save_grid
+    from sgkernels.runtime.images import save_grid
+    from sgkernels.train.grid import generate
 
     model = tiny_model()
     a = generate(model, (1, 8, 8), 10, 20, 3, seed=5, device="cpu")
