@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import common
 import torch
@@ -125,7 +123,10 @@ def bench_training(config, batch, timed, repeats, device, precision="fp32") -> l
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto")
+    common.add_common_flags(
+        p, "outputs/bench_e2e",
+        budget_help="start no new batch size this many seconds after the start",
+        resume_help="keep the groups of e2e.csv in --out, measure only the missing ones")
     p.add_argument("--model", default=None, choices=presets.names(),
                    help="default SiT-XL/2 on CUDA, FMNIST-S/2 on CPU (random weights)")
     p.add_argument("--batches", nargs="+", type=int, default=None,
@@ -139,14 +140,7 @@ def parse_args(argv=None):
                    help="sampling dtype (CUDA bf16, CPU fp32)")
     p.add_argument("--train-precision", default=None, choices=("fp32", "bf16", "amp"),
                    help="training: fp32, pure bf16, or amp (bf16 autocast, as the trainer); CUDA amp, CPU fp32")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
     p.add_argument("--skip", nargs="*", default=[], choices=("sampling", "training"))
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="start no new batch size this many seconds after the start")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the groups of e2e.csv in --out, measure only the missing ones")
-    p.add_argument("--out", type=Path, default=Path("outputs/bench_e2e"))
     return p.parse_args(argv)
 
 
@@ -160,11 +154,10 @@ def main(argv=None) -> list[dict]:
 
 def run(argv=None) -> tuple[list[dict], bool]:
     """main(), also saying whether every planned group was measured (not cut by --budget-s)."""
-    start = time.perf_counter()
     args = parse_args(argv)
-    device = common.resolve_device(args.device)
+    clock = common.Clock(args.budget_s)
+    device, threads = common.apply_common_flags(args)
     cuda = device.type == "cuda"
-    threads = common.configure_threads(args.threads, device)
     name = args.model or ("SiT-XL/2" if cuda else "FMNIST-S/2")
     config = presets.get(name)
     timed = args.timed or (3 if cuda else 1)
@@ -190,7 +183,7 @@ def run(argv=None) -> tuple[list[dict], bool]:
     todo = [g for g in plan if not results.has(g)]
     left_out, model = [], None
     for part, batch in todo:
-        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+        if clock.over_budget():
             left_out.append((part, batch))
             continue
         if part == "sampling":
@@ -202,10 +195,10 @@ def run(argv=None) -> tuple[list[dict], bool]:
             model = None  # free the sampling model before training
             rows = bench_training(config, batch, timed, repeats, device, precision)
         results.add(rows, flush=False)
-        results.flush(seconds=round(time.perf_counter() - start, 1))
+        results.flush(seconds=clock.seconds())
         print_table(rows)
     results.finish(complete=not left_out, left_out=[f"{p} batch {b}" for p, b in left_out],
-                   seconds=round(time.perf_counter() - start, 1))
+                   seconds=clock.seconds())
     print(f"wrote {args.out}/e2e.csv and e2e.json"
           + (f" ({len(left_out)} groups left out by --budget-s)" if left_out else ""))
     return results.rows, not left_out

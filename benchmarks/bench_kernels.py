@@ -39,9 +39,7 @@ import importlib.util
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import common
 import torch
@@ -414,7 +412,11 @@ def plan_jobs(groups, tokens, heads, layouts, modes, impl_names, dtype, device) 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto")
+    common.add_common_flags(
+        p, "outputs/bench_kernels",
+        budget_help="stop starting new cases this many seconds after the start",
+        resume_help="keep the rows of kernels.csv in --out, time only the missing cases",
+        quick_help="tiny shapes (D 128, 4 heads, 64 tokens, batch 4): < 1 minute on CPU")
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
@@ -432,15 +434,6 @@ def parse_args(argv=None):
                    help="time torch.compile of the reference (default: on CUDA only)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="stop starting new cases this many seconds after the start")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the rows of kernels.csv in --out, time only the missing cases")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny shapes (D 128, 4 heads, 64 tokens, batch 4): < 1 minute on CPU")
-    p.add_argument("--out", type=Path, default=Path("outputs/bench_kernels"))
     return p.parse_args(argv)
 
 
@@ -473,11 +466,10 @@ def settings(args, cuda: bool) -> dict:
 
 
 def main(argv=None) -> list[dict]:
-    start = time.perf_counter()
     args = parse_args(argv)
-    device = common.resolve_device(args.device)
+    clock = common.Clock(args.budget_s)
+    device, threads = common.apply_common_flags(args)
     cuda = device.type == "cuda"
-    threads = common.configure_threads(args.threads, device)
     cfg = settings(args, cuda)
     dims, heads, attn_head_dims, tokens, batches, dtype, warmup, repeats, compile_ref = (
         cfg[k] for k in ("dims", "heads", "attn_head_dims", "tokens", "batches", "dtype",
@@ -510,7 +502,7 @@ def main(argv=None) -> list[dict]:
         todo = [n for n, k in zip(job.impls, job.keys()) if not results.has(k)]
         if not todo:
             continue
-        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+        if clock.over_budget():
             skipped += [dict(zip(("op", "mode", "layout", "batch", "dim", "heads", "impl"), k),
                              error="skipped: --budget-s")
                         for n, k in zip(job.impls, job.keys()) if n in todo]
@@ -519,11 +511,11 @@ def main(argv=None) -> list[dict]:
                          ceil, warmup, repeats, gen)
         results.add(new, flush=False)
         add_ratios(results.rows)
-        results.flush(seconds=round(time.perf_counter() - start, 1))
+        results.flush(seconds=clock.seconds())
         print_rows(new)
     results.add(skipped, flush=False)
     add_ratios(results.rows)
-    results.finish(complete=not skipped, seconds=round(time.perf_counter() - start, 1),
+    results.finish(complete=not skipped, seconds=clock.seconds(),
                    cases_skipped=len(skipped))
     print(f"wrote {results.csv_path} and kernels.json ({record['seconds']:.0f} s"
           f"{f', {len(skipped)} cases left out by --budget-s' if skipped else ''})")

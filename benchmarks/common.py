@@ -1,11 +1,16 @@
-"""Shared helpers of the benchmark scripts: timing, measured ceilings, machine record, output files.
+"""Shared helpers of the benchmark scripts: flags, timing, measured ceilings, machine record,
+output files.
+
+Flags (`add_common_flags`): --device, --threads, --budget-s, --resume, --quick, --out, each with
+the benchmark's own default and help; `apply_common_flags` resolves --device
+(runtime.device.resolve_device) and applies --threads (`configure_threads`: 1 CPU thread on an
+oversubscribed machine). `Clock` counts the run's seconds and tells when --budget-s is spent.
 
 Timing (`time_fn`): `warmup` untimed calls, then `repeats` timed calls; the result is the median.
 On CUDA every call is bracketed by a pair of `torch.cuda.Event`s (GPU time of the queued work);
 on CPU it is wall clock (`time.perf_counter`) around the call. `time_interleaved` times several
 callables round-robin and `ratio_median` takes speedups per round, so load drifts cancel;
-`sampling_fn` wraps a few steps of `sgkernels.sample` for that; `configure_threads` picks the CPU
-thread count (1 on an oversubscribed machine).
+`sampling_fn` wraps a few steps of `sgkernels.sample` for that.
 
 Ceilings, measured in the same run as the numbers they bound (a roofline with two roofs):
     copy bandwidth   B = 2·n / t        a device-to-device copy of an n-byte tensor reads and
@@ -21,6 +26,7 @@ missing cases. A benchmark whose --budget-s left cases out exits with EXIT_PARTI
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import io
@@ -44,6 +50,63 @@ import torch  # noqa: E402
 
 from sgkernels.runtime.device import resolve_device  # noqa: E402
 from sgkernels.runtime.files import write_text_atomic  # noqa: E402
+
+THREADS_HELP = "CPU threads (default: torch's; 1 when the machine is oversubscribed)"
+
+
+def add_common_flags(p: argparse.ArgumentParser, out: str | None, *, out_help: str | None = None,
+                     device: str = "auto", device_help: str | None = None, threads: bool = True,
+                     budget_help: str | None = None, resume_help: str | None = None,
+                     quick_help: str | None = None) -> None:
+    """Add the flags the benchmarks share to `p`; --budget-s, --resume and --quick only when
+    their help text is given, --threads unless threads=False:
+        --device    default `device` (apply_common_flags resolves it)
+        --threads   CPU threads (THREADS_HELP)
+        --budget-s  seconds after the start past which no new case starts (Clock.over_budget)
+        --resume    keep the rows of an earlier run in --out (Results(resume=True))
+        --quick     the benchmark's small settings
+        --out       output folder: a Path defaulting to `out`; out=None: a str, default None
+                    (the benchmark picks the folder after parsing)
+    """
+    p.add_argument("--device", default=device, help=device_help)
+    if threads:
+        p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    if budget_help is not None:
+        p.add_argument("--budget-s", type=float, default=None, help=budget_help)
+    if resume_help is not None:
+        p.add_argument("--resume", action="store_true", help=resume_help)
+    if quick_help is not None:
+        p.add_argument("--quick", action="store_true", help=quick_help)
+    if out is None:
+        p.add_argument("--out", default=None, help=out_help)
+    else:
+        p.add_argument("--out", type=Path, default=Path(out), help=out_help)
+
+
+def apply_common_flags(args) -> tuple[torch.device, int]:
+    """(the --device, the CPU threads in use): resolve_device(args.device), then
+    configure_threads(args.threads, device)."""
+    device = resolve_device(args.device)
+    return device, configure_threads(args.threads, device)
+
+
+class Clock:
+    """Wall-clock seconds of a benchmark run (time.perf_counter from construction), and its
+    --budget-s (None: no budget)."""
+
+    def __init__(self, budget_s: float | None = None):
+        self.start, self.budget_s = time.perf_counter(), budget_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def seconds(self) -> float:
+        """elapsed() rounded to 0.1 s, as the result files record it."""
+        return round(self.elapsed(), 1)
+
+    def over_budget(self) -> bool:
+        """True once more than budget_s seconds have passed: start no new case."""
+        return self.budget_s is not None and self.elapsed() > self.budget_s
 
 
 def configure_threads(threads: int | None, device: torch.device) -> int:

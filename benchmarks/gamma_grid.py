@@ -29,7 +29,6 @@ import contextlib
 import importlib.util
 import math
 import sys
-import time
 from pathlib import Path
 
 import common
@@ -45,7 +44,12 @@ QUALITY_METRICS = ("fid", "cfd", "kid", "acc")  # scalar metrics of sgkernels.ev
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda[:N]")
+    common.add_common_flags(
+        p, "outputs/gamma_grid", device_help="auto (cuda if available), cpu, cuda[:N]",
+        budget_help="stop timing new cells this many seconds after the start (the rest stay "
+                    "empty)",
+        resume_help="keep the cells of gamma_grid.csv in --out, time only the missing ones",
+        quick_help="coarse grid (step 0.25), fewer repeats, CPU batch 4")
     p.add_argument("--model", default=None, choices=presets.names(),
                    help="preset; default SiT-XL/2 on CUDA, FMNIST-S/2 on CPU (random weights)")
     p.add_argument("--ckpt", default=None, help="training checkpoint (EMA weights); sets the model")
@@ -55,8 +59,6 @@ def parse_args(argv=None):
                    help="grid step (0.05: the paper's 20×20 grid); default 0.05 CUDA, 0.1 CPU")
     p.add_argument("--timed", type=int, default=None, help="timed sampler steps per call")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (median)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: torch's; 1 when the machine is oversubscribed)")
     p.add_argument("--backend", default="auto", choices=("auto", *ops.dispatch.BACKENDS))
     p.add_argument("--dtype", default=None, choices=common.DTYPES, help="CUDA bf16, CPU fp32")
     p.add_argument("--separate", action="store_true",
@@ -69,14 +71,6 @@ def parse_args(argv=None):
     p.add_argument("--metric-num", type=int, default=1000, help="images per --metric cell")
     p.add_argument("--ref", default="fashion-mnist-test",
                    help="--metric reference: a sgkernels.eval reference name or image path")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="stop timing new cells this many seconds after the start (the rest "
-                        "stay empty)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the cells of gamma_grid.csv in --out, time only the missing ones")
-    p.add_argument("--quick", action="store_true",
-                   help="coarse grid (step 0.25), fewer repeats, CPU batch 4")
-    p.add_argument("--out", type=Path, default=Path("outputs/gamma_grid"))
     args = p.parse_args(argv)
     if args.model and presets.get(args.model).text_conditioned:
         p.error(f"--model {args.model!r} is text conditioned; gamma_grid.py samples "
@@ -127,16 +121,15 @@ def cell_key(row: dict) -> tuple:
     return (row["gamma_strong"], row["gamma_weak"])
 
 
-def run_grid(model, s, device, separate: bool, steps: int, budget_s: float | None = None,
+def run_grid(model, s, device, separate: bool, steps: int, clock: common.Clock | None = None,
              results: common.Results | None = None) -> tuple[list[dict], dict]:
     """Time every valid cell (and the references); returns CSV rows and reference values.
 
     Each cell is timed round-robin with CFG (and, with `separate`, with its packed forward), and
-    its speedup is the median of the per-round ratios. With budget_s, cells not started within
-    budget_s seconds are left out (not measured). With `results`, every cell is added to it
-    (files rewritten) as soon as it is timed, and cells it already has are not timed again.
+    its speedup is the median of the per-round ratios. With a `clock`, cells not started before
+    its --budget-s is spent are left out (not measured). With `results`, every cell is added to
+    it (files rewritten) as soon as it is timed, and cells it already has are not timed again.
     """
-    deadline = time.perf_counter() + budget_s if budget_s else math.inf
     cfg, w = model.config, s["warmup"]
     gammas = common.gamma_values(s["step"])
     packed = not separate
@@ -166,7 +159,7 @@ def run_grid(model, s, device, separate: bool, steps: int, budget_s: float | Non
         for g_w in gammas[i:]:
             if results is not None and results.has((g_s, g_w)):
                 continue
-            if time.perf_counter() > deadline:
+            if clock is not None and clock.over_budget():
                 break
             guidance = SparseGuidance(s["scale"], g_s, g_w)
             flags = [packed, packed] + ([True] if separate else [])
@@ -318,11 +311,10 @@ def plot(rows, reference, s, record, steps, separate, path: Path) -> Path:
 
 
 def main(argv=None) -> dict:
-    start = time.perf_counter()
     args = parse_args(argv)
-    device = common.resolve_device(args.device)
+    clock = common.Clock(args.budget_s)
+    device, threads = common.apply_common_flags(args)
     s = settings(args, device)
-    threads = common.configure_threads(args.threads, device)
     torch.manual_seed(0)
     model = common.build_model(s["model"], args.ckpt, device, s["dtype"])
     backend = args.backend
@@ -349,15 +341,13 @@ def main(argv=None) -> dict:
                              key=cell_key, resume=args.resume)
     if results.resumed:
         print(f"--resume: {results.resumed} cells kept from {results.csv_path}")
-    budget = None if args.budget_s is None else max(args.budget_s - (time.perf_counter() - start),
-                                                    1e-9)
     forced = contextlib.nullcontext() if backend == "auto" else ops.use_backend(backend)
     with forced:
-        _, reference = run_grid(model, s, device, args.separate, args.steps, budget, results)
+        _, reference = run_grid(model, s, device, args.separate, args.steps, clock, results)
     rows = results.rows
     record.update(reference=reference, cells=len(rows),
                   complete=len(rows) == record["cells_valid"],
-                  seconds=round(time.perf_counter() - start, 1))
+                  seconds=clock.seconds())
     results.flush(complete=record["complete"])
     png = plot(rows, reference, s, record, args.steps, args.separate, args.out / "gamma_grid.png")
     if args.metric:

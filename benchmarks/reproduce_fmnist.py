@@ -32,23 +32,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # source tree without install
-
+import common
 from reproduce import methods as methods_mod
 from reproduce import paired, report, training
 from reproduce.generate import generate
 
-from sgkernels.runtime.files import savez_atomic, write_text_atomic
+from sgkernels.runtime.files import savez_atomic
 
 STAGES = ("train", "sweep", "final", "report")
-
-
-def _write_json(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 class Reproduction:
@@ -93,14 +86,14 @@ class Reproduction:
             cached = json.loads(path.read_text())
             if cached["num"] == self.args.num_sweep and cached["steps"] == self.args.sample_steps:
                 return cached
-        start = time.perf_counter()
+        clock = common.Clock()
         images, labels = generate(self.model(method.model), self.guidance(method, scale),
                                   "sweep", self.args.num_sweep, path.with_suffix(""),
                                   self.args.sample_steps, self.log)
         point = {"method": method.name, "scale": list(scale), "num": self.args.num_sweep,
                  "steps": self.args.sample_steps, **self.scorer.sweep(images, labels, method.name),
-                 **self.cost(method, scale), "seconds": round(time.perf_counter() - start, 1)}
-        _write_json(path, point)
+                 **self.cost(method, scale), "seconds": clock.seconds()}
+        common.write_json(path, point)
         self.log(f"sweep {method.name} {methods_mod.scale_key(scale)}: cfd {point['cfd']:.3f}")
         return point
 
@@ -146,7 +139,7 @@ class Reproduction:
         fresh = (cached is not None and cached["num"] == self.args.num_final
                  and tuple(cached["scale"]) == scale)
         if not fresh:
-            start = time.perf_counter()
+            clock = common.Clock()
             (folder / "fid.json").unlink(missing_ok=True)      # it scored the old samples
             images, labels = generate(self.model(method.model), self.guidance(method, scale),
                                       "final", self.args.num_final,
@@ -154,11 +147,11 @@ class Reproduction:
                                       self.args.sample_steps, self.log)
             savez_atomic(folder / "samples.npz", images, labels)
             result = self.scorer.final(images, labels, method.name, self.args.bootstrap)
-            _write_json(metrics_path, {
+            common.write_json(metrics_path, {
                 "method": method.name, "scale": list(scale), "num": self.args.num_final,
                 "steps": self.args.sample_steps, "bootstrap": self.args.bootstrap,
                 "metrics": result["metrics"], **self.cost(method, scale),
-                "seconds": round(time.perf_counter() - start, 1)})
+                "seconds": clock.seconds()})
             self.log(f"final {method.name}: cfd {result['metrics']['cfd']['value']:.3f}")
         if method.headline and self.args.num_fid > 0:
             self.fid(method, folder)
@@ -191,7 +184,7 @@ class Reproduction:
         except FileNotFoundError as err:
             self.log(f"fid {method.name}: skipped ({err})")
             return
-        _write_json(path, {"num": self.args.num_fid, "metrics": result["metrics"]})
+        common.write_json(path, {"num": self.args.num_fid, "metrics": result["metrics"]})
 
 
 def run(args, log=print) -> None:
@@ -223,11 +216,11 @@ def parse_args(argv=None):
     p.add_argument("--stage", choices=("all",) + STAGES, default="all")
     p.add_argument("--tokens", type=int, choices=sorted(training.PRESETS), default=49,
                    help="49: FMNIST-CPU/4 (patch 4), 196: FMNIST-CPU/2 (patch 2)")
-    p.add_argument("--out", default=None,
-                   help="run folder (default runs/reproduce, runs/reproduce-196 at 196 tokens)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 30 training steps, 64 samples, 4 sampling steps, the first "
-                        "grid point of each method, stand-in classifier")
+    common.add_common_flags(
+        p, None, out_help="run folder (default runs/reproduce, runs/reproduce-196 at 196 tokens)",
+        device="cpu", threads=False,
+        quick_help="smoke run: 30 training steps, 64 samples, 4 sampling steps, the first grid "
+                   "point of each method, stand-in classifier")
     p.add_argument("--num-sweep", type=int, default=None, help="default 500 (quick: 64)")
     p.add_argument("--num-final", type=int, default=None, help="default 5000 (quick: 64)")
     p.add_argument("--num-fid", type=int, default=None,
@@ -237,7 +230,6 @@ def parse_args(argv=None):
     p.add_argument("--train-minutes", type=float, default=None,
                    help="per run (20; 75 at 196 tokens; quick 2)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
-    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     defaults = dict(num_sweep=(64, 500), num_final=(64, 5000), num_fid=(0, 2000),
                     bootstrap=(10, 50), sample_steps=(4, 40),
@@ -257,8 +249,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    start = time.perf_counter()
-    run(args, log=lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True))
+    clock = common.Clock()
+    run(args, log=lambda msg: print(f"[{clock.elapsed():7.1f}s] {msg}", flush=True))
 
 
 if __name__ == "__main__":

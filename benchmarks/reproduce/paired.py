@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import common
 import numpy as np
 
 from sgkernels.eval import FrechetReference, bootstrap
@@ -123,9 +124,7 @@ def compare(out: Path, get_scorer, replicates: int, log=print) -> list[dict]:
             rows.append(row)
             log(f"paired {a_name} − {b_name}: Δcfd {row['cfd']['value']:+.3f} "
                 f"[{row['cfd']['low']:+.3f}, {row['cfd']['high']:+.3f}]")
-    path = out / "report" / "paired.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1))
+    common.write_json(out / "report" / "paired.json", rows)
     return rows
 
 

@@ -19,8 +19,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import common
 
 KINDS = ("routed", "dense")
 PRESETS = {49: "FMNIST-CPU/4", 196: "FMNIST-CPU/2"}
@@ -82,7 +83,7 @@ def _finish(out: Path, kind: str, seconds: float) -> dict:
     step = int(torch.load(checkpoint(out, kind), map_location="cpu", weights_only=True)["step"])
     record = {"step": step, "trained_s": round(trained_seconds(run_dir(out, kind)), 1),
               "this_call_s": round(seconds, 1)}
-    (run_dir(out, kind) / "done.json").write_text(json.dumps(record, indent=1))
+    common.write_json(run_dir(out, kind) / "done.json", record)
     return record
 
 
@@ -111,14 +112,14 @@ def train(out: Path, minutes: float, quick: bool, device: str, log=print,
             f"{left:.1f} min left")
         handle = open(folder.parent / f"{kind}.log", "a")
         procs[kind] = (subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env),
-                       handle, time.perf_counter())
-    for kind, (proc, handle, start) in procs.items():
+                       handle, common.Clock())
+    for kind, (proc, handle, clock) in procs.items():
         rc = proc.wait()
         handle.close()
         if rc != 0:
             raise RuntimeError(f"train/{kind} exited with {rc}; see "
                                f"{run_dir(out, kind).parent / (kind + '.log')}")
-        done[kind] = _finish(out, kind, time.perf_counter() - start)
+        done[kind] = _finish(out, kind, clock.elapsed())
         log(f"train/{kind}: done at step {done[kind]['step']}")
     early = checkpoint(out, "routed", settings(quick)["early"])
     if not early.exists():

@@ -1,7 +1,10 @@
-"""benchmarks/common.py: timing, ceilings, output files, heatmaps."""
+"""benchmarks/common.py: flags, timing, ceilings, output files, heatmaps."""
+import argparse
 import csv
 import json
 import math
+import time
+from pathlib import Path
 
 import common
 import pytest
@@ -53,6 +56,33 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="is_available"):
             resolve_device("cuda")
+
+
+def test_common_flags_take_each_benchmarks_defaults_and_help():
+    p = argparse.ArgumentParser()
+    common.add_common_flags(p, "outputs/x", budget_help="b", resume_help="r", quick_help="q")
+    args = p.parse_args([])
+    assert (args.device, args.threads, args.budget_s, args.resume, args.quick, args.out) == (
+        "auto", None, None, False, False, Path("outputs/x"))
+    helps = {a.dest: a.help for a in p._actions}
+    assert (helps["threads"], helps["budget_s"], helps["resume"], helps["quick"]) == (
+        common.THREADS_HELP, "b", "r", "q")
+    bare = argparse.ArgumentParser()
+    common.add_common_flags(bare, None, device="cpu", threads=False)
+    args = bare.parse_args(["--out", "o"])
+    assert vars(args) == {"device": "cpu", "out": "o"}
+    device, threads = common.apply_common_flags(argparse.Namespace(device="cpu", threads=1))
+    assert device == CPU and threads == 1 == torch.get_num_threads()
+    with pytest.raises(ValueError, match="--device"):
+        common.apply_common_flags(argparse.Namespace(device="tpu", threads=None))
+
+
+def test_clock_counts_seconds_and_the_budget():
+    clock = common.Clock()
+    assert clock.elapsed() >= 0 and not clock.over_budget()
+    short = common.Clock(1e-9)
+    time.sleep(0.01)
+    assert short.over_budget() and short.seconds() == round(short.elapsed(), 1)
 
 
 def test_gamma_values():
