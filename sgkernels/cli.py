@@ -1,4 +1,5 @@
-"""Command line: `python -m sgkernels {train,sample,eval,plan} ...` (or the `sgkernels` script).
+"""Command line: `python -m sgkernels COMMAND ...` (or the `sgkernels` script), COMMAND one of
+train, sample, eval, plan, convert.
 
 Errors of every command are turned into exit statuses HERE, in one place (docs/contracts.md,
 "Input policy"): the commands raise exceptions, `main` prints ONE line on stderr
@@ -28,6 +29,7 @@ COMMANDS = {
     "sample": ("sgkernels.sampling.cli", "sample images with CFG / AutoGuidance / Sparse Guidance"),
     "eval": ("sgkernels.eval.cli", "FID, classifier-feature metrics, precision/recall"),
     "plan": ("sgkernels.train.plan_cli", "per-GPU memory of a training run (ddp / fsdp)"),
+    "convert": ("sgkernels.model.convert_cli", "checkpoints to / from official DiT / SiT weights"),
 }
 USAGE_ERROR, FAILURE, INTERRUPTED = 2, 1, 130
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
