@@ -35,7 +35,8 @@ def _varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     validate.cu_seqlens_values("varlen_attention", cu_seqlens, q.shape[0], max_seqlen)
-    return dispatch.get("varlen_attention_fwd", q.device)(q, k, v, cu_seqlens, max_seqlen, scale)
+    fn = dispatch.get_attention("varlen_attention_fwd", q, scale)
+    return fn(q, k, v, cu_seqlens, max_seqlen, scale)
 
 
 def _outputs_like(q):
@@ -60,7 +61,7 @@ def _varlen_attention_backward(
     max_seqlen: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    fn = dispatch.get("varlen_attention_bwd", q.device)
+    fn = dispatch.get_attention("varlen_attention_bwd", q, scale)
     return fn(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale)
 
 
@@ -98,7 +99,7 @@ def _varlen_attention_qkv(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     validate.cu_seqlens_values("varlen_attention_qkv", cu_seqlens, qkv.shape[0], max_seqlen)
     q, k, v = qkv.unbind(1)
-    fn = dispatch.get("varlen_attention_fwd", qkv.device)
+    fn = dispatch.get_attention("varlen_attention_fwd", q, scale)
     return fn(q, k, v, cu_seqlens, max_seqlen, scale, *_rope(pos, theta))
 
 
@@ -114,8 +115,9 @@ def _varlen_attention_qkv_backward(
     theta: float,
 ) -> torch.Tensor:
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    fn = dispatch.get("varlen_attention_bwd", qkv.device)
-    fn(do, *qkv.unbind(1), o, lse, cu_seqlens, max_seqlen, scale, *_rope(pos, theta),
+    q, k, v = qkv.unbind(1)
+    fn = dispatch.get_attention("varlen_attention_bwd", q, scale)
+    fn(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, *_rope(pos, theta),
        out=dqkv.unbind(1))
     return dqkv
 
