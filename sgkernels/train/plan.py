@@ -8,9 +8,8 @@ With P parameters (P_w of them weights of linear / conv layers), world size N, g
     unsharded     -                            c·(P_root + 2 P_block): the root's parameters
                                                stay gathered, one block computes while the
                                                next is prefetched (c = 2 for bf16, 4 for fp32)
-    gradients     4P                           4 S(P), + (c + 4) P_block while a block's
-                                               gradient is reduce-scattered in fp32
-    DDP buckets   4P when N > 1                -
+    gradients     4P (the DDP all-reduce       4 S(P), + (c + 4) P_block while a block's
+                  buckets are their storage)   gradient is reduce-scattered in fp32
     AdamW         8P (exp_avg, exp_avg_sq)     8 S(P)
     EMA           4P                           4 S(P) (sharded like the weights)
     weight casts  2 P_w under bf16 autocast    - (FSDP computes in its own bf16 copies)
@@ -206,11 +205,9 @@ def plan(config: ModelConfig, gpus: int, batch: int, parallel: str = "ddp",
     act_how = (f"{batch // gpus} samples/GPU, {precision}, checkpointing {checkpointing}")
     if parallel == "ddp":
         rows = [Row("parameters", 4 * p.total, "fp32 master, 4P"),
-                Row("gradients", 4 * p.total, "fp32, 4P")]
-        if gpus > 1:
-            rows.append(Row("DDP buckets", 4 * p.total, "gradient all-reduce buckets, 4P"))
-        rows += [Row("AdamW states", 8 * p.total, "exp_avg + exp_avg_sq, 8P"),
-                 Row("EMA", 4 * p.total, "fp32 copy, 4P")]
+                Row("gradients", 4 * p.total, "fp32, 4P (also the DDP buckets)"),
+                Row("AdamW states", 8 * p.total, "exp_avg + exp_avg_sq, 8P"),
+                Row("EMA", 4 * p.total, "fp32 copy, 4P")]
         if precision == "bf16":
             rows.append(Row("weight casts", 2 * p.weights, "bf16 autocast copies, 2P_w"))
     else:

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
                                                      set_state_dict)
 
 from sgkernels.model.checkpoint import make_checkpoint
-from sgkernels.runtime.files import _fsync_dir, save_atomic, write_text_atomic
+from sgkernels.runtime.files import publish_dir, save_atomic, write_text_atomic
 
 META = "meta.pt"
 LATEST = "latest"
@@ -92,9 +92,7 @@ def save(ckpt_dir: str | os.PathLike, step: int, model, opt, ema, meta: dict) ->
     dcp.save(_states(model, opt, ema), checkpoint_id=tmp)
     if _rank0():
         save_atomic({"step": step, "args": meta}, tmp / META)
-        shutil.rmtree(final, ignore_errors=True)       # a rerun of the same step
-        os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
+        publish_dir(tmp, final)                         # replaces a rerun's same step
         write_text_atomic(ckpt_dir / LATEST, final.name + "\n")
     _barrier()
     return final

@@ -15,7 +15,14 @@ Class-conditional presets train on labelled data, text-conditioned (T2I) presets
 (data.CAPTION_DATASETS), through the same loop.
 
 Output folder: args.json, log.jsonl, log.csv, loss.png, samples/<step>.png,
-checkpoints/<step>.pt and checkpoints/latest.pt.
+checkpoints/<step>.pt and checkpoints/latest.pt (--parallel fsdp: sharded checkpoint directories
+checkpoints/<step>/ and checkpoints/latest, sharded_checkpoint.py).
+
+Parallelism: --parallel ddp replicates the model and all-reduces gradients (DDP, buckets as views
+of the gradients); --parallel fsdp shards parameters, gradients, AdamW states and EMA (fsdp.py),
+also in one process without torchrun. Either way the ranks split the global batch, so a k-rank
+step equals the 1-process step. --activation-checkpointing blocks recomputes each block in
+backward (same gradients).
 
 Faults (faults.py): a non-finite loss or gradient stops the run with FloatingPointError naming the
 step, before any checkpoint of the bad state (or skips the update: --on-nonfinite skip);
@@ -38,6 +45,8 @@ from sgkernels.runtime.files import (link_atomic, os_error, reason, remove_stale
 from sgkernels.runtime.images import save_grid
 
 from . import distributed as D
+from . import fsdp
+from . import sharded_checkpoint as sharded
 from .args import RESUME_KEYS, TrainArgs
 from .checkpoint import rng_state, set_rng_state
 from .conditioning import CaptionCondition, LabelCondition, feature_cache
@@ -113,7 +122,16 @@ class Trainer:
         self.config = model.config
         self.config_dict = self.config.to_dict()
         self.model = model.to(self.info.device).train()
-        self.ema = EMA(self.model, args.ema_decay, args.ema_warmup)
+        self.model.set_activation_checkpointing(args.activation_checkpointing)
+        self.fsdp = args.parallel == "fsdp"
+        self.own_group = False
+        if self.fsdp:
+            self.own_group = fsdp.single_process_group(self.info.device)
+            bf16 = self.info.device.type == "cuda" and args.amp
+            fsdp.shard(self.model, bf16)
+            self.ema = fsdp.ShardedEMA(self.model, args.ema_decay, args.ema_warmup)
+        else:
+            self.ema = EMA(self.model, args.ema_decay, args.ema_warmup)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.effective_lr,
                                      betas=args.betas, weight_decay=args.weight_decay, fused=True)
         self.step = 0
@@ -129,12 +147,13 @@ class Trainer:
             skipped = self._resume()
         self.guard = NonFiniteGuard(args.on_nonfinite, self.info, self.step, skipped)
         self.ddp = self.model
-        if self.info.enabled:
+        if self.info.enabled and not self.fsdp:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             # a dense forward of a MaskDiT model leaves its mask token without a gradient
             unused = self.config.maskdit and args.routing == "off"
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
-                                                           find_unused_parameters=unused)
+                                                           find_unused_parameters=unused,
+                                                           gradient_as_bucket_view=True)
 
     # -- set-up ---------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -153,8 +172,9 @@ class Trainer:
                              f"{cfg.num_classes}")
         if self.vae is None and tuple(self.data.shape) != (cfg.in_channels, cfg.input_size,
                                                            cfg.input_size):
-            raise ValueError(f"data: samples of shape {tuple(self.data.shape)} do not fit the model "
-                             f"input [{cfg.in_channels}, {cfg.input_size}, {cfg.input_size}]")
+            raise ValueError(f"data: samples of shape {tuple(self.data.shape)} do not fit the "
+                             f"model input [{cfg.in_channels}, {cfg.input_size}, "
+                             f"{cfg.input_size}]")
         self.order = GlobalOrder(len(self.data), args.seed)
         self.condition = (CaptionCondition(self.data, self._feature_cache(), args.seed)
                           if captioned else LabelCondition())
@@ -177,18 +197,37 @@ class Trainer:
         return self.out / "checkpoints"
 
     def _resume(self) -> int:
-        """Load OUT/checkpoints/latest.pt; returns the skipped-step count it holds."""
-        # on CPU: RNG states must stay CPU tensors; load_state_dict moves weights to the device
-        latest = self.ckpt_dir / "latest.pt"
-        ckpt = read_checkpoint(latest, map_location="cpu")
-        _check_resume(ckpt["args"], self.args, self.config_dict)
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.load_state_dict(ckpt["ema"])
-        self.opt.load_state_dict(ckpt["opt"])
-        self.step = int(ckpt["step"])
-        self.last_ckpt = (latest, self.step)
-        set_rng_state(ckpt["args"]["rng"])
-        return int(ckpt["args"].get("skipped_steps", 0))
+        """Continue from the newest checkpoint of OUT/checkpoints: latest.pt (single file) or
+        the sharded `latest` (FSDP runs); an FSDP run also continues a single-file one. Returns
+        the skipped-step count it holds."""
+        single = self.ckpt_dir / "latest.pt"
+        shards = sharded.latest(self.ckpt_dir)
+        single_step = int(read_checkpoint(single)["step"]) if single.exists() else -1
+        use_shards = shards is not None and (
+            int(sharded.read_meta(shards)["step"]) > single_step)
+        if use_shards and not self.fsdp:
+            raise ValueError(f"resume: the newest checkpoint of {self.out} is sharded ({shards}, "
+                             f"written with --parallel fsdp): resume with --parallel fsdp, or "
+                             f"make a single file with python -m sgkernels export {shards}")
+        if use_shards:
+            meta = sharded.read_meta(shards)
+            _check_resume(meta["args"], self.args, self.config_dict)
+            sharded.load(shards, self.model, self.opt, self.ema)
+            args, self.step, path = meta["args"], int(meta["step"]), shards
+        else:
+            # on CPU: RNG states stay CPU tensors; load_state_dict moves weights to the device
+            ckpt = read_checkpoint(single, map_location="cpu")
+            _check_resume(ckpt["args"], self.args, self.config_dict)
+            if self.fsdp:
+                sharded.load_full(ckpt, self.model, self.opt, self.ema)
+            else:
+                self.model.load_state_dict(ckpt["model"])
+                self.ema.load_state_dict(ckpt["ema"])
+                self.opt.load_state_dict(ckpt["opt"])
+            args, self.step, path = ckpt["args"], int(ckpt["step"]), single
+        self.last_ckpt = (path, self.step)
+        set_rng_state(args["rng"])
+        return int(args.get("skipped_steps", 0))
 
     # -- one step ---------------------------------------------------------------------------
     def batch(self, step: int):
@@ -234,6 +273,8 @@ class Trainer:
         norm = nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
         if args.grad_clip > 0:  # = clip_grad_norm_, which is these two calls
             nn.utils.clip_grads_with_norm_(params, args.grad_clip, norm)
+        if hasattr(norm, "full_tensor"):     # FSDP: the norm over every rank's shards
+            norm = norm.full_tensor()
         found_inf = self.guard.record(loss, norm)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(args, self.step)
@@ -249,24 +290,32 @@ class Trainer:
         self.step += 1
 
     # -- outputs ----------------------------------------------------------------------------
+    def _checkpoint_args(self) -> dict:
+        train = self.args.to_dict() | {"effective_lr": self.args.effective_lr}
+        args = {"model_config": self.config_dict, "train": train, "rng": rng_state(),
+                "world_size": self.info.world_size, "skipped_steps": self.guard.skipped_total}
+        if self.condition.meta is not None:       # the encoder settings sampling must reuse
+            args["text"] = self.condition.meta
+        return args
+
     def save_checkpoint(self) -> Path | None:
-        """Rank 0 writes checkpoints/<step>.pt and points latest.pt at it. A failed write (full
-        disk, ...) raises OSError naming the file; the previous checkpoint stays intact."""
-        path = self.ckpt_dir / f"{self.step:07d}.pt"
-        if not self.info.is_main:
+        """Rank 0 writes checkpoints/<step>.pt and points latest.pt at it (FSDP: every rank
+        writes its shards of checkpoints/<step>/). A failed write (full disk, ...) raises
+        OSError naming the file; the previous checkpoint stays intact."""
+        path = self.ckpt_dir / f"{self.step:07d}{'' if self.fsdp else '.pt'}"
+        if not self.info.is_main and not self.fsdp:
             self.last_ckpt = (path, self.step)
             return None
-        train = self.args.to_dict() | {"effective_lr": self.args.effective_lr}
-        ckpt = make_checkpoint(model=self.model.state_dict(), ema=self.ema.state_dict(),
-                               opt=self.opt.state_dict(), step=self.step,
-                               args={"model_config": self.config_dict, "train": train,
-                                     "rng": rng_state(), "world_size": self.info.world_size,
-                                     "skipped_steps": self.guard.skipped_total})
-        if self.condition.meta is not None:       # the encoder settings sampling must reuse
-            ckpt["args"]["text"] = self.condition.meta
         try:
-            save_atomic(ckpt, path)
-            link_atomic(path, self.ckpt_dir / "latest.pt")
+            if self.fsdp:
+                sharded.save(self.ckpt_dir, self.step, self.model, self.opt, self.ema,
+                             self._checkpoint_args())
+            else:
+                ckpt = make_checkpoint(model=self.model.state_dict(), ema=self.ema.state_dict(),
+                                       opt=self.opt.state_dict(), step=self.step,
+                                       args=self._checkpoint_args())
+                save_atomic(ckpt, path)
+                link_atomic(path, self.ckpt_dir / "latest.pt")
         except OSError as e:
             before = (f"the previous checkpoint {self.last_ckpt[0]} (step {self.last_ckpt[1]}) "
                       "is intact" if self.last_ckpt else "no earlier checkpoint of this run exists")
@@ -276,13 +325,25 @@ class Trainer:
         self.last_ckpt = (path, self.step)
         return path
 
-    def save_samples(self) -> Path | None:
+    def _ema_model(self) -> nn.Module | None:
+        """The EMA model to sample from on rank 0 (FSDP: gathered from every rank's shards)."""
+        if not self.fsdp:
+            return self.ema.model if self.info.is_main else None
+        state = self.ema.full_state_dict()        # a collective: every rank takes part
         if not self.info.is_main:
+            return None
+        model = _model_from_config(self.config_dict)
+        model.load_state_dict(state)
+        return model.to(self.info.device).eval()
+
+    def save_samples(self) -> Path | None:
+        ema = self._ema_model()
+        if ema is None:
             return None
         args, cfg = self.args, self.config
         shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
         text = self.condition.grid_text(args.sample_count, self.info.device)
-        images = generate(self.ema.model, shape, cfg.num_classes, args.sample_count,
+        images = generate(ema, shape, cfg.num_classes, args.sample_count,
                           args.sample_steps, args.seed + 12345, self.info.device, text)
         if self.vae is not None:
             from .vae import decode
@@ -303,6 +364,8 @@ class Trainer:
             text = json.dumps({"train": args.to_dict(), "model_config": self.config_dict,
                                "world_size": info.world_size}, indent=2)
             write_text_atomic(self.out / "args.json", text)
+        if self.fsdp:
+            sharded.remove_partial(self.ckpt_dir)  # shards of a write killed midway
         log = TrainLog(self.out, args.steps, self.step, info.is_main, args.progress)
         t0, last, stopped = time.perf_counter(), float("nan"), None
         try:
@@ -357,6 +420,8 @@ class Trainer:
         return (signal_name(signum) if signum else None), bool(over)
 
     def close(self) -> None:
+        if self.own_group:
+            fsdp.destroy_single_process_group()
         D.cleanup(self.info)
 
 
