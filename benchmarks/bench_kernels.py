@@ -16,11 +16,12 @@ Metrics per (op, mode, shape, implementation), medians over repeats (common.time
     GB/s    bytes / t, and its fraction of the device copy bandwidth measured in this run
     FLOPs   attention only: 4·Σ L²·H·Dh forward (= 4·T·S̄·H·Dh), 2.5× that backward
     TFLOP/s flops / t, and its fraction of the dense matmul rate measured in this run
-Implementations: sgkernels with each backend that runs on the device ("sg:torch|triton|cuda";
-sg:torch is the reference forward and backward), the reference forward with autograd backward
-("eager"; not for attention, whose reference is not autograd-safe) and under torch.compile
-("compile"), torch natives (F.rms_norm; SDPA per run of equal-length segments; varlen_attn on
-CUDA when torch has it), Liger-Kernel's RMSNorm / SwiGLU when installed.
+Implementations: sgkernels with each backend that runs on the device ("sg:torch|triton|cuda",
+attention also "sg:flash|torch-varlen" when they import; sg:torch is the reference forward and
+backward), the reference forward with autograd backward ("eager"; not for attention, whose
+reference is not autograd-safe) and under torch.compile ("compile"), torch natives (F.rms_norm;
+SDPA per run of equal-length segments; varlen_attn on CUDA when torch has it), Liger-Kernel's
+RMSNorm / SwiGLU when installed.
 `x_ref` = t(sg:torch) / t; `x_best` (sg rows) = best t among compile, natives and Liger / t.
 torch.compile rows of a shape group are timed after all its other rows (compiling costs seconds
 per graph), so a budget cut drops compile baselines before the sgkernels rows of the next shape.
@@ -296,9 +297,22 @@ def sg_backends(device: torch.device) -> list[str]:
     return found
 
 
+def attention_libraries(device: torch.device) -> list[str]:
+    """Library backends of varlen_attention that import here (CUDA only): flash, torch-varlen."""
+    found = []
+    for name in ops.dispatch.LIBRARY_BACKENDS if device.type == "cuda" else ():
+        try:
+            importlib.import_module("sgkernels.kernels." + name.replace("-", "_"))
+            found.append(name)
+        except ImportError as exc:  # report, keep benchmarking the rest
+            print(f"sgkernels {name} backend unavailable: {exc}")
+    return found
+
+
 def implementations(op: str, device: torch.device, compile_ref: bool) -> dict:
     impls = {}
-    for backend in sg_backends(device):
+    libraries = attention_libraries(device) if op == "varlen_attention" else []
+    for backend in sg_backends(device) + libraries:
         def call(i, backend=backend):
             with ops.use_backend(backend):
                 return sg_call(op, i)

@@ -290,7 +290,8 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"gpu {p.name}: {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
           f"sm_{p.major}{p.minor}")
-for name in ("triton", "pytest", "pytest-xdist", "pytest-timeout", "liger-kernel", "numpy"):
+for name in ("triton", "pytest", "pytest-xdist", "pytest-timeout", "liger-kernel", "numpy",
+             "flash-attn"):
     try:
         print(f"{name} {md.version(name)}")
     except md.PackageNotFoundError:

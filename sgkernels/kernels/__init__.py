@@ -4,4 +4,6 @@
 
 Kernels know nothing of models; each backend exports the functions listed in
 docs/contracts.md ("Backends"), with the same names and signatures as sgkernels.kernels.torch.
+Two more backends run varlen_attention alone, over libraries: `flash` (FlashAttention-3 / -2)
+and `torch_varlen` (torch.nn.attention.varlen), sharing library_attention.py.
 """

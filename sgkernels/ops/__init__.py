@@ -2,9 +2,10 @@
 
 Each op is a `torch.library.custom_op` under the `sgkernels::` namespace with a fake (meta)
 implementation and an autograd formula whose backward is itself a custom op. The op bodies call
-the backend chosen by `sgkernels.ops.dispatch` (torch reference, Triton, CUDA). Each op's
-docstring holds its math and its Args (shapes, dtypes), Returns and Raises; docs/contracts.md
-the contract between the layers and the backends.
+the backend chosen by `sgkernels.ops.dispatch` (torch reference, Triton, CUDA; attention also
+FlashAttention or torch's varlen_attn). Each op's docstring holds its math and its Args
+(shapes, dtypes), Returns and Raises; docs/contracts.md the contract between the layers and the
+backends.
 
     rms_norm(x, weight=None, eps=1e-6)
     rms_norm_modulate(x, weight, shift, scale, seg, eps=1e-6)
@@ -15,7 +16,8 @@ the contract between the layers and the backends.
     varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=None)
     varlen_attention_qkv(qkv, cu_seqlens, max_seqlen, scale=None, rope=None)   one d(qkv) buffer
     rope_axial(x, pos, theta=10000.0)
-    use_backend(name)      context manager forcing "torch", "triton" or "cuda"
+    use_backend(name)      context manager forcing "torch", "triton" or "cuda"; for
+                           varlen_attention also "flash" or "torch-varlen" (ops/dispatch.py)
 """
 from .attention import varlen_attention, varlen_attention_qkv
 from .dispatch import use_backend
