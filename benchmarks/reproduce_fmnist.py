@@ -14,6 +14,8 @@ Stages (`--stage all` runs them in order; each skips work whose output exists un
             NFE/step and GFLOPs/step from sgkernels.flops); Inception FID on the first
             `--num-fid` samples of the headline methods → final/<method>/fid.json
             and on the CFG+SG rule with the lowest final cfd
+    cost    (only when named) the cost of a training and a sampled image, routed and dense, on
+            one thread → cost.json: what sizes the experiment (reproduce/cost.py)
     report  paired differences between methods on the shared samples   (reproduce/paired.py),
             report.md, final.csv, plots and a sample grid per method   (reproduce/report.py)
 
@@ -36,12 +38,13 @@ from pathlib import Path
 
 import common
 from reproduce import methods as methods_mod
-from reproduce import paired, report, training
+from reproduce import cost, paired, report, training
 from reproduce.generate import generate
 
 from sgkernels.runtime.files import savez_atomic
 
 STAGES = ("train", "sweep", "final", "report")
+EXTRA_STAGES = ("cost",)       # run only when named: --stage cost
 
 
 class Reproduction:
@@ -193,6 +196,10 @@ def run(args, log=print) -> None:
     if args.quick:                       # one grid point per method keeps the smoke run short
         chosen = tuple(dataclasses.replace(m, grid=m.grid[:1]) for m in chosen)
     rep = Reproduction(args, log)
+    if "cost" in stages:
+        result = cost.measure(args.tokens)
+        common.write_json(rep.out / "cost.json", result)
+        log("\n" + cost.table(result))
     if "train" in stages:
         training.train(rep.out, args.train_minutes, args.quick, args.device, log, args.tokens)
     if "sweep" in stages:
@@ -213,7 +220,8 @@ def run(args, log=print) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("all",) + STAGES, default="all")
+    p.add_argument("--stage", choices=("all",) + STAGES + EXTRA_STAGES, default="all",
+                   help="cost: measure the cost per training and per sampled image first")
     p.add_argument("--tokens", type=int, choices=sorted(training.PRESETS), default=49,
                    help="49: FMNIST-CPU/4 (patch 4), 196: FMNIST-CPU/2 (patch 2)")
     common.add_common_flags(
