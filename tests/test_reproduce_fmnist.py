@@ -284,3 +284,13 @@ def test_only_the_best_member_of_a_group_gets_a_final(tmp_path):
     assert not (tmp_path / "final" / members[0].name).exists()
     last.unlink()
     assert rep.group_winner("sg-mild") is None
+
+
+def test_cost_stage_measures_training_and_sampling_per_image():
+    from reproduce import cost
+    result = cost.measure(49, batch=2, steps=8, timed=1, repeats=1)
+    assert set(result["train_ms_per_image"]) == {"routed", "dense"}
+    assert set(result["sample_s_per_image"]) == {"unguided", "cfg", "sg-0.5-0.9"}
+    values = [*result["train_ms_per_image"].values(), *result["sample_s_per_image"].values()]
+    assert all(v > 0 and math.isfinite(v) for v in values)
+    assert "FMNIST-CPU/4 (49 tokens)" in cost.table(result)
