@@ -2,9 +2,7 @@
 with and without activation checkpointing; sharded checkpoints resume at another world size,
 survive a write killed midway, export to the single-file layout that `sample` reads, and an
 FSDP run continues from a single-file checkpoint."""
-import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,43 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import ROOT, assert_same_training_state, close_states, subprocess_env, torchrun
 
 from sgkernels.model.checkpoint import read_checkpoint
 from sgkernels.train import sharded_checkpoint as sc
 from sgkernels.train.cli import main
 from sgkernels.train.logger import read_log
 
-ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--model", "Tiny/2", "--set", "input_size=8", "patch_size=2", "--data", "digits",
         "--batch", "8", "--lr", "1e-3", "--label-dropout", "0.5", "--grad-clip", "0.5",
         "--ema-decay", "0.9", "--sample-every", "0", "--log-every", "1", "--device", "cpu",
         "--no-progress"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-
-
-def _torchrun(nproc: int, *args, command: str = "train") -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-           str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "sgkernels", command, *args]
-    proc = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-
-
-def _close(a: dict, b: dict, rtol=1e-4, atol=1e-6) -> None:
-    assert a.keys() == b.keys()
-    for k, value in a.items():
-        torch.testing.assert_close(value, b[k], rtol=rtol, atol=atol, msg=k)
 
 
 def _exported(run: Path, tmp_path: Path) -> dict:
@@ -65,35 +37,31 @@ def _losses(run: Path) -> list[float]:
 def test_two_process_fsdp_step_equals_one_process_step(tmp_path, checkpointing):
     steps = ["--steps", "2", "--ckpt-every", "0"]
     assert main(ARGS + steps + ["--out", str(tmp_path / "one")]) == 0
-    _torchrun(2, *ARGS, *steps, "--parallel", "fsdp", "--activation-checkpointing",
+    torchrun(2, *ARGS, *steps, "--parallel", "fsdp", "--activation-checkpointing",
               checkpointing, "--out", str(tmp_path / "two"))
     one = read_checkpoint(tmp_path / "one" / "checkpoints" / "latest.pt")
     two = _exported(tmp_path / "two", tmp_path)
     assert two["args"]["world_size"] == 2 and two["args"]["train"]["parallel"] == "fsdp"
     assert one["step"] == two["step"] == 2
-    assert sum(s["exp_avg"].abs().sum() for s in one["opt"]["state"].values()) > 0
-    _close(one["model"], two["model"])
-    _close(one["ema"], two["ema"])
-    for k, state in one["opt"]["state"].items():
-        _close(state, two["opt"]["state"][k])
+    assert_same_training_state(one, two)
     torch.testing.assert_close(torch.tensor(_losses(tmp_path / "one")),
                                torch.tensor(_losses(tmp_path / "two")), rtol=1e-5, atol=0)
 
 
 def test_sharded_checkpoint_resumes_at_world_size_one_and_two(tmp_path):
     fsdp = ["--parallel", "fsdp", "--ckpt-every", "2"]
-    _torchrun(2, *ARGS, *fsdp, "--steps", "4", "--out", str(tmp_path / "full"))
-    _torchrun(2, *ARGS, *fsdp, "--steps", "2", "--out", str(tmp_path / "half"))
+    torchrun(2, *ARGS, *fsdp, "--steps", "4", "--out", str(tmp_path / "full"))
+    torchrun(2, *ARGS, *fsdp, "--steps", "2", "--out", str(tmp_path / "half"))
     assert sc.latest(tmp_path / "half" / "checkpoints").name == "0000002"
     subprocess.run(["cp", "-r", str(tmp_path / "half"), str(tmp_path / "half1")], check=True)
-    _torchrun(2, *ARGS, *fsdp, "--steps", "4", "--resume", "--out", str(tmp_path / "half"))
+    torchrun(2, *ARGS, *fsdp, "--steps", "4", "--resume", "--out", str(tmp_path / "half"))
     assert main(ARGS + fsdp + ["--steps", "4", "--resume", "--out", str(tmp_path / "half1")]) == 0
     full = _losses(tmp_path / "full")
     for run in ("half", "half1"):
         continued = _losses(tmp_path / run)[2:]
         torch.testing.assert_close(torch.tensor(continued), torch.tensor(full[2:]), rtol=1e-5,
                                    atol=0)
-        _close(_exported(tmp_path / run, tmp_path)["model"],
+        close_states(_exported(tmp_path / run, tmp_path)["model"],
                _exported(tmp_path / "full", tmp_path)["model"])
 
 
@@ -122,7 +90,7 @@ def test_killed_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     script = tmp_path / "killed.py"
     script.write_text(KILLED_WRITE)
     ckpt = tmp_path / "checkpoints"
-    proc = subprocess.run([sys.executable, str(script), str(ckpt)], env=_env(), cwd=ROOT,
+    proc = subprocess.run([sys.executable, str(script), str(ckpt)], env=subprocess_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (ckpt / "0000002.tmp").is_dir() and not (ckpt / "0000002").exists()
@@ -136,14 +104,14 @@ def test_export_then_sample_and_fsdp_continues_a_single_file_run(tmp_path):
     plain = ["--ckpt-every", "2"]
     assert main(ARGS + plain + ["--steps", "4", "--out", str(tmp_path / "plain")]) == 0
     assert main(ARGS + plain + ["--steps", "2", "--out", str(tmp_path / "mixed")]) == 0
-    _torchrun(2, *ARGS, *plain, "--parallel", "fsdp", "--steps", "4", "--resume", "--out",
+    torchrun(2, *ARGS, *plain, "--parallel", "fsdp", "--steps", "4", "--resume", "--out",
               str(tmp_path / "mixed"))
     torch.testing.assert_close(torch.tensor(_losses(tmp_path / "mixed")[2:]),
                                torch.tensor(_losses(tmp_path / "plain")[2:]), rtol=1e-5, atol=0)
     from sgkernels.cli import main as cli
     out = tmp_path / "model.pt"
     assert cli(["export", str(tmp_path / "mixed" / "checkpoints"), "--out", str(out)]) == 0
-    _close(read_checkpoint(out)["model"],
+    close_states(read_checkpoint(out)["model"],
            read_checkpoint(tmp_path / "plain" / "checkpoints" / "latest.pt")["model"])
     assert cli(["sample", "--ckpt", str(out), "--num", "4", "--batch", "4", "--steps", "2",
                 "--device", "cpu", "--out", str(tmp_path / "samples")]) == 0

@@ -1,4 +1,10 @@
-"""Tiny routed models and run arguments shared by the training tests (digits, 8x8)."""
+"""Tiny routed models, run arguments and multi-process launches shared by the training tests."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from sgkernels.model import ModelConfig, RoutedDiT
@@ -33,3 +39,44 @@ def tiny_args(out, **changes) -> TrainArgs:
 
 def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def close_states(a: dict, b: dict, rtol=1e-4, atol=1e-6) -> None:
+    """Same keys, tensors equal to fp32 tolerance (k-process vs 1-process runs)."""
+    assert a.keys() == b.keys()
+    for k, value in a.items():
+        torch.testing.assert_close(value, b[k], rtol=rtol, atol=atol, msg=k)
+
+
+def assert_same_training_state(one: dict, two: dict) -> None:
+    """Two checkpoints after the same steps hold the same model, EMA and AdamW moments (fp32
+    tolerance), and gradients flowed (non-zero moments), so equal moments mean equal gradients."""
+    assert one["step"] == two["step"]
+    assert sum(s["exp_avg"].abs().sum() for s in one["opt"]["state"].values()) > 0
+    close_states(one["model"], two["model"])
+    close_states(one["ema"], two["ema"])
+    for k, state in one["opt"]["state"].items():
+        close_states(state, two["opt"]["state"][k])
+
+
+def subprocess_env() -> dict:
+    """The environment of a child process: one thread, the source tree importable."""
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
+def torchrun(nproc: int, *args, command: str = "train") -> None:
+    """`python -m sgkernels COMMAND ARGS` under torchrun with `nproc` CPU processes (gloo)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = subprocess_env()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
+           str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port),
+           "-m", "sgkernels", command, *args]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
