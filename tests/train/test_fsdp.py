@@ -116,3 +116,58 @@ def test_export_then_sample_and_fsdp_continues_a_single_file_run(tmp_path):
     assert cli(["sample", "--ckpt", str(out), "--num", "4", "--batch", "4", "--steps", "2",
                 "--device", "cpu", "--out", str(tmp_path / "samples")]) == 0
     assert (tmp_path / "samples" / "samples.npz").exists()
+
+
+MODEL_KINDS = textwrap.dedent("""
+    import sys
+    import torch
+    import torch.distributed as dist
+    from sgkernels.model import ModelConfig, RoutedDiT, TextBatch
+    from sgkernels.train import fsdp
+    from sgkernels.train.draws import draw_samples
+    from sgkernels.train.objective import batch_loss, num_route_draws
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    base = dict(input_size=8, patch_size=2, in_channels=1, depth=2, dim=32, heads=2,
+                flavour="llama")
+    kinds = {"maskdit": ModelConfig(**base, num_classes=10, mask_ratio=0.5, decoder_depth=1,
+                                    decoder_dim=32, decoder_heads=2),
+             "t2i": ModelConfig(**base, num_classes=0, routes=((1, 1, 0.5),),
+                                text_conditioned=True, text_dim=24, text_len=6,
+                                text_layers=1)}
+    for name, config in kinds.items():
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(4, 1, 8, 8, generator=g)
+        y = torch.randint(0, 10, (4,), generator=g) if config.num_classes else None
+        lengths = [3, 6, 2, 5]
+        text = torch.randn(sum(lengths), 24, generator=g)
+        draws = draw_samples(0, range(4), (1, 8, 8), num_route_draws(config),
+                             config.num_tokens, label_dropout=0.5)
+        mine = slice(rank * 2, rank * 2 + 2)
+        def step(model, part):
+            torch.manual_seed(0)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+            d = type(draws)(draws.z[part], draws.t[part], draws.drop[part],
+                            draws.scores[:, part])
+            rows = [sum(lengths[:i]) for i in range(5)]
+            tb = None if not config.text_conditioned else TextBatch(
+                text[rows[part.start]:rows[part.stop]], lengths[part])
+            batch_loss(model, config, x[part], None if y is None else y[part], d,
+                       text=tb).backward()
+            opt.step()
+            return model
+        torch.manual_seed(1)
+        plain = step(RoutedDiT(config).train(), slice(0, 4)).state_dict()
+        torch.manual_seed(1)
+        sharded = fsdp.shard(RoutedDiT(config).train(), bf16=False)
+        full = fsdp.full_state_dict(step(sharded, mine))
+        for k, v in plain.items():
+            torch.testing.assert_close(full[k], v, rtol=1e-4, atol=1e-6, msg=f"{name}: {k}")
+    dist.destroy_process_group()
+""")
+
+
+def test_fsdp_step_of_maskdit_and_text_conditioned_models_equals_the_plain_step(tmp_path):
+    script = tmp_path / "kinds.py"
+    script.write_text(MODEL_KINDS)
+    torchrun(2, script=script)

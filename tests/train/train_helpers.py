@@ -68,15 +68,16 @@ def subprocess_env() -> dict:
                 PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
 
-def torchrun(nproc: int, *args, command: str = "train") -> None:
-    """`python -m sgkernels COMMAND ARGS` under torchrun with `nproc` CPU processes (gloo)."""
+def torchrun(nproc: int, *args, command: str = "train", script: Path | None = None) -> None:
+    """`python -m sgkernels COMMAND ARGS` (or `python SCRIPT ARGS`) under torchrun with `nproc`
+    CPU processes (gloo)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = subprocess_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
            str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port),
-           "-m", "sgkernels", command, *args]
+           *(["-m", "sgkernels", command] if script is None else [str(script)]), *args]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
