@@ -66,7 +66,8 @@ def shard(model: nn.Module, bf16: bool) -> nn.Module:
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded state dict on every rank (a collective: every rank must call it)."""
+    """The unsharded state dict on every rank (a collective: every rank must call it); on one
+    rank its tensors may share storage with the parameters."""
     return {k: v.full_tensor() if hasattr(v, "full_tensor") else v
             for k, v in model.state_dict().items()}
 
@@ -106,6 +107,6 @@ class ShardedEMA:
                 shadow.copy_(state[name])
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The unsharded EMA weights on every rank (a collective)."""
+        """The unsharded EMA weights on every rank (a collective; see full_state_dict)."""
         return {k: v.full_tensor() if hasattr(v, "full_tensor") else v
                 for k, v in self.shadow.items()}

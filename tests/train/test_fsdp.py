@@ -171,3 +171,39 @@ def test_fsdp_step_of_maskdit_and_text_conditioned_models_equals_the_plain_step(
     script = tmp_path / "kinds.py"
     script.write_text(MODEL_KINDS)
     torchrun(2, script=script)
+
+
+def test_fsdp_skip_mode_leaves_weights_and_ema_unchanged_at_a_nonfinite_step(tmp_path,
+                                                                             monkeypatch):
+    from train_helpers import tiny_args, tiny_model
+
+    from sgkernels.train import Trainer, fsdp
+    batch = Trainer.batch
+
+    def poisoned(self, step):
+        x, y, text, draws = batch(self, step)
+        if step == 1:
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        return x, y, text, draws
+
+    monkeypatch.setattr(Trainer, "batch", poisoned)
+    trainer = Trainer(tiny_args(tmp_path, steps=4, parallel="fsdp", on_nonfinite="skip",
+                                grad_clip=1.0), tiny_model())
+    try:
+        def states():        # copies: on one rank the full tensors share the shards' storage
+            return [{k: v.clone() for k, v in state.items()}
+                    for state in (fsdp.full_state_dict(trainer.model),
+                                  trainer.ema.full_state_dict())]
+
+        trainer.train_step()
+        before = states()
+        trainer.train_step()                                        # NaN: skipped
+        for old, new in zip(before, states()):
+            assert all(torch.equal(old[k], new[k]) for k in old)
+        trainer.train_step()
+        assert not all(torch.equal(before[0][k], v) for k, v in states()[0].items())
+        summary = trainer.run()                                     # continues to step 4
+        assert summary["step"] == 4 and summary["skipped"] == 1
+    finally:
+        trainer.close()
