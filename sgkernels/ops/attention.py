@@ -19,6 +19,7 @@ Roofline per call, T tokens, H heads, head dim Dh, segment lengths L_i (S̄ = Σ
 import torch
 
 from . import amp, dispatch, validate
+from .custom import custom_op
 from .rope import check_pos
 from .rope import dense_heads as _dense_heads
 
@@ -30,7 +31,7 @@ def _rope(pos, theta):
 
 # --- q, k, v as three tensors -----------------------------------------------------------------
 
-@torch.library.custom_op("sgkernels::varlen_attention", mutates_args=())
+@custom_op("sgkernels::varlen_attention")
 def _varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +50,7 @@ def _(q, k, v, cu_seqlens, max_seqlen, scale):
     return _outputs_like(q)
 
 
-@torch.library.custom_op("sgkernels::varlen_attention_backward", mutates_args=())
+@custom_op("sgkernels::varlen_attention_backward")
 def _varlen_attention_backward(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -92,7 +93,7 @@ _varlen_attention.register_autograd(_grad, setup_context=_setup)
 
 # --- q, k, v packed as one [T, 3, H, Dh] tensor ---------------------------------------------
 
-@torch.library.custom_op("sgkernels::varlen_attention_qkv", mutates_args=())
+@custom_op("sgkernels::varlen_attention_qkv")
 def _varlen_attention_qkv(
     qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float,
     pos: torch.Tensor | None, theta: float,
@@ -108,7 +109,7 @@ def _(qkv, cu_seqlens, max_seqlen, scale, pos, theta):
     return _outputs_like(qkv[:, 0])
 
 
-@torch.library.custom_op("sgkernels::varlen_attention_qkv_backward", mutates_args=())
+@custom_op("sgkernels::varlen_attention_qkv_backward")
 def _varlen_attention_qkv_backward(
     do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, max_seqlen: int, scale: float, pos: torch.Tensor | None,

@@ -12,9 +12,10 @@ from typing import Optional
 import torch
 
 from . import amp, dispatch, validate
+from .custom import custom_op
 
 
-@torch.library.custom_op("sgkernels::rms_norm", mutates_args=())
+@custom_op("sgkernels::rms_norm")
 def _rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return dispatch.get("rms_norm_fwd", x.device)(x, weight, eps)
 
@@ -24,7 +25,7 @@ def _(x, weight, eps):
     return torch.empty_like(x), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("sgkernels::rms_norm_backward", mutates_args=())
+@custom_op("sgkernels::rms_norm_backward")
 def _rms_norm_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], rstd: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +86,7 @@ def rms_norm(x, weight=None, eps=1e-6):
     return _rms_norm(x2d, weight, float(eps))[0].reshape(x.shape)
 
 
-@torch.library.custom_op("sgkernels::rms_norm_modulate", mutates_args=())
+@custom_op("sgkernels::rms_norm_modulate")
 def _rms_norm_modulate(
     x: torch.Tensor,
     weight: Optional[torch.Tensor],
@@ -103,7 +104,7 @@ def _(x, weight, shift, scale, seg, eps):
     return torch.empty_like(x), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("sgkernels::rms_norm_modulate_backward", mutates_args=())
+@custom_op("sgkernels::rms_norm_modulate_backward")
 def _rms_norm_modulate_backward(
     dy: torch.Tensor,
     x: torch.Tensor,

@@ -7,9 +7,10 @@ Roofline per call, T rows of D channels, e bytes per element, S segments (seg in
 import torch
 
 from . import amp, dispatch, validate
+from .custom import custom_op
 
 
-@torch.library.custom_op("sgkernels::gated_residual", mutates_args=())
+@custom_op("sgkernels::gated_residual")
 def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     validate.seg_values("gated_residual", seg, gate.shape[0])
     return dispatch.get("gated_residual_fwd", x.device)(x, y, gate, seg)
@@ -20,7 +21,7 @@ def _(x, y, gate, seg):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("sgkernels::gated_residual_backward", mutates_args=())
+@custom_op("sgkernels::gated_residual_backward")
 def _gated_residual_backward(
     dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, seg: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,11 +6,12 @@ Roofline per call, e bytes per element: bytes 2·e·T·H·Dh + 8T (int32 pos); F
 import torch
 
 from . import amp, dispatch, validate
+from .custom import custom_op
 
 POS_DTYPES = (torch.int32, torch.int64, torch.float32)
 
 
-@torch.library.custom_op("sgkernels::rope_axial", mutates_args=())
+@custom_op("sgkernels::rope_axial")
 def _rope_axial(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     return dispatch.get("rope_axial_fwd", x.device)(x, pos, theta)
 
@@ -20,7 +21,7 @@ def _(x, pos, theta):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("sgkernels::rope_axial_backward", mutates_args=())
+@custom_op("sgkernels::rope_axial_backward")
 def _rope_axial_backward(dy: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     return dispatch.get("rope_axial_bwd", dy.device)(dy, pos, theta)
 

@@ -11,12 +11,13 @@ from typing import Optional
 import torch
 
 from . import amp, dispatch, validate
+from .custom import custom_op
 from .norm import check_modulation
 
 _OP = "route_gather_rms_norm_modulate"
 
 
-@torch.library.custom_op("sgkernels::route_gather_rms_norm_modulate", mutates_args=())
+@custom_op("sgkernels::route_gather_rms_norm_modulate")
 def _fused(
     x: torch.Tensor,
     idx: torch.Tensor,
@@ -39,7 +40,7 @@ def _(x, idx, weight, shift, scale, seg, eps):
             x.new_empty(kept, dtype=torch.float32))
 
 
-@torch.library.custom_op("sgkernels::route_gather_rms_norm_modulate_backward", mutates_args=())
+@custom_op("sgkernels::route_gather_rms_norm_modulate_backward")
 def _fused_backward(
     dh: torch.Tensor,
     dy: torch.Tensor,

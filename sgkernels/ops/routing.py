@@ -8,9 +8,10 @@ Roofline per call, e bytes per element, idx of i bytes per entry:
 import torch
 
 from . import amp, dispatch, validate
+from .custom import custom_op
 
 
-@torch.library.custom_op("sgkernels::route_gather", mutates_args=())
+@custom_op("sgkernels::route_gather")
 def _route_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     validate.idx_values("route_gather", idx, x.shape[0])
     return dispatch.get("route_gather_fwd", x.device)(x, idx)
@@ -21,7 +22,7 @@ def _(x, idx):
     return x.new_empty(idx.shape[0], x.shape[1])
 
 
-@torch.library.custom_op("sgkernels::route_gather_backward", mutates_args=())
+@custom_op("sgkernels::route_gather_backward")
 def _route_gather_backward(dout: torch.Tensor, idx: torch.Tensor, num_rows: int) -> torch.Tensor:
     base = dout.new_zeros(num_rows, dout.shape[1])
     return dispatch.get("route_scatter_fwd", dout.device)(base, dout, idx)
@@ -46,7 +47,7 @@ def _gather_grad(ctx, dout):
 _route_gather.register_autograd(_gather_grad, setup_context=_gather_setup)
 
 
-@torch.library.custom_op("sgkernels::route_scatter", mutates_args=())
+@custom_op("sgkernels::route_scatter")
 def _route_scatter(base: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     validate.idx_values("route_scatter", idx, base.shape[0])
     return dispatch.get("route_scatter_fwd", base.device)(base, y, idx)
@@ -57,7 +58,7 @@ def _(base, y, idx):
     return torch.empty_like(base)
 
 
-@torch.library.custom_op("sgkernels::route_scatter_backward", mutates_args=())
+@custom_op("sgkernels::route_scatter_backward")
 def _route_scatter_backward(dout: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dispatch.get("route_scatter_bwd", dout.device)(dout, idx)
 

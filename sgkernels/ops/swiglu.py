@@ -11,9 +11,10 @@ Roofline per call, M rows, H hidden channels, e bytes per element:
 import torch
 
 from . import amp, dispatch, validate
+from .custom import custom_op
 
 
-@torch.library.custom_op("sgkernels::swiglu", mutates_args=())
+@custom_op("sgkernels::swiglu")
 def _swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dispatch.get("swiglu_fwd", a.device)(a, b)
 
@@ -23,7 +24,7 @@ def _(a, b):
     return torch.empty_like(a)
 
 
-@torch.library.custom_op("sgkernels::swiglu_backward", mutates_args=())
+@custom_op("sgkernels::swiglu_backward")
 def _swiglu_backward(dout: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     da, db = torch.empty_like(a), torch.empty_like(b)
     dispatch.get("swiglu_bwd", a.device)(dout, a, b, da, db)
@@ -52,7 +53,7 @@ def _halves(ab):
     return ab[:, :hidden], ab[:, hidden:]
 
 
-@torch.library.custom_op("sgkernels::swiglu_packed", mutates_args=())
+@custom_op("sgkernels::swiglu_packed")
 def _swiglu_packed(ab: torch.Tensor) -> torch.Tensor:
     a, b = _halves(ab)
     return dispatch.get("swiglu_fwd", ab.device)(a, b)
@@ -63,7 +64,7 @@ def _(ab):
     return ab.new_empty(ab.shape[0], ab.shape[1] // 2)
 
 
-@torch.library.custom_op("sgkernels::swiglu_packed_backward", mutates_args=())
+@custom_op("sgkernels::swiglu_packed_backward")
 def _swiglu_packed_backward(dout: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     dab = torch.empty_like(ab)
     dispatch.get("swiglu_bwd", ab.device)(dout, *_halves(ab), *_halves(dab))

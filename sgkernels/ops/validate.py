@@ -4,11 +4,17 @@ Errors name the op, the argument and what was expected: TypeError for dtypes, Va
 shapes, devices and values. Metadata checks (dtype, shape, device) are free and always run, in
 the public wrappers, so torch.compile traces them as guards. Value checks (cu_seqlens monotonic,
 seg / idx in range) need the data; they run inside the custom-op bodies, always for CPU tensors
-and for CUDA tensors only with SGKERNELS_DEBUG=1 (they force a device sync).
+and for CUDA tensors only with SGKERNELS_DEBUG=1 (they force a device sync). A tensor whose
+values passed a check is not checked again until it changes (runtime.memo): the seg and
+cu_seqlens of a packed batch serve every block of a forward.
 """
 import os
 
 import torch
+
+from sgkernels.runtime.memo import TensorMemo
+
+_passed = TensorMemo()   # (tensor, check) -> True once the check passed on its values
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -74,8 +80,12 @@ def wants_values(t):
 
 def cu_seqlens_values(op, cu_seqlens, total, max_seqlen):
     """cu_seqlens starts at 0, ends at `total`, is non-decreasing, and no segment exceeds max_seqlen."""
-    if not wants_values(cu_seqlens):
-        return
+    if wants_values(cu_seqlens):
+        _passed.get(cu_seqlens, ("cu_seqlens", total, max_seqlen),
+                    lambda: _cu_seqlens_values(op, cu_seqlens, total, max_seqlen))
+
+
+def _cu_seqlens_values(op, cu_seqlens, total, max_seqlen):
     first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
     if first != 0 or last != total:
         raise ValueError(
@@ -89,12 +99,16 @@ def cu_seqlens_values(op, cu_seqlens, total, max_seqlen):
             f"{op}: max_seqlen must be >= the longest segment ({int(lengths.max())}), "
             f"got {max_seqlen}"
         )
+    return True
 
 
 def seg_values(op, seg, num_segments):
     """seg lies in [0, num_segments) and is non-decreasing."""
-    if not wants_values(seg) or seg.numel() == 0:
-        return
+    if wants_values(seg) and seg.numel():
+        _passed.get(seg, ("seg", num_segments), lambda: _seg_values(op, seg, num_segments))
+
+
+def _seg_values(op, seg, num_segments):
     lo, hi = int(seg.min()), int(seg.max())
     if lo < 0 or hi >= num_segments:
         raise ValueError(
@@ -102,12 +116,16 @@ def seg_values(op, seg, num_segments):
         )
     if bool((seg[1:] < seg[:-1]).any()):
         raise ValueError(f"{op}: seg must be non-decreasing (tokens grouped by segment)")
+    return True
 
 
 def idx_values(op, idx, num_rows):
     """idx lies in [0, num_rows) and has no repeated entry."""
-    if not wants_values(idx) or idx.numel() == 0:
-        return
+    if wants_values(idx) and idx.numel():
+        _passed.get(idx, ("idx", num_rows), lambda: _idx_values(op, idx, num_rows))
+
+
+def _idx_values(op, idx, num_rows):
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= num_rows:
         raise ValueError(
@@ -116,3 +134,4 @@ def idx_values(op, idx, num_rows):
     ordered = torch.sort(idx).values
     if bool((ordered[1:] == ordered[:-1]).any()):
         raise ValueError(f"{op}: idx must not repeat a row")
+    return True

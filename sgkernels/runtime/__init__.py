@@ -3,4 +3,5 @@
     files.py    atomic file writes (temporary file, fsync, os.replace, fsync of the folder)
     device.py   --device resolution and the torchrun process group
     images.py   model-space images in [-1, 1] -> uint8, and PNG grids of them
+    memo.py     results derived from a tensor's values, kept while it is unchanged
 """

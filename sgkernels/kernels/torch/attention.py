@@ -1,30 +1,42 @@
 """varlen_attention for the torch backend; math: sgkernels.ops.attention.
 
 Segments of equal length run together as fp32 [G, H, L, L] score batches, in chunks of at most
-_ATTN_CHUNK_ELEMS elements; no N² tensor spans segments of different lengths.
+_ATTN_CHUNK_ELEMS elements; no N² tensor spans segments of different lengths. The grouping of a
+cu_seqlens tensor is built once and reused while it is unchanged (runtime.memo): every block of
+a packed forward, and its backward, attend over the same cu_seqlens.
 """
 import torch
 
-from .rope import rotate
+from sgkernels.runtime.memo import TensorMemo
+
+from .rope import rotate, rotation
 
 # Scores of one attention chunk are held in fp32; chunks of equal-length segments are sized so that
 # [G, H, L, L] stays below this many elements (16 Mi elements = 64 MiB).
 _ATTN_CHUNK_ELEMS = 1 << 24
+_groups = TensorMemo()
 
 
 def _length_groups(cu_seqlens):
-    """Yield (L, token index [G, L] int64) for each distinct non-zero segment length L.
+    """[(L, token index [G, L] int64)] for each distinct non-zero segment length L, built once
+    per cu_seqlens tensor and version.
 
     One host sync (the distinct lengths); the grouping itself is done with tensor ops.
     """
+    return _groups.get(cu_seqlens, "length_groups", lambda: _build_groups(cu_seqlens))
+
+
+def _build_groups(cu_seqlens):
     starts = cu_seqlens[:-1].long()
     lengths = cu_seqlens[1:].long() - starts
+    groups = []
     for length in torch.unique(lengths).tolist():
         if length == 0:
             continue
         group_starts = starts[lengths == length]
-        tokens = group_starts[:, None] + torch.arange(length, device=starts.device)
-        yield length, tokens
+        groups.append((length, group_starts[:, None] + torch.arange(length,
+                                                                    device=starts.device)))
+    return groups
 
 
 def _chunks(tokens, heads, length):
@@ -39,11 +51,13 @@ def _heads_first(t, tok):
 
 
 def _rotated(q, k, rope, sign=1.0):
-    """(q, k) rotated by rope = (pos, theta) (sign -1: the inverse rotation), or as given."""
+    """(q, k) rotated by rope = (pos, theta) (sign -1: the inverse rotation), or as given; the
+    angles are computed once for both."""
     if rope is None:
         return q, k
     pos, theta = rope
-    return rotate(q, pos, theta, sign), rotate(k, pos, theta, sign)
+    cos_sin = rotation(pos, theta, q.shape[-1], sign)
+    return rotate(q, *cos_sin), rotate(k, *cos_sin)
 
 
 def varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, scale, rope=None):

@@ -9,7 +9,7 @@ def _normalize(x, weight, eps):
     xf = x.float()
     rstd = torch.rsqrt(xf.square().mean(-1) + eps)
     n = xf * rstd[:, None]
-    return (n * weight.float() if weight is not None else n), rstd
+    return (n.mul_(weight) if weight is not None else n), rstd
 
 
 def _rms_dx(g, xf, rstd):
@@ -41,9 +41,8 @@ def rms_norm_bwd(dy, x2d, weight, rstd):
 
 def rms_norm_modulate_fwd(x, weight, shift, scale, seg, eps):
     n, rstd = _normalize(x, weight, eps)
-    segl = seg.long()
-    y = n * (1.0 + scale.float()[segl]) + shift.float()[segl]
-    return y.to(x.dtype), rstd
+    y = n.mul_((1.0 + scale.float()).index_select(0, seg))       # in place: n is a new tensor
+    return y.add_(shift.float().index_select(0, seg)).to(x.dtype), rstd
 
 
 def rms_norm_modulate_bwd(dy, x, weight, scale, seg, rstd):

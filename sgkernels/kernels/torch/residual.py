@@ -3,7 +3,7 @@ from .segments import segment_sum
 
 
 def gated_residual_fwd(x, y, gate, seg):
-    out = x.float() + gate.float()[seg.long()] * y.float()
+    out = gate.float().index_select(0, seg).mul_(y).add_(x)     # x + gate[seg]·y in fp32
     return out.to(x.dtype)
 
 

@@ -5,23 +5,29 @@ import torch
 from ..rope_frequencies import rope_frequencies
 
 
-def rotate(x, pos, theta, sign):
-    """Rotate x [T, H, Dh] by sign·angle (sign −1: the inverse rotation), in fp32, rounded to
-    x's dtype."""
-    quarter = x.shape[-1] // 4
-    freqs = rope_frequencies(theta, x.shape[-1], x.device)                # [h/2]
+def rotation(pos, theta, head_dim, sign):
+    """(cos a, sign · sin a) [T, 1, 2, h/2] fp32 of the angles a = pos · f_j of each token."""
+    freqs = rope_frequencies(theta, head_dim, pos.device)                 # [h/2]
     angles = pos.float()[:, :, None] * freqs                              # [T, 2, h/2]
-    cos = torch.cos(angles)[:, None]                                      # [T, 1, 2, h/2]
-    sin = torch.sin(angles)[:, None] * sign
+    return torch.cos(angles)[:, None], torch.sin(angles)[:, None] * sign
+
+
+def rotate(x, cos, sin):
+    """Rotate x [T, H, Dh] by the angles of `rotation` (sign −1: the inverse rotation), in
+    fp32, rounded to x's dtype."""
+    quarter = x.shape[-1] // 4
     xf = x.float().reshape(x.shape[0], x.shape[1], 2, 2, quarter)         # [T, H, axis, pair, h/2]
     x1, x2 = xf[:, :, :, 0], xf[:, :, :, 1]
-    y = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=3)
+    y = torch.empty(xf.shape, dtype=torch.float32, device=x.device)
+    y1, y2 = y[:, :, :, 0], y[:, :, :, 1]
+    torch.mul(x1, cos, out=y1).sub_(x2 * sin)                             # x1 cos a − x2 sin a
+    torch.mul(x2, cos, out=y2).add_(x1 * sin)                             # x2 cos a + x1 sin a
     return y.reshape(x.shape).to(x.dtype)
 
 
 def rope_axial_fwd(x, pos, theta):
-    return rotate(x, pos, theta, 1.0)
+    return rotate(x, *rotation(pos, theta, x.shape[-1], 1.0))
 
 
 def rope_axial_bwd(dy, pos, theta):
-    return rotate(dy, pos, theta, -1.0)
+    return rotate(dy, *rotation(pos, theta, dy.shape[-1], -1.0))

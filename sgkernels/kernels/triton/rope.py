@@ -17,7 +17,6 @@ Strides stay specialized: with 16-byte aligned pointers and Dh/4 a multiple of 8
 (fp32) elements, every access is 128 bits wide (Dh 64, 128; Dh 72's 18-element quarters allow
 64 bits).
 """
-import functools
 
 import torch
 import triton
@@ -78,13 +77,6 @@ _rope_axial = Autotuned(_rope_axial_kernel, ROPE_CONFIGS, ["HEAD_DIM", "n_heads"
                         ROPE_INTERPRET_CONFIG, restore=["Y"])
 
 
-@functools.lru_cache(maxsize=64)
-def _frequencies(theta, head_dim, device):
-    """The shared f_j = theta^(-2j/h) [Dh/4] fp32 (kernels/rope_frequencies.py), built once per
-    (theta, Dh, device), so a call allocates only its output."""
-    return rope_frequencies(theta, head_dim, device)
-
-
 def check_layout(op, **tensors):
     """Each [T, H, Dh] tensor must have dense head and feature dims (strides (·, Dh, 1)); the
     token stride is free."""
@@ -115,7 +107,7 @@ def rope_axial(x, pos, theta, inverse=False, out=None):
         return (triton.cdiv(total, meta["TILE"] // (2 * q_pad)), triton.cdiv(heads, meta["HEADS"]))
 
     _rope_axial.launch(
-        grid, total, x, pos, _frequencies(float(theta), head_dim, x.device), y,
+        grid, total, x, pos, rope_frequencies(float(theta), head_dim, x.device), y,
         x.stride(0), y.stride(0), total, heads,
         HEAD_DIM=head_dim, Q_PAD=q_pad, INVERSE=inverse,
     )
