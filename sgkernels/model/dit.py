@@ -69,6 +69,7 @@ class RoutedDiT(nn.Module):
         out_width = c.decoder_dim if c.maskdit else c.dim
         self.final = FinalLayer(c, out_width, c.dim, c.patch_size ** 2 * c.out_channels)
         self.checkpoint_blocks = False     # set_activation_checkpointing
+        self.compile_options: dict | None = None   # compile_blocks
         self.initialize_weights()
 
     def set_activation_checkpointing(self, policy: str) -> RoutedDiT:
@@ -91,6 +92,36 @@ class RoutedDiT(nn.Module):
                              f"got {policy!r}")
         self.checkpoint_blocks = policy == "blocks"
         return self
+
+    def compile_blocks(self, **options) -> RoutedDiT:
+        """torch.compile every transformer block in place (nn.Module.compile), the encoder's
+        and the MaskDiT decoder's: the blocks hold nearly all the work of a forward.
+
+        Compiled with dynamic shapes by default: the token count T, the segment count S and
+        max_seqlen are symbolic, so one graph per block code path (the plain block; the
+        block after a fused Llama route start, which receives its modulation and normalized
+        input) serves every batch size and drop rate -- a guided sampling run whose rates
+        change every step compiles no more graphs than a dense one. Route planning (host
+        keep counts, token selection), the embedders and the final layer stay eager.
+        Compile the blocks before FSDP shards them (the trainer's order). Calling it again
+        with the same options does nothing.
+
+        Args:
+            **options: torch.compile keyword arguments; defaults dynamic=True,
+                fullgraph=True (e.g. backend="aot_eager", mode="max-autotune").
+
+        Returns:
+            The model itself.
+        """
+        options = {"dynamic": True, "fullgraph": True, **options}
+        if options != self.compile_options:
+            for block in self._all_blocks():
+                block.compile(**options)
+            self.compile_options = options
+        return self
+
+    def _all_blocks(self) -> list[DiTBlock]:
+        return [*self.blocks, *(self.decoder.blocks if self.decoder is not None else ())]
 
     @contextlib.contextmanager
     def record_token_counts(self) -> Iterator[list[list[int]]]:
@@ -126,10 +157,9 @@ class RoutedDiT(nn.Module):
             if current:
                 current[0].append(out.shape[0])
 
-        blocks = [*self.blocks, *(self.decoder.blocks if self.decoder is not None else ())]
         handles = [self.register_forward_pre_hook(start),
                    self.register_forward_hook(stop, always_call=True),
-                   *(block.register_forward_hook(record) for block in blocks)]
+                   *(block.register_forward_hook(record) for block in self._all_blocks())]
         try:
             yield counts
         finally:
@@ -159,8 +189,7 @@ class RoutedDiT(nn.Module):
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
         if self.decoder is not None:
             nn.init.normal_(self.decoder.mask_token, std=0.02)
-        blocks = [*self.blocks, *(self.decoder.blocks if self.decoder is not None else ())]
-        for m in [*(b.adaLN for b in blocks), self.final.adaLN, self.final.linear]:
+        for m in [*(b.adaLN for b in self._all_blocks()), self.final.adaLN, self.final.linear]:
             nn.init.zeros_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

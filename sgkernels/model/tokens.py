@@ -17,14 +17,23 @@ patchify lays a patch out as (p_row, p_col, C), the layout of the final linear l
 
 Small index tensors built from host lengths (cu_seqlens, per-segment counts) go to the device
 with `to_device`: pinned staging and a non_blocking copy on CUDA, so building a batch or a route
-plan never blocks the host on the GPU (a pageable torch.tensor(list, device=cuda) would).
+plan never blocks the host on the GPU (a pageable torch.tensor(list, device=cuda) would). While
+a CUDA graph is being captured the copy becomes a node of the graph that reads the host buffer
+at every replay: such buffers are collected by `graph_host_buffers()`, whose caller keeps them
+as long as the graph.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+_graph_buffers: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "sgkernels_graph_host_buffers", default=None)
 
 
 @dataclass
@@ -109,8 +118,35 @@ def to_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
         host = torch.tensor(data, dtype=dtype, device="cpu")
     device = torch.device(device)
     if device.type == "cuda" and host.device.type == "cpu":
+        if torch.cuda.is_current_stream_capturing():
+            return _captured_copy(host, device)
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device, non_blocking=device.type == "cuda")
+
+
+@contextlib.contextmanager
+def graph_host_buffers() -> Iterator[list[torch.Tensor]]:
+    """Collect, inside the block, the host buffers that copies captured into a CUDA graph read
+    at every replay; the caller keeps the yielded list alive as long as the graph."""
+    buffers: list[torch.Tensor] = []
+    token = _graph_buffers.set(buffers)
+    try:
+        yield buffers
+    finally:
+        _graph_buffers.reset(token)
+
+
+def _captured_copy(host: torch.Tensor, device) -> torch.Tensor:
+    """A host -> device copy captured into a CUDA graph: from a private host buffer that no
+    one writes again, kept by graph_host_buffers (no pinned staging: pinned blocks are
+    recycled by their allocator, which would change what a replay reads)."""
+    buffers = _graph_buffers.get()
+    if buffers is None:
+        raise RuntimeError("to_device: a host -> device copy inside CUDA graph capture needs "
+                           "sgkernels.model.tokens.graph_host_buffers() around the capture")
+    host = host.clone()
+    buffers.append(host)
+    return host.to(device, non_blocking=True)
 
 
 def cu_seqlens_from_lengths(lengths, device) -> torch.Tensor:

@@ -156,6 +156,11 @@ def parser() -> argparse.ArgumentParser:
     a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     a("--grid", type=int, default=64, help="images in grid.png (first ones)")
     a("--no-progress", dest="progress", action="store_false")
+    a("--compile", action="store_true",
+      help="torch.compile the models' transformer blocks (dynamic token counts: a bounded "
+      "number of graphs for any drop rates; the first batch pays the compile time)")
+    a("--cuda-graphs", action="store_true",
+      help="CUDA: replay one captured CUDA graph per guided-step shape (batch and drop rates)")
     a("--prompt", dest="prompt", action="append", help="text prompt (repeatable; T2I models)")
     a("--prompts", dest="prompts_file", help="file of prompts, one per line (T2I models)")
     a("--text-encoder", help="text encoder path or package (default: the checkpoint's)")
@@ -326,7 +331,7 @@ def _sample_rank(args, model, guidance, labels, rank, world, device, text=None):
         else:                               # labels hold prompt indices
             y, cond = None, {"text": text[0].select(labels[index]), "null_text": text[1]}
         x = sample(model, noise, y, steps=args.steps, solver=args.solver, guidance=guidance,
-                   generator=gen, **cond)
+                   generator=gen, compile=args.compile, cuda_graphs=args.cuda_graphs, **cond)
         images.append(to_uint8(x) if shape[0] in IMAGE_CHANNELS else x.float().cpu().numpy())
         indices.append(index)
     if not images:                          # more ranks than batches

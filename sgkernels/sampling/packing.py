@@ -95,9 +95,15 @@ def _branch_conditions(terms, index, labels, text, null_text, batch, num_classes
     return out
 
 
+def call_model(module, x, t, y, gamma, route_scores, **extra) -> torch.Tensor:
+    """One forward of a branch group: module(x, t, y, gamma=..., route_scores=..., **extra)."""
+    return module(x, t, y, gamma=gamma, route_scores=route_scores, **extra)
+
+
 def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tensor | None, terms,
                     generator=None, packed: bool = True, text=None,
-                    null_text=None, input_dtype: torch.dtype | None = None) -> torch.Tensor:
+                    null_text=None, input_dtype: torch.dtype | None = None,
+                    forward=call_model) -> torch.Tensor:
     """Σ_k a_k · D_k(x, t) over terms [(Branch, a_k)]; `models` maps "main"/"weak" to modules.
 
     Branches that resolve to the same module share one forward (packed=True) or run one by one
@@ -105,6 +111,8 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
     dtype (model_dtype; for a model without parameters input_dtype, default x's dtype); t and
     the sum are float32 or better (x's dtype promoted), the returned dtype. text /
     null_text (TextBatch): prompts and null caption of a text-conditioned model (labels None).
+    forward: runs each forward, with call_model's signature (graphs.GraphCache replays CUDA
+    graphs).
     """
     batch = x.shape[0]
     acc = torch.promote_types(x.dtype, torch.float32)
@@ -124,13 +132,13 @@ def guided_velocity(models: dict, x: torch.Tensor, t: float, labels: torch.Tenso
                 extra = {}
             else:
                 y, extra = None, {"text": type(text).cat([c[1] for c in conds])}
-            out = module(xm.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), y,
-                         gamma=sum(gammas, []), route_scores=scores, **extra)
+            out = forward(module, xm.repeat(n, *([1] * (x.dim() - 1))), tt.repeat(n), y,
+                          sum(gammas, []), scores, **extra)
             chunks = out.split(batch)
         else:
-            chunks = [module(xm, tt, conds[j][0], gamma=gammas[j],
-                             route_scores=scores[:, j * batch:(j + 1) * batch],
-                             **({} if text is None else {"text": conds[j][1]}))
+            chunks = [forward(module, xm, tt, conds[j][0], gammas[j],
+                              scores[:, j * batch:(j + 1) * batch],
+                              **({} if text is None else {"text": conds[j][1]}))
                       for j in range(len(index))]
         for k, chunk in zip(index, chunks):
             outputs[k] = chunk

@@ -16,7 +16,9 @@ import os
 import torch
 
 from ..guidance import Guidance, Unguided
-from .packing import guided_velocity, null_branch_error
+from ..runtime.memory import keep_freed_memory
+from .graphs import GraphCache
+from .packing import call_model, guided_velocity, null_branch_error
 from .solvers import NonFiniteTracker, check_solver, integrate
 
 LABEL_DTYPES = (torch.int64, torch.int32)
@@ -123,6 +125,30 @@ def _check_branches(models, guidance, steps, labels, text, null_text) -> None:
                 raise null_branch_error(branch, text_model=True)
 
 
+def _compile_options(models, compile) -> dict | None:
+    """torch.compile options of compile=True / a dict, or None; every model can compile."""
+    if compile is False:
+        return None
+    if compile is not True and not isinstance(compile, dict):
+        raise TypeError(f"compile must be a bool or a dict of torch.compile options, got "
+                        f"{type(compile).__name__}")
+    for name, module in models.items():
+        if module is not None and not callable(getattr(module, "compile_blocks", None)):
+            raise TypeError(f"compile needs models with compile_blocks (RoutedDiT); the "
+                            f"{name} model is a {type(module).__name__}")
+    return {} if compile is True else dict(compile)
+
+
+def _check_graphs(cuda_graphs, noise, text) -> None:
+    if not isinstance(cuda_graphs, bool):
+        raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
+    if cuda_graphs and noise.device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs CUDA tensors, got noise on {noise.device}")
+    if cuda_graphs and text is not None:
+        raise ValueError("cuda_graphs=True: text-conditioned models are not supported (their "
+                         "captions vary in length); sample them without CUDA graphs")
+
+
 def _check_inputs(model, noise, labels, guidance, generator, text, null_text):
     if not callable(model) or not hasattr(model, "config"):
         raise TypeError(f"model must be a callable model with a .config (e.g. RoutedDiT), got "
@@ -146,14 +172,17 @@ def _check_inputs(model, noise, labels, guidance, generator, text, null_text):
 def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int = 40,
            solver: str = "euler", guidance: Guidance | None = None,
            generator: torch.Generator | None = None, *, packed: bool = True,
-           progress: bool = False, text=None, null_text=None) -> torch.Tensor:
+           progress: bool = False, text=None, null_text=None, compile: bool | dict = False,
+           cuda_graphs: bool = False) -> torch.Tensor:
     """Integrate the guided flow dx/dt = v(x, t) from `noise` (t = 0) to samples (t = 1).
 
     v is the guidance's combination Σ_k a_k · D_k of its branches at each step
     (`guidance.terms`). Each model sees x in its own parameter dtype (fp32, bf16 or fp16; a
     model without parameters: noise's dtype); t, the guidance combination and the solver state
     are fp32 (fp64 for fp64 noise). All bad arguments are rejected up front, before any model
-    evaluation (docs/contracts.md, input policy).
+    evaluation (docs/contracts.md, input policy). On CPU, glibc's malloc is set to keep freed
+    memory for reuse (runtime.memory.keep_freed_memory, process-wide): otherwise every large
+    activation of a packed forward page-faults afresh.
 
     Args:
         model: a callable model with a `.config` (e.g. RoutedDiT; put it in eval mode
@@ -175,6 +204,14 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
         progress: show a per-step tqdm bar.
         text: a TextBatch of B prompts for a text-conditioned model, else None.
         null_text: a TextBatch of 1 or B empty captions, needed by null branches (text models).
+        compile: True compiles the transformer blocks of every model in place
+            (`RoutedDiT.compile_blocks`: torch.compile with dynamic token counts, so a run
+            compiles a bounded number of graphs whatever its drop rates; later calls reuse
+            them); a dict passes torch.compile options (e.g. {"mode": "max-autotune"}).
+            Outputs equal eager ones within float tolerance.
+        cuda_graphs: on CUDA, replay one captured CUDA graph per guided-step shape (batch and
+            drop rates) from the second step of that shape on (`sampling.graphs`); the
+            graphs live for this call. Not for text-conditioned models.
 
     Returns:
         samples [B, C, H, W] in noise's dtype, on noise's device.
@@ -183,7 +220,9 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
         TypeError: model not a callable with a .config; noise not a float tensor; labels not
             an int64 / int32 tensor; text / null_text not TextBatches of B (1 or B) captions;
             guidance not a guidance rule; generator not a torch.Generator; weak_model not a
-            callable model with a .config; a model's parameters not fp32 / bf16 / fp16.
+            callable model with a .config; a model's parameters not fp32 / bf16 / fp16;
+            compile not a bool or dict, or given for a model without compile_blocks;
+            cuda_graphs not a bool.
         ValueError: noise not [B, C, H, W] of the model or not on its device; labels not [B],
             not on noise's device or outside [0, num_classes] (checked on CPU, and on CUDA
             under SGKERNELS_DEBUG=1); labels given to an unconditional or text model; text
@@ -191,7 +230,8 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
             positive int; guidance.validate(steps) fails; a branch whose model is missing or
             whose null condition is missing (an unconditional model, no null_text); a
             weak_model of another config (image size, channels, classes, text); noise not
-            finite (one device sync on CUDA).
+            finite (one device sync on CUDA); cuda_graphs=True on non-CUDA noise or with
+            text.
         FloatingPointError: at the end, when an image became NaN / inf, naming the first such
             image and the step (tracked on the device without a per-step sync).
     """
@@ -205,12 +245,20 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
         _check_weak(model, models["weak"])
         _check_model(models["weak"], noise, "guidance.weak_model")
     _check_branches(models, guidance, steps, labels, text, null_text)
+    options = _compile_options(models, compile)
+    _check_graphs(cuda_graphs, noise, text)
     _check_noise(noise)
+    if noise.device.type == "cpu":
+        keep_freed_memory()
+    if options is not None:
+        for module in {id(m): m for m in models.values() if m is not None}.values():
+            module.compile_blocks(**options)
+    forward = GraphCache() if cuda_graphs else call_model
 
     def velocity(x, t, step):
         return guided_velocity(models, x, t, labels, guidance.terms(step, steps), generator,
                                packed=packed, text=text, null_text=null_text,
-                               input_dtype=noise.dtype)
+                               input_dtype=noise.dtype, forward=forward)
 
     state = noise.to(torch.promote_types(noise.dtype, torch.float32))
     tracker = NonFiniteTracker(noise.shape[0], noise.device)
