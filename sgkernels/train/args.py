@@ -54,6 +54,7 @@ class TrainArgs:
     on_nonfinite: str = "stop"           # stop: FloatingPointError; skip: skip the update
     parallel: str = "ddp"                # ddp | fsdp (fsdp.py: FSDP2, sharded checkpoints)
     activation_checkpointing: str = "none"   # none | blocks (recompute blocks in backward)
+    compile: bool = False                # torch.compile each block (RoutedDiT.compile_blocks)
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)

