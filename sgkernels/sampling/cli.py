@@ -58,6 +58,7 @@ from ..guidance import (CFG, RULES, AutoGuidance, CFGSparseGuidance, Schedule, S
 from ..runtime.device import setup_distributed
 from ..runtime.images import IMAGE_CHANNELS, save_grid, to_uint8
 from . import io
+from .graphs import GraphCache
 from .sampler import sample
 from .solvers import SOLVERS
 
@@ -160,7 +161,8 @@ def parser() -> argparse.ArgumentParser:
       help="torch.compile the models' transformer blocks (dynamic token counts: a bounded "
       "number of graphs for any drop rates; the first batch pays the compile time)")
     a("--cuda-graphs", action="store_true",
-      help="CUDA: replay one captured CUDA graph per guided-step shape (batch and drop rates)")
+      help="CUDA: replay one captured CUDA graph per guided-step shape (batch and drop "
+      "rates), captured once for all batches of the run")
     a("--prompt", dest="prompt", action="append", help="text prompt (repeatable; T2I models)")
     a("--prompts", dest="prompts_file", help="file of prompts, one per line (T2I models)")
     a("--text-encoder", help="text encoder path or package (default: the checkpoint's)")
@@ -321,6 +323,7 @@ def _sample_rank(args, model, guidance, labels, rank, world, device, text=None):
         from tqdm.auto import tqdm
         mine = tqdm(mine, desc=f"sampling on {world} rank(s)", unit="batch")
     images, indices = [], []
+    graphs = GraphCache() if args.cuda_graphs else False     # shared by the batches
     for j in mine:
         index = np.arange(starts[j], min(starts[j] + args.batch, args.num))
         gen = torch.Generator().manual_seed(args.seed * SEED_STRIDE + j)
@@ -331,7 +334,7 @@ def _sample_rank(args, model, guidance, labels, rank, world, device, text=None):
         else:                               # labels hold prompt indices
             y, cond = None, {"text": text[0].select(labels[index]), "null_text": text[1]}
         x = sample(model, noise, y, steps=args.steps, solver=args.solver, guidance=guidance,
-                   generator=gen, compile=args.compile, cuda_graphs=args.cuda_graphs, **cond)
+                   generator=gen, compile=args.compile, cuda_graphs=graphs, **cond)
         images.append(to_uint8(x) if shape[0] in IMAGE_CHANNELS else x.float().cpu().numpy())
         indices.append(index)
     if not images:                          # more ranks than batches

@@ -140,8 +140,9 @@ def _compile_options(models, compile) -> dict | None:
 
 
 def _check_graphs(cuda_graphs, noise, text) -> None:
-    if not isinstance(cuda_graphs, bool):
-        raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
+    if not isinstance(cuda_graphs, (bool, GraphCache)):
+        raise TypeError(f"cuda_graphs must be a bool or a sampling.graphs.GraphCache, got "
+                        f"{type(cuda_graphs).__name__}")
     if cuda_graphs and noise.device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs CUDA tensors, got noise on {noise.device}")
     if cuda_graphs and text is not None:
@@ -173,7 +174,7 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
            solver: str = "euler", guidance: Guidance | None = None,
            generator: torch.Generator | None = None, *, packed: bool = True,
            progress: bool = False, text=None, null_text=None, compile: bool | dict = False,
-           cuda_graphs: bool = False) -> torch.Tensor:
+           cuda_graphs: bool | GraphCache = False) -> torch.Tensor:
     """Integrate the guided flow dx/dt = v(x, t) from `noise` (t = 0) to samples (t = 1).
 
     v is the guidance's combination Σ_k a_k · D_k of its branches at each step
@@ -210,8 +211,10 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
             them); a dict passes torch.compile options (e.g. {"mode": "max-autotune"}).
             Outputs equal eager ones within float tolerance.
         cuda_graphs: on CUDA, replay one captured CUDA graph per guided-step shape (batch and
-            drop rates) from the second step of that shape on (`sampling.graphs`); the
-            graphs live for this call. Not for text-conditioned models.
+            drop rates) from the second step of that shape on (`sampling.graphs`). True: the
+            graphs live for this call; a `GraphCache`: its graphs serve every call given it
+            (batches of one run; do not replace the models' parameters meanwhile). Not for
+            text-conditioned models.
 
     Returns:
         samples [B, C, H, W] in noise's dtype, on noise's device.
@@ -222,7 +225,7 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
             guidance not a guidance rule; generator not a torch.Generator; weak_model not a
             callable model with a .config; a model's parameters not fp32 / bf16 / fp16;
             compile not a bool or dict, or given for a model without compile_blocks;
-            cuda_graphs not a bool.
+            cuda_graphs not a bool or GraphCache.
         ValueError: noise not [B, C, H, W] of the model or not on its device; labels not [B],
             not on noise's device or outside [0, num_classes] (checked on CPU, and on CUDA
             under SGKERNELS_DEBUG=1); labels given to an unconditional or text model; text
@@ -253,7 +256,9 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor | None, steps: int =
     if options is not None:
         for module in {id(m): m for m in models.values() if m is not None}.values():
             module.compile_blocks(**options)
-    forward = GraphCache() if cuda_graphs else call_model
+    forward = call_model
+    if cuda_graphs:
+        forward = cuda_graphs if isinstance(cuda_graphs, GraphCache) else GraphCache()
 
     def velocity(x, t, step):
         return guided_velocity(models, x, t, labels, guidance.terms(step, steps), generator,

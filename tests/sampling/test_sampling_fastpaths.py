@@ -66,8 +66,10 @@ def test_fast_path_arguments_are_checked():
         _run(model, None, steps=1, compile="yes")
     with pytest.raises(ValueError, match="cuda_graphs=True needs CUDA tensors"):
         _run(model, None, steps=1, cuda_graphs=True)
-    with pytest.raises(TypeError, match="cuda_graphs must be a bool"):
+    with pytest.raises(TypeError, match="cuda_graphs must be a bool or a sampling.graphs"):
         _run(model, None, steps=1, cuda_graphs=1)
+    with pytest.raises(ValueError, match="cuda_graphs=True needs CUDA tensors"):
+        _run(model, None, steps=1, cuda_graphs=GraphCache())
 
     class Plain(torch.nn.Module):
         config = model.config
@@ -124,7 +126,11 @@ def test_cuda_graphs_equal_eager_on_gpu():
     def run(**kw):
         return sample(model, noise, labels, steps=4, guidance=guidance,
                       generator=torch.Generator().manual_seed(5), **kw)
-    torch.testing.assert_close(run(cuda_graphs=True), run(), rtol=1e-4, atol=1e-4)
+    eager, cache = run(), GraphCache()
+    torch.testing.assert_close(run(cuda_graphs=True), eager, rtol=1e-4, atol=1e-4)
+    for _ in range(2):                                   # graphs kept across calls: replays
+        torch.testing.assert_close(run(cuda_graphs=cache), eager, rtol=1e-4, atol=1e-4)
+    assert len(cache.graphs) == 1
 
 
 def test_sample_cli_passes_compile_and_cuda_graphs(tmp_path, monkeypatch):
@@ -132,14 +138,14 @@ def test_sample_cli_passes_compile_and_cuda_graphs(tmp_path, monkeypatch):
     seen = []
 
     def fake_sample(model, noise, labels, **kw):
-        seen.append((kw["compile"], kw["cuda_graphs"]))
+        seen.append((kw["compile"], type(kw["cuda_graphs"]).__name__))
         return noise
     monkeypatch.setattr(cli, "sample", fake_sample)
     argv = ["--model", "Tiny/2", "--num", "1", "--steps", "1", "--device", "cpu",
             "--no-progress"]
     cli.main([*argv, "--out", str(tmp_path / "a"), "--compile"])
     cli.main([*argv, "--out", str(tmp_path / "b"), "--cuda-graphs"])
-    assert seen == [(True, False), (False, True)]
+    assert seen == [(True, "bool"), (False, "GraphCache")]
 
 
 def test_cpu_sampling_keeps_freed_memory():
