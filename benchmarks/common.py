@@ -203,6 +203,14 @@ def ratio_median(num: Timing, den: Timing) -> float:
     return statistics.median(a / b for a, b in zip(num.times, den.times))
 
 
+def ratio_range(num: Timing, den: Timing) -> tuple[float, float]:
+    """(min, max) over rounds of num.times[k] / den.times[k]: the interval around ratio_median."""
+    if len(num.times) != len(den.times):
+        raise ValueError(f"timings of different lengths: {len(num.times)} and {len(den.times)}")
+    ratios = [a / b for a, b in zip(num.times, den.times)]
+    return min(ratios), max(ratios)
+
+
 def copy_bandwidth_gbps(device: torch.device, nbytes: int | None = None, repeats: int = 5) -> float:
     """Measured device-to-device copy bandwidth in GB/s (1e9 bytes/s), 2·nbytes per copy."""
     if nbytes is None:
@@ -434,11 +442,12 @@ def build_model(preset: str, ckpt: str | None, device: torch.device, dtype: torc
 
 
 def sampling_fn(model, guidance, batch: int, steps: int, device: torch.device,
-                dtype: torch.dtype, packed: bool = True, seed: int = 0):
+                dtype: torch.dtype, packed: bool = True, seed: int = 0, **options):
     """A zero-argument callable running `steps` Euler steps of `sgkernels.sample` on `batch` images.
 
     Each call is a real sampling run (route scores drawn, branches in one packed forward or as
     separate forwards, guidance combination, solver update) from fixed noise and labels.
+    `options`: further keyword arguments of `sample` (compile, cuda_graphs).
     """
     import sgkernels
 
@@ -450,5 +459,5 @@ def sampling_fn(model, guidance, batch: int, steps: int, device: torch.device,
 
     def run():
         sgkernels.sample(model, noise, labels, steps=steps, guidance=guidance, generator=gen,
-                         packed=packed)
+                         packed=packed, **options)
     return run

@@ -159,3 +159,10 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
         common.write_csv(path, [{"a": 2}])
     assert common.read_csv(path) == [{"a": 1}]
     assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]
+
+
+def test_ratio_range_spans_the_per_round_ratios():
+    num, den = common.Timing((2.0, 9.0, 4.0)), common.Timing((1.0, 3.0, 1.0))
+    assert common.ratio_range(num, den) == (2.0, 4.0)
+    with pytest.raises(ValueError, match="different lengths"):
+        common.ratio_range(num, common.Timing((1.0,)))
