@@ -9,13 +9,15 @@ the math of a small op; a direct call gives the same outputs (the same function 
 A call is direct (`direct(args)`) when nothing the dispatcher does applies:
     not tracing (torch.compile, torch.jit), no autograd recording (grad mode off, or no tensor
     argument requires grad), no TorchDispatchMode or TorchFunctionMode, no functorch transform,
-    the profiler off, and every tensor argument a plain torch.Tensor on a real device (not a
-    subclass, not meta).
+    the profiler off, and every tensor argument a plain torch.Tensor or nn.Parameter on a real
+    device (no other subclass: FakeTensor, DTensor, ...; not meta).
 """
 from __future__ import annotations
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def direct(args) -> bool:
@@ -27,7 +29,7 @@ def direct(args) -> bool:
         return False
     grad = torch.is_grad_enabled()
     for a in args:
-        if isinstance(a, torch.Tensor) and (type(a) is not torch.Tensor or a.is_meta
+        if isinstance(a, torch.Tensor) and (type(a) not in PLAIN or a.is_meta
                                             or (grad and a.requires_grad)):
             return False
     return True

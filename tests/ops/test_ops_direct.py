@@ -38,6 +38,8 @@ def test_direct_only_for_plain_eager_calls():
     with torch.no_grad():
         assert custom.direct((x.requires_grad_(),))
     assert not custom.direct((x,))                       # grad mode on, x requires grad
+    with torch.no_grad():
+        assert custom.direct((torch.nn.Parameter(torch.ones(2)),))
     assert not custom.direct((torch.empty(3, device="meta"),))
     with _Names():
         assert not custom.direct((torch.randn(3),))
