@@ -26,7 +26,7 @@ below 95 % or relative width (high − low) / speedup above `--max-rel-width`) u
 to `--max-repeats` rounds, while the run is ahead of the pace of `--target-s` (CPU: 100 s) and
 `--budget-s`. Cells still not readable are hatched in the plot. The references (CFG, unguided and
 SG 0.5/0.9, the summary line) are one such block, timed first. CUDA events after warm-up on
-GPU, wall clock on CPU. `--compile`: the packed forward through torch.compile.
+GPU, wall clock on CPU. `--compile`: the blocks through torch.compile (compile_blocks).
 gamma_grid.csv and gamma_grid.json are rewritten after every block (common.Results; the PNG at
 the end), so a killed run keeps the cells it timed; `--resume` keeps the cells of an earlier
 run in --out and times only the missing ones (the references are timed again). Exit status 3
@@ -91,8 +91,9 @@ def parse_args(argv=None):
                         "the speedup (0.2: about ± 10 %%) is not readable: extra rounds, "
                         "hatched in the plot")
     p.add_argument("--compile", action="store_true",
-                   help="run the model's packed forward (forward_tokens) through torch.compile "
-                        "(every cell compiles in its warm-up calls)")
+                   help="torch.compile the model's blocks as sample(compile=True) does "
+                        "(RoutedDiT.compile_blocks: dynamic token counts, so the graphs "
+                        "compiled in the first warm-up serve every cell)")
     p.add_argument("--backend", default="auto", choices=("auto", *ops.dispatch.BACKENDS))
     p.add_argument("--dtype", default=None, choices=common.DTYPES, help="CUDA bf16, CPU fp32")
     p.add_argument("--separate", action="store_true",
@@ -448,19 +449,6 @@ def summary(reference: dict) -> str:
             f"{c['ci_coverage']:.1%} intervals")
 
 
-def compiled_forward(model, cases: int):
-    """--compile: RoutedDiT.forward_tokens (the packed forward) through torch.compile. A case's
-    drop rates are constants of its graph, so each compiles its own graph (in its warm-up
-    calls; up to 3 with --separate); returns the context that raises dynamo's recompile limit
-    to that many graphs of `cases` cases."""
-    model.forward_tokens = torch.compile(model.forward_tokens)
-    limit = 3 * cases + 8
-    config = torch._dynamo.config
-    return config.patch(recompile_limit=max(config.recompile_limit, limit),
-                        accumulated_recompile_limit=max(config.accumulated_recompile_limit,
-                                                        limit))
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     clock = common.Clock(args.budget_s)
@@ -499,11 +487,9 @@ def main(argv=None) -> dict:
     if results.resumed:
         print(f"--resume: {results.resumed} cells kept from {results.csv_path}")
     forced = contextlib.nullcontext() if backend == "auto" else ops.use_backend(backend)
-    graphs = record["cells_valid"] + 3   # + the references
-    if args.metric:
-        graphs += len(common.gamma_values(args.metric_step)) ** 2 + 2
-    compiled = compiled_forward(model, graphs) if args.compile else contextlib.nullcontext()
-    with forced, compiled:
+    if args.compile:              # as sample(compile=True): one graph per block code path
+        model.compile_blocks()
+    with forced:
         _, reference = run_grid(model, s, device, args.separate, args.steps, clock, results)
         rows = results.rows
         record.update(reference=reference, cells=len(rows),

@@ -13,12 +13,14 @@ packed forward was slower than the separate ones (benchmarks/README.md, bench_e2
                           mallopt(M_TRIM_THRESHOLD, 1 GiB)    keep up to 1 GiB of freed heap
 
 Process-wide and permanent (like the caching allocator PyTorch uses on CUDA): the process keeps
-its peak heap instead of shrinking after a forward. No effect outside glibc (macOS, musl).
+its peak heap instead of shrinking after a forward. No effect outside glibc (macOS, musl), nor
+with SGKERNELS_KEEP_FREED_MEMORY=0 in the environment (a process that must return memory).
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3         # glibc's <malloc.h>
@@ -31,8 +33,11 @@ def keep_freed_memory() -> bool:
     """Set glibc's malloc to reuse freed memory (module docstring), once per process.
 
     Returns:
-        True when the settings were applied (glibc), False elsewhere.
+        True when the settings were applied (glibc), False elsewhere or when
+        SGKERNELS_KEEP_FREED_MEMORY=0.
     """
+    if os.environ.get("SGKERNELS_KEEP_FREED_MEMORY") == "0":
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt

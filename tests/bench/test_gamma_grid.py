@@ -185,10 +185,11 @@ def test_separate_adds_the_packing_panel(tmp_path):
     assert json.loads((tmp_path / "gamma_grid.json").read_text())["packed"] is False
 
 
-def test_compile_runs_the_packed_forward_through_torch_compile(tmp_path, monkeypatch):
-    """--compile: each case traces its graph once, in its warm-up calls, none while timed
-    (references only, the budget leaves the cells out; eager backend: inductor's C++ build
-    would take minutes on CPU)."""
+def test_compile_runs_the_blocks_through_torch_compile(tmp_path, monkeypatch):
+    """--compile: the blocks compile with dynamic token counts (compile_blocks), so the three
+    references (different drop rates) share the graphs of the block code paths, all traced in
+    warm-up calls (the budget leaves the cells out; eager backend: inductor's C++ build would
+    take minutes on CPU)."""
     graphs = []
 
     def backend(gm, example_inputs):
@@ -204,7 +205,7 @@ def test_compile_runs_the_packed_forward_through_torch_compile(tmp_path, monkeyp
     finally:
         torch._dynamo.reset()
     assert record["compiled"] is True and record["cells"] == 0
-    assert len(graphs) == 3  # CFG, unguided, SG 0.5/0.9
+    assert 1 <= len(graphs) <= 2  # the plain block and the block after a fused route start
 
 
 def test_max_repeats_below_repeats_is_an_error(capsys):

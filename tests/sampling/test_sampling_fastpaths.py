@@ -155,3 +155,9 @@ def test_cpu_sampling_keeps_freed_memory():
     _run(tiny_model(), None, steps=1)
     assert keep_freed_memory.cache_info().currsize == 1           # set by sample, once
     assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_keep_freed_memory_can_be_switched_off(monkeypatch):
+    from sgkernels.runtime.memory import keep_freed_memory
+    monkeypatch.setenv("SGKERNELS_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory.__wrapped__() is False
