@@ -342,11 +342,11 @@ def test_ddp_signal_to_one_rank_stops_all_ranks_at_one_step(tmp_path):
     """SIGTERM to rank 1 only: both ranks agree (all_reduce of the flag) and stop after the same
     step; rank 0 writes the checkpoint; the 2-process resume equals an uninterrupted 2-process
     run bit for bit."""
-    from test_ddp import _free_port
+    from train_helpers import free_port
 
     def torchrun(*extra):
         return ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m",
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m",
                 "sgkernels", "train", *ARGS, *extra]
 
     run, ref = tmp_path / "run", tmp_path / "ref"
@@ -400,10 +400,10 @@ def _nonfinite_rank_worker(rank, port, out, mode, queue):
 def test_ddp_nonfinite_on_one_rank_is_handled_on_all_ranks(tmp_path, mode):
     import multiprocessing
 
-    from test_ddp import _free_port
+    from train_helpers import free_port
 
     ctx = multiprocessing.get_context("spawn")
-    queue, port = ctx.Queue(), _free_port()
+    queue, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=_nonfinite_rank_worker, args=(r, port, str(tmp_path), mode, queue))
              for r in range(2)]
     for p in procs:
