@@ -210,9 +210,10 @@ class Trainer:
         the skipped-step count it holds."""
         single = self.ckpt_dir / "latest.pt"
         shards = sharded.latest(self.ckpt_dir)
-        single_step = int(read_checkpoint(single)["step"]) if single.exists() else -1
+        # on CPU: RNG states stay CPU tensors; load_state_dict moves weights to the device
+        ckpt = read_checkpoint(single, map_location="cpu") if single.exists() else None
         use_shards = shards is not None and (
-            int(sharded.read_meta(shards)["step"]) > single_step)
+            ckpt is None or int(sharded.read_meta(shards)["step"]) > int(ckpt["step"]))
         if use_shards and not self.fsdp:
             raise ValueError(f"resume: the newest checkpoint of {self.out} is sharded ({shards}, "
                              f"written with --parallel fsdp): resume with --parallel fsdp, or "
@@ -223,8 +224,8 @@ class Trainer:
             sharded.load(shards, self.model, self.opt, self.ema)
             args, self.step, path = meta["args"], int(meta["step"]), shards
         else:
-            # on CPU: RNG states stay CPU tensors; load_state_dict moves weights to the device
-            ckpt = read_checkpoint(single, map_location="cpu")
+            if ckpt is None:
+                ckpt = read_checkpoint(single)       # raises the missing-checkpoint error
             _check_resume(ckpt["args"], self.args, self.config_dict)
             if self.fsdp:
                 sharded.load_full(ckpt, self.model, self.opt, self.ema)

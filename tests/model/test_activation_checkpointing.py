@@ -49,11 +49,17 @@ def test_gradients_identical_with_block_checkpointing(name):
         assert torch.equal(grads[n], grads_ckpt[n]), n
 
 
-def test_checkpointing_is_off_in_inference_and_validated():
+def test_checkpointing_is_off_in_inference_and_validated(monkeypatch):
     config = presets.get("Tiny/2")
     model = RoutedDiT(config).eval().set_activation_checkpointing("blocks")
     x, t, y, _, _ = _inputs(config, 2)
+
+    def no_checkpoint(*args, **kwargs):
+        raise AssertionError("a block was checkpointed without autograd recording")
+    monkeypatch.setattr("sgkernels.model.blocks._checkpoint", no_checkpoint)
     with torch.no_grad():
         model(x, t, y)
+    with pytest.raises(AssertionError, match="checkpointed"):
+        model(x, t, y)                              # grad mode: checkpointing applies
     with pytest.raises(ValueError, match="activation_checkpointing: expected one of"):
         model.set_activation_checkpointing("layers")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from train_helpers import state_equal, tiny_args, tiny_model
+from train_helpers import nan_batch_at, state_equal, tiny_args, tiny_model
 
 from sgkernels.train import Trainer, train
 from sgkernels.model.checkpoint import read_checkpoint
@@ -38,16 +38,7 @@ def _same_state(a: Trainer, b: Trainer) -> bool:
 
 def _nan_batch_at(monkeypatch, bad_step: int) -> None:
     """Trainer.batch returns an image with a NaN pixel at 0-based step `bad_step`."""
-    batch = Trainer.batch
-
-    def poisoned(self, step):
-        x, y, text, draws = batch(self, step)
-        if step == bad_step:
-            x = x.clone()
-            x[0, 0, 0, 0] = float("nan")
-        return x, y, text, draws
-
-    monkeypatch.setattr(Trainer, "batch", poisoned)
+    monkeypatch.setattr(Trainer, "batch", nan_batch_at(bad_step))
 
 
 # -- non-finite loss / gradient ----------------------------------------------------------------
@@ -372,16 +363,7 @@ def _nonfinite_rank_worker(rank, port, out, mode, queue):
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     if rank == 1:
-        batch = Trainer.batch
-
-        def poisoned(self, step):
-            x, y, text, draws = batch(self, step)
-            if step == 2:
-                x = x.clone()
-                x[0, 0, 0, 0] = float("nan")
-            return x, y, text, draws
-
-        Trainer.batch = poisoned
+        Trainer.batch = nan_batch_at(2)
     trainer = Trainer(tiny_args(out, steps=5, log_every=1, on_nonfinite=mode), tiny_model())
     try:
         summary = trainer.run()

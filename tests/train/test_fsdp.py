@@ -175,19 +175,10 @@ def test_fsdp_step_of_maskdit_and_text_conditioned_models_equals_the_plain_step(
 
 def test_fsdp_skip_mode_leaves_weights_and_ema_unchanged_at_a_nonfinite_step(tmp_path,
                                                                              monkeypatch):
-    from train_helpers import tiny_args, tiny_model
+    from train_helpers import nan_batch_at, tiny_args, tiny_model
 
     from sgkernels.train import Trainer, fsdp
-    batch = Trainer.batch
-
-    def poisoned(self, step):
-        x, y, text, draws = batch(self, step)
-        if step == 1:
-            x = x.clone()
-            x[0, 0, 0, 0] = float("nan")
-        return x, y, text, draws
-
-    monkeypatch.setattr(Trainer, "batch", poisoned)
+    monkeypatch.setattr(Trainer, "batch", nan_batch_at(1))
     trainer = Trainer(tiny_args(tmp_path, steps=4, parallel="fsdp", on_nonfinite="skip",
                                 grad_clip=1.0), tiny_model())
     try:

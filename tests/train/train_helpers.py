@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from sgkernels.model import ModelConfig, RoutedDiT
-from sgkernels.train import TrainArgs
+from sgkernels.train import Trainer, TrainArgs
 
 
 def tiny_config(**changes) -> ModelConfig:
@@ -86,3 +86,16 @@ def torchrun(nproc: int, *args, command: str = "train", script: Path | None = No
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def nan_batch_at(bad_step: int):
+    """A Trainer.batch replacement whose image has a NaN pixel at 0-based step `bad_step`."""
+    batch = Trainer.batch
+
+    def poisoned(self, step):
+        x, y, text, draws = batch(self, step)
+        if step == bad_step:
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        return x, y, text, draws
+    return poisoned
