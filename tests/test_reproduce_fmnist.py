@@ -236,6 +236,16 @@ def test_trained_seconds_sums_sessions(tmp_path):
     assert trained_seconds(tmp_path) == pytest.approx(42.0)
 
 
+def test_trained_seconds_drops_steps_redone_after_resume(tmp_path):
+    (tmp_path / "log.csv").write_text(
+        "step,loss,lr,steps_per_s,images_per_s,elapsed_s\n"
+        "20,1,1,1,1,10\n40,1,1,1,1,30\n60,1,1,1,1,50\n"     # session 1, checkpoint at 40
+        "60,1,1,1,1,7\n80,1,1,1,1,12\n100,1,1,1,1,20\n")     # resumed at 40
+    assert trained_seconds(tmp_path) == pytest.approx(30 + 20)
+    assert trained_seconds(tmp_path, resume_step=80) == pytest.approx(30 + 12)
+    assert trained_seconds(tmp_path, resume_step=40) == pytest.approx(30)
+
+
 def test_method_table_and_selection():
     names = [m.name for m in methods_mod.METHODS]
     assert len(set(names)) == len(names)

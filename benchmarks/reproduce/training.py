@@ -8,6 +8,9 @@ with `--resume` (exact, see docs/training.md) for the training time still left:
 
     left = train_minutes − Σ_sessions elapsed_s (log.csv; elapsed_s restarts at every session)
 
+where each session counts only up to the checkpoint the next one resumed from (steps past it were
+redone, so their time is not training time of the model).
+
 A run with less than MIN_LEFT minutes left counts as finished (its last checkpoint stands);
 `done.json` marks a finished run, which later calls skip. All checkpoints are kept, so the early
 checkpoint (step `early`) is `checkpoints/<early>.pt`.
@@ -44,19 +47,36 @@ def checkpoint(out: Path, kind: str, step: int | None = None) -> Path:
     return run_dir(out, kind) / "checkpoints" / name
 
 
-def trained_seconds(folder: Path) -> float:
-    """Training time over all sessions of a run, from log.csv (0 when there is none)."""
+def trained_seconds(folder: Path, resume_step: int | None = None) -> float:
+    """Training time over all sessions of a run, from log.csv (0 when there is none).
+
+    A resumed session restarts at its checkpoint, so the steps an earlier session logged past
+    that checkpoint were thrown away: each session counts up to its last row before the next
+    session's first step, and the last one up to `resume_step` (the step of `latest.pt`) if given.
+    """
     path = Path(folder) / "log.csv"
     if not path.exists():
         return 0.0
-    total, last = 0.0, 0.0
+    sessions, last = [], None
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            elapsed = float(row["elapsed_s"])
-            if elapsed < last:           # a new session started
-                total += last
+            step, elapsed = int(row["step"]), float(row["elapsed_s"])
+            if last is None or elapsed < last:           # a new session started
+                sessions.append([])
+            sessions[-1].append((step, elapsed))
             last = elapsed
-    return total + last
+    ends = [s[0][0] for s in sessions[1:]]
+    ends.append(float("inf") if resume_step is None else resume_step + 1)
+    return sum(max((e for step, e in rows if step < end), default=0.0)
+               for rows, end in zip(sessions, ends))
+
+
+def _latest_step(out: Path, kind: str) -> int | None:
+    path = checkpoint(out, kind)
+    if not path.exists():
+        return None
+    import torch
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
 
 
 def command(out: Path, kind: str, minutes: float, quick: bool, device: str,
@@ -79,9 +99,8 @@ def command(out: Path, kind: str, minutes: float, quick: bool, device: str,
 
 def _finish(out: Path, kind: str, seconds: float) -> dict:
     """Write and return the done.json record of a run from its latest checkpoint."""
-    import torch
-    step = int(torch.load(checkpoint(out, kind), map_location="cpu", weights_only=True)["step"])
-    record = {"step": step, "trained_s": round(trained_seconds(run_dir(out, kind)), 1),
+    step = _latest_step(out, kind)
+    record = {"step": step, "trained_s": round(trained_seconds(run_dir(out, kind), step), 1),
               "this_call_s": round(seconds, 1)}
     common.write_json(run_dir(out, kind) / "done.json", record)
     return record
@@ -101,7 +120,7 @@ def train(out: Path, minutes: float, quick: bool, device: str, log=print,
             done[kind] = json.loads(marker.read_text())
             log(f"train/{kind}: done at step {done[kind]['step']} (cached)")
             continue
-        left = minutes - trained_seconds(folder) / 60.0
+        left = minutes - trained_seconds(folder, _latest_step(out, kind)) / 60.0
         if left < MIN_LEFT and checkpoint(out, kind).exists():
             done[kind] = _finish(out, kind, 0.0)     # time used up: the last checkpoint stands
             log(f"train/{kind}: training time used up, done at step {done[kind]['step']}")
