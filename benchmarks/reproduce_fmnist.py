@@ -7,7 +7,9 @@ Stages (`--stage all` runs them in order; each skips work whose output exists un
             (patch 4, r_{1->2} of 4 blocks), `--tokens 196`: FMNIST-CPU/2 (patch 2, r_{1->6} of
             8 blocks) with its own, shorter method table (reproduce/methods.py TABLES)
     sweep   per method and grid scale: `--num-sweep` samples of the validation split, scored by
-            the classifier-feature Fréchet distance → sweep/<method>/<scale>.json
+            the classifier-feature Fréchet distance → sweep/<method>/<scale>.json; with
+            `--stop-past-minimum` each grid in order up to the first point worse than its
+            predecessor
     final   per method at its best sweep scale: `--num-final` samples of the held-out split
             (seeds disjoint from the sweep) → final/<method>/samples.npz + metrics.json
             (cfd, KID, precision/recall/density/coverage, class agreement, bootstrap intervals,
@@ -100,18 +102,37 @@ class Reproduction:
         self.log(f"sweep {method.name} {methods_mod.scale_key(scale)}: cfd {point['cfd']:.3f}")
         return point
 
-    def best_point(self, method) -> dict | None:
-        """The sweep point with the lowest cfd, None while a grid point is missing."""
+    def sweep_points(self, method, compute: bool = False) -> list[dict] | None:
+        """The method's sweep points in grid order (computed where missing if `compute`), None
+        while one is missing. With --stop-past-minimum the walk ends at the first point worse
+        than its predecessor: the grids ascend in guidance strength, so on a unimodal cfd curve
+        the minimum is then bracketed, or on the grid's low edge."""
         points = []
         for scale in method.grid:
             path = self.sweep_path(method, scale)
-            if not path.exists():
+            if compute:
+                points.append(self.sweep_point(method, scale))
+            elif path.exists():
+                points.append(json.loads(path.read_text()))
+            else:
                 return None
-            points.append(json.loads(path.read_text()))
-        return min(points, key=lambda p: p["cfd"])
+            if (self.args.stop_past_minimum and len(points) > 1
+                    and points[-1]["cfd"] > points[-2]["cfd"]):
+                break
+        best = min(range(len(points)), key=lambda i: points[i]["cfd"])
+        if compute and best in (0, len(method.grid) - 1) and len(method.grid) > 1:
+            self.log(f"sweep {method.name}: best cfd at the {'low' if best == 0 else 'high'} "
+                     f"edge of the grid ({methods_mod.scale_key(method.grid[best])}): "
+                     f"extend the grid there")
+        return points
+
+    def best_point(self, method) -> dict | None:
+        """The sweep point with the lowest cfd, None while the sweep is incomplete."""
+        points = self.sweep_points(method)
+        return None if points is None else min(points, key=lambda p: p["cfd"])
 
     def best_scale(self, method) -> tuple | None:
-        """Scale with the lowest sweep cfd, None while a grid point is missing."""
+        """Scale with the lowest sweep cfd, None while the sweep is incomplete."""
         point = self.best_point(method)
         return None if point is None else tuple(point["scale"])
 
@@ -204,8 +225,7 @@ def run(args, log=print) -> None:
         training.train(rep.out, args.train_minutes, args.quick, args.device, log, args.tokens)
     if "sweep" in stages:
         for method in chosen:
-            for scale in method.grid:
-                rep.sweep_point(method, scale)
+            rep.sweep_points(method, compute=True)
     if "final" in stages:
         for method in chosen:
             rep.final(method)
@@ -238,6 +258,9 @@ def parse_args(argv=None):
     p.add_argument("--train-minutes", type=float, default=None,
                    help="per run (20; 75 at 196 tokens; quick 2)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
+    p.add_argument("--stop-past-minimum", action="store_true",
+                   help="sweep each grid in order only up to the first point worse than its "
+                        "predecessor (pass it to the final stage too)")
     args = p.parse_args(argv)
     defaults = dict(num_sweep=(64, 500), num_final=(64, 5000), num_fid=(0, 2000),
                     bootstrap=(10, 50), sample_steps=(4, 40),

@@ -304,3 +304,24 @@ def test_cost_stage_measures_training_and_sampling_per_image():
     values = [*result["train_ms_per_image"].values(), *result["sample_s_per_image"].values()]
     assert all(v > 0 and math.isfinite(v) for v in values)
     assert "FMNIST-CPU/4 (49 tokens)" in cost.table(result)
+
+
+def test_stop_past_minimum_ends_the_walk_at_the_first_worse_point(tmp_path):
+    import reproduce_fmnist
+    args = reproduce_fmnist.parse_args(["--tokens", "196", "--out", str(tmp_path),
+                                        "--stop-past-minimum"])
+    rep = reproduce_fmnist.Reproduction(args, log=lambda *_: None)
+    (method,) = methods_mod.select("cfg", 196)
+    cfds = [9.0, 7.0, 8.0, 1.0, 0.5]                 # a later, lower point is never reached
+    assert len(method.grid) == len(cfds)
+    for scale, cfd in zip(method.grid[:2], cfds):
+        path = rep.sweep_path(method, scale)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"scale": list(scale), "cfd": cfd}))
+    assert rep.best_scale(method) is None            # 7 < 9: the walk goes on
+    path = rep.sweep_path(method, method.grid[2])
+    path.write_text(json.dumps({"scale": list(method.grid[2]), "cfd": cfds[2]}))
+    assert rep.best_scale(method) == method.grid[1]
+    assert [p["cfd"] for p in rep.sweep_points(method)] == cfds[:3]
+    args.stop_past_minimum = False                   # without the flag every point is needed
+    assert rep.best_scale(method) is None
