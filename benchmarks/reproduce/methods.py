@@ -20,7 +20,8 @@ comparison needs: the two milder SG pairs and the two best rules at 49 tokens (d
 candidates of a group, where only the member with the lowest sweep value gets a final
 (Method.group); grids ascending in guidance strength from below the 49-token optima, swept with
 `--stop-past-minimum` (the walk ends at the first point worse than its predecessor). The first
-sweep put CFG's optimum at ω ≤ 1.5 (the 49-token optimum was 2), so every grid starts lower.
+sweep put CFG's optimum at ω ≤ 1.5 (the 49-token optimum was 2), so every grid starts lower;
+AutoGuidance's sweep then put its optimum at the low edge 1.25, so its grids start at 1.1.
 """
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ TABLES = {
                 "rule"),
         _at_196("cfgsg-inner", ((0.25, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0), (1.5, 1.0)),
                 "rule"),
-        _at_196("autoguidance", ((1.25,), (1.5,), (2.0,), (3.0,))),
-        _at_196("sg-early", ((1.25,), (1.5,), (2.0,), (3.0,))),
+        _at_196("autoguidance", ((1.1,), (1.25,), (1.5,), (2.0,), (3.0,))),
+        _at_196("sg-early", ((1.1,), (1.25,), (1.5,), (2.0,), (3.0,))),
         _at_196("sg-0-0.5", ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,)), "sg-mild"),
         _at_196("sg-0.2-0.6", ((2.0,), (3.0,), (4.0,), (6.0,), (8.0,)), "sg-mild"),
         BY_NAME["dense-unguided"],
