@@ -20,8 +20,9 @@ comparison needs: the two milder SG pairs and the two best rules at 49 tokens (d
 candidates of a group, where only the member with the lowest sweep value gets a final
 (Method.group); grids ascending in guidance strength from below the 49-token optima, swept with
 `--stop-past-minimum` (the walk ends at the first point worse than its predecessor). The first
-sweep put CFG's optimum at ω ≤ 1.5 (the 49-token optimum was 2), so every grid starts lower;
-AutoGuidance's sweep then put its optimum at the low edge 1.25, so its grids start at 1.1.
+sweep put CFG's optimum at ω ≤ 1.5 (the 49-token optimum was 2), so every grid starts lower; the
+second put CFG, AutoGuidance, SG γ 0.5/0.9 and inner at their low edges, so every grid starts at
+ω 1.1 (rules: 0.25 of SG on top of CFG 1.1 for direct, 0.1 + 0.25 for inner).
 """
 from __future__ import annotations
 
@@ -104,22 +105,24 @@ def _at_196(name: str, grid: tuple, group: str = "") -> Method:
     return replace(m, grid=grid, group=group, headline=m.headline or bool(group))
 
 
+LOW_CFG = ((1.1,), (1.25,), (1.5,), (2.0,), (2.5,), (3.0,))
+LOW_SG = ((1.1,), (1.25,), (1.5,), (2.0,), (3.0,), (4.0,), (6.0,))
 TABLES = {
     49: METHODS,
     196: (
         BY_NAME["unguided"],
-        _at_196("cfg", ((1.25,), (1.5,), (2.0,), (2.5,), (3.0,))),
-        _at_196("sg-0.5-0.9", ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,))),
-        _at_196("cfgsg-direct", ((1.25, 0.5), (1.5, 0.5), (1.5, 1.0), (2.0, 1.0), (2.0, 2.0)),
-                "rule"),
-        _at_196("cfgsg-inner", ((0.25, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0), (1.5, 1.0)),
-                "rule"),
-        _at_196("autoguidance", ((1.1,), (1.25,), (1.5,), (2.0,), (3.0,))),
-        _at_196("sg-early", ((1.1,), (1.25,), (1.5,), (2.0,), (3.0,))),
-        _at_196("sg-0-0.5", ((1.5,), (2.0,), (3.0,), (4.0,), (6.0,)), "sg-mild"),
-        _at_196("sg-0.2-0.6", ((2.0,), (3.0,), (4.0,), (6.0,), (8.0,)), "sg-mild"),
+        _at_196("cfg", LOW_CFG),
+        _at_196("sg-0.5-0.9", LOW_SG),
+        _at_196("cfgsg-direct", ((1.1, 0.25), (1.25, 0.25), (1.25, 0.5), (1.5, 0.5), (1.5, 1.0),
+                                 (2.0, 1.0), (2.0, 2.0)), "rule"),
+        _at_196("cfgsg-inner", ((0.1, 0.25), (0.25, 0.25), (0.25, 0.5), (0.5, 0.5), (0.5, 1.0),
+                                (1.0, 1.0), (1.5, 1.0)), "rule"),
+        _at_196("autoguidance", LOW_CFG),
+        _at_196("sg-early", LOW_CFG),
+        _at_196("sg-0-0.5", LOW_SG, "sg-mild"),
+        _at_196("sg-0.2-0.6", LOW_SG + ((8.0,),), "sg-mild"),
         BY_NAME["dense-unguided"],
-        _at_196("dense-cfg", ((1.25,), (1.5,), (2.0,), (2.5,), (3.0,))),
+        _at_196("dense-cfg", LOW_CFG),
     ),
 }
 
