@@ -30,6 +30,7 @@ methods (reproduce/generate.py). Methods: reproduce/methods.py.
     python benchmarks/reproduce_fmnist.py --stage report
     python benchmarks/reproduce_fmnist.py --quick --out runs/reproduce-quick   # smoke, ~1 min
     python benchmarks/reproduce_fmnist.py --tokens 196 --stage train           # runs/reproduce-196
+    python benchmarks/reproduce_fmnist.py --tokens 196 --stage sweep --stop-past-minimum
 """
 from __future__ import annotations
 
@@ -256,7 +257,7 @@ def parse_args(argv=None):
     p.add_argument("--bootstrap", type=int, default=None, help="replicates (default 50, quick 10)")
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps (40; quick 4)")
     p.add_argument("--train-minutes", type=float, default=None,
-                   help="per run (20; 75 at 196 tokens; quick 2)")
+                   help="per run (20; 150 at 196 tokens; quick 2)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     p.add_argument("--stop-past-minimum", action="store_true",
                    help="sweep each grid in order only up to the first point worse than its "
@@ -264,7 +265,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     defaults = dict(num_sweep=(64, 500), num_final=(64, 5000), num_fid=(0, 2000),
                     bootstrap=(10, 50), sample_steps=(4, 40),
-                    train_minutes=(2.0, 75.0 if args.tokens == 196 else 20.0))
+                    train_minutes=(2.0, 150.0 if args.tokens == 196 else 20.0))
     if args.out is None:
         args.out = "runs/reproduce" + ("-196" if args.tokens == 196 else "")
     for name, (quick, full) in defaults.items():

@@ -262,7 +262,7 @@ def test_196_token_setting_uses_its_preset_folder_and_table():
 
     from sgkernels import presets
     args = reproduce_fmnist.parse_args(["--tokens", "196"])
-    assert (args.out, args.train_minutes) == ("runs/reproduce-196", 75.0)
+    assert (args.out, args.train_minutes) == ("runs/reproduce-196", 150.0)
     assert presets.get(PRESETS[196]).num_tokens == 196
     routes = presets.get(PRESETS[196]).routes
     assert len(routes) == 1 and routes[0].end - routes[0].start + 1 >= 6   # most of the depth
