@@ -28,6 +28,7 @@ from .scoring import FID_REPLICATES
 PAIRS = (
     ("sg-0.5-0.9", "cfg"), ("sg-0-0.5", "cfg"), ("sg-0.2-0.6", "cfg"), ("sg-early", "cfg"),
     ("sg-early", "autoguidance"), ("autoguidance", "cfg"), ("cfgsg-direct", "cfg"),
+    ("cfgsg-inner", "cfg"),
     ("cfgsg-inner", "cfgsg-direct"), ("cfgsg-compositional", "cfgsg-direct"),
     ("cfgsg-ip2p", "cfgsg-direct"), ("cfgsg-ip2p", "cfg"), ("cfg", "unguided"),
     ("dense-cfg", "cfg"), ("dense-unguided", "unguided"),
