@@ -110,10 +110,9 @@ class Reproduction:
         the minimum is then bracketed, or on the grid's low edge."""
         points = []
         for scale in method.grid:
-            path = self.sweep_path(method, scale)
             if compute:
                 points.append(self.sweep_point(method, scale))
-            elif path.exists():
+            elif (path := self.sweep_path(method, scale)).exists():
                 points.append(json.loads(path.read_text()))
             else:
                 return None

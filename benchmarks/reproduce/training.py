@@ -97,9 +97,10 @@ def command(out: Path, kind: str, minutes: float, quick: bool, device: str,
     return cmd
 
 
-def _finish(out: Path, kind: str, seconds: float) -> dict:
-    """Write and return the done.json record of a run from its latest checkpoint."""
-    step = _latest_step(out, kind)
+def _finish(out: Path, kind: str, seconds: float, step: int | None = None) -> dict:
+    """Write and return the done.json record of a run from its latest checkpoint (at `step`,
+    read from the checkpoint when not given)."""
+    step = _latest_step(out, kind) if step is None else step
     record = {"step": step, "trained_s": round(trained_seconds(run_dir(out, kind), step), 1),
               "this_call_s": round(seconds, 1)}
     common.write_json(run_dir(out, kind) / "done.json", record)
@@ -120,9 +121,10 @@ def train(out: Path, minutes: float, quick: bool, device: str, log=print,
             done[kind] = json.loads(marker.read_text())
             log(f"train/{kind}: done at step {done[kind]['step']} (cached)")
             continue
-        left = minutes - trained_seconds(folder, _latest_step(out, kind)) / 60.0
-        if left < MIN_LEFT and checkpoint(out, kind).exists():
-            done[kind] = _finish(out, kind, 0.0)     # time used up: the last checkpoint stands
+        step = _latest_step(out, kind)
+        left = minutes - trained_seconds(folder, step) / 60.0
+        if left < MIN_LEFT and step is not None:     # time used up: the last checkpoint stands
+            done[kind] = _finish(out, kind, 0.0, step)
             log(f"train/{kind}: training time used up, done at step {done[kind]['step']}")
             continue
         folder.mkdir(parents=True, exist_ok=True)
