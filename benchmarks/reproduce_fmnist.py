@@ -14,8 +14,8 @@ Stages (`--stage all` runs them in order; each skips work whose output exists un
             (seeds disjoint from the sweep) → final/<method>/samples.npz + metrics.json
             (cfd, KID, precision/recall/density/coverage, class agreement, bootstrap intervals,
             NFE/step and GFLOPs/step from sgkernels.flops); Inception FID on the first
-            `--num-fid` samples of the headline methods → final/<method>/fid.json
-            and on the CFG+SG rule with the lowest final cfd
+            `--num-fid` samples of the headline methods (every method with `--fid-all`)
+            → final/<method>/fid.json and on the CFG+SG rule with the lowest final cfd
     cost    (only when named) the cost of a training and a sampled image, routed and dense, on
             one thread → cost.json: what sizes the experiment (reproduce/cost.py)
     report  paired differences between methods on the shared samples   (reproduce/paired.py),
@@ -177,7 +177,7 @@ class Reproduction:
                 "metrics": result["metrics"], **self.cost(method, scale),
                 "seconds": clock.seconds()})
             self.log(f"final {method.name}: cfd {result['metrics']['cfd']['value']:.3f}")
-        if method.headline and self.args.num_fid > 0:
+        if (method.headline or self.args.fid_all) and self.args.num_fid > 0:
             self.fid(method, folder)
 
     def best_rule(self) -> methods_mod.Method | None:
@@ -253,6 +253,8 @@ def parse_args(argv=None):
     p.add_argument("--num-final", type=int, default=None, help="default 5000 (quick: 64)")
     p.add_argument("--num-fid", type=int, default=None,
                    help="Inception FID samples of the headline methods (default 2000, quick 0)")
+    p.add_argument("--fid-all", action="store_true",
+                   help="Inception FID on every method's final, not only the headline ones")
     p.add_argument("--bootstrap", type=int, default=None, help="replicates (default 50, quick 10)")
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps (40; quick 4)")
     p.add_argument("--train-minutes", type=float, default=None,

@@ -325,3 +325,24 @@ def test_stop_past_minimum_ends_the_walk_at_the_first_worse_point(tmp_path):
     assert [p["cfd"] for p in rep.sweep_points(method)] == cfds[:3]
     args.stop_past_minimum = False                   # without the flag every point is needed
     assert rep.best_scale(method) is None
+
+
+@pytest.mark.parametrize("fid_all", [False, True])
+def test_fid_all_scores_methods_that_are_not_headline(tmp_path, fid_all):
+    import reproduce_fmnist
+    argv = ["--tokens", "196", "--out", str(tmp_path), "--num-final", "8", "--num-fid", "8"]
+    args = reproduce_fmnist.parse_args(argv + (["--fid-all"] if fid_all else []))
+    rep = reproduce_fmnist.Reproduction(args, log=lambda *_: None)
+    (method,) = methods_mod.select("autoguidance", 196)
+    assert not method.headline
+    for i, scale in enumerate(method.grid):             # the grid's best point: its second
+        path = rep.sweep_path(method, scale)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"scale": list(scale), "cfd": abs(i - 1) + 1.0}))
+    folder = tmp_path / "final" / method.name
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"num": 8, "scale": list(method.grid[1])}))
+    scored = []
+    rep.fid = lambda m, f: scored.append((m.name, f))    # the final itself is cached
+    rep.final(method)
+    assert scored == ([(method.name, folder)] if fid_all else [])

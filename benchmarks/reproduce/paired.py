@@ -27,6 +27,7 @@ from .scoring import FID_REPLICATES
 # (A, B): each question the reading of the results asks.
 PAIRS = (
     ("sg-0.5-0.9", "cfg"), ("sg-0-0.5", "cfg"), ("sg-0.2-0.6", "cfg"), ("sg-early", "cfg"),
+    ("sg-0-0.5", "autoguidance"), ("sg-0.2-0.6", "autoguidance"),
     ("sg-early", "autoguidance"), ("autoguidance", "cfg"), ("cfgsg-direct", "cfg"),
     ("cfgsg-inner", "cfg"),
     ("cfgsg-inner", "cfgsg-direct"), ("cfgsg-compositional", "cfgsg-direct"),
