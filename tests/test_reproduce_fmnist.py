@@ -122,16 +122,21 @@ def _fake_reproduction(tmp_path):
     return reproduce_fmnist.Reproduction(args, log=lambda *_: None)
 
 
+def _write_sweep_point(rep, method, scale, cfd: float) -> Path:
+    """A cached sweep point of `method` at `scale` with classifier FD `cfd`; returns its path."""
+    path = rep.sweep_path(method, scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"scale": list(scale), "cfd": cfd}))
+    return path
+
+
 def test_best_scale_is_lowest_sweep_cfd_and_waits_for_the_whole_grid(tmp_path):
     rep = _fake_reproduction(tmp_path)
     method = methods_mod.BY_NAME["cfgsg-direct"]
     values = [3.0 + i for i in range(len(method.grid))]
     values[1] = 1.0
     for scale, cfd in zip(method.grid, values):
-        path = rep.sweep_path(method, scale)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"scale": list(scale), "cfd": cfd}))
-        last = path
+        last = _write_sweep_point(rep, method, scale, cfd)
     assert rep.best_scale(method) == method.grid[1]
     last.unlink()
     assert rep.best_scale(method) is None
@@ -285,10 +290,7 @@ def test_only_the_best_member_of_a_group_gets_a_final(tmp_path):
     members = [m for m in methods_mod.select(None, 196) if m.group == "sg-mild"]
     for i, m in enumerate(members):
         for j, scale in enumerate(m.grid):
-            path = rep.sweep_path(m, scale)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"scale": list(scale), "cfd": 10.0 - 5 * i + j}))
-            last = path
+            last = _write_sweep_point(rep, m, scale, 10.0 - 5 * i + j)
     assert rep.group_winner("sg-mild") == members[-1].name
     rep.final(members[0])                              # the loser: skipped before sampling
     assert not (tmp_path / "final" / members[0].name).exists()
@@ -315,12 +317,9 @@ def test_stop_past_minimum_ends_the_walk_at_the_first_worse_point(tmp_path):
     cfds = [9.0, 7.0, 8.0]                           # any later, lower point is never reached
     assert len(method.grid) > len(cfds)
     for scale, cfd in zip(method.grid[:2], cfds):
-        path = rep.sweep_path(method, scale)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"scale": list(scale), "cfd": cfd}))
+        _write_sweep_point(rep, method, scale, cfd)
     assert rep.best_scale(method) is None            # 7 < 9: the walk goes on
-    path = rep.sweep_path(method, method.grid[2])
-    path.write_text(json.dumps({"scale": list(method.grid[2]), "cfd": cfds[2]}))
+    _write_sweep_point(rep, method, method.grid[2], cfds[2])
     assert rep.best_scale(method) == method.grid[1]
     assert [p["cfd"] for p in rep.sweep_points(method)] == cfds[:3]
     args.stop_past_minimum = False                   # without the flag every point is needed
@@ -336,9 +335,7 @@ def test_fid_all_scores_methods_that_are_not_headline(tmp_path, fid_all):
     (method,) = methods_mod.select("autoguidance", 196)
     assert not method.headline
     for i, scale in enumerate(method.grid):             # the grid's best point: its second
-        path = rep.sweep_path(method, scale)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"scale": list(scale), "cfd": abs(i - 1) + 1.0}))
+        _write_sweep_point(rep, method, scale, abs(i - 1) + 1.0)
     folder = tmp_path / "final" / method.name
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({"num": 8, "scale": list(method.grid[1])}))
